@@ -1,16 +1,38 @@
-"""Layer-wise windowed causal attention.
+"""Layer-wise windowed causal attention that skips the masked work.
 
-Every masked attention call in lmask goes through ``windowed_attention``. Shapes follow transformers'
-AttentionInterface: query [B, H, Tq, D], key/value [B, H, Tk, D]; queries are the last Tq positions of the key
-sequence. Returns [B, Tq, H, D].
+Every attention call in lmask goes through ``windowed_attention``. Shapes follow transformers'
+AttentionInterface: query [B, H, Tq, D], key/value [B, H, Tk, D]; queries are the last Tq keys. Returns
+[B, Tq, H, D].
 
 Window semantics: query i sees key j iff j <= i and (i - j < window or j < sinks). ``window=None`` is full causal.
+
+Paths (``select_path`` picks one; ``backend`` forces one where it is correct):
+
+- ``causal``: full layers, SDPA with ``is_causal`` (flash on GPU; the CPU flash kernel skips the upper triangle).
+- ``blocked``: windowed prefill without an explicit mask. Queries are cut into blocks of ``b``; each block attends
+  to a slab of its own and the preceding keys the window reaches (plus sink keys), one batched SDPA call over all
+  blocks. Work is O(T·(w + b)) instead of O(T²), forward and backward (autograd runs through SDPA on views).
+- ``flex``: the same on CUDA with FlexAttention and a cached sliding-window BlockMask.
+- ``masked``: the dense reference with an explicit mask; used for padding masks, KV-cache decoding (Tq < Tk)
+  and attention dropout, where correctness matters more than the O(Tq·Tk) cost.
+
+KV caches from ``lmask.kv_cache`` prune a windowed layer to its first ``sinks`` keys plus a contiguous recent
+suffix. In that "compressed" key index the window rule above still holds exactly (sink keys keep their positions,
+suffix distances are true distances), so no path needs the absolute positions; only an explicit padding mask,
+built by transformers for the absolute length, has its columns mapped (see ``_mask_columns``).
 """
 
 from __future__ import annotations
 
+import functools
+import warnings
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+
+BACKENDS = ("auto", "blocked", "flex", "masked")
+PATHS = ("causal", "blocked", "flex", "masked")
 
 
 def window_mask(
@@ -25,6 +47,22 @@ def window_mask(
     return mask
 
 
+def _mask_columns(attention_mask: torch.Tensor, k_len: int, sinks: int) -> torch.Tensor:
+    """Columns of a [.., Tq, T_abs] mask that belong to the Tk cached keys.
+
+    A pruned windowed cache keeps keys [0, sinks) and the last Tk - sinks positions, so the mask's first ``sinks``
+    columns and its last Tk - sinks columns are the ones that match.
+    """
+    abs_len = attention_mask.shape[-1]
+    if abs_len == k_len:
+        return attention_mask
+    if abs_len < k_len or sinks > k_len:
+        raise ValueError(f"attention mask covers {abs_len} keys but attention got {k_len} (sinks={sinks})")
+    if sinks == 0:
+        return attention_mask[..., abs_len - k_len :]
+    return torch.cat([attention_mask[..., :sinks], attention_mask[..., abs_len - (k_len - sinks) :]], dim=-1)
+
+
 def masked_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -37,15 +75,225 @@ def masked_attention(
 ) -> torch.Tensor:
     """Reference path: SDPA over the dense score matrix with an explicit window mask.
 
-    Correct for every case (padding masks, cache decoding, dropout), but it computes all Tq×Tk scores.
+    Correct for every case (padding masks, cache decoding, pruned caches, dropout), but it computes all Tq×Tk scores.
     """
-    mask = window_mask(query.shape[-2], key.shape[-2], window, sinks, query.device)
+    k_len = key.shape[-2]
+    mask = window_mask(query.shape[-2], k_len, window, sinks, query.device)
     if attention_mask is not None:
         if attention_mask.dtype != torch.bool:  # additive float mask
             attention_mask = attention_mask == 0
-        mask = mask & attention_mask[..., -key.shape[-2] :]
+        mask = mask & _mask_columns(attention_mask, k_len, sinks)
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling)
     return out.transpose(1, 2)
+
+
+def causal_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+) -> torch.Tensor:
+    """Full causal attention (Tq == Tk) through SDPA's ``is_causal``: no mask tensor, flash kernels allowed."""
+    out = F.scaled_dot_product_attention(query, key, value, is_causal=True, dropout_p=dropout, scale=scaling)
+    return out.transpose(1, 2)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Blocked local attention (CPU and CUDA)
+
+
+def block_size(window: int) -> int:
+    """Query block length for a window.
+
+    Smaller blocks waste fewer pairs (a block computes w + b keys per query, not w) but make smaller GEMMs; on a
+    2-core CPU 64 was the best trade-off from w=256 up, 32 below. A power of two divides the window of geometric
+    schedules, so the slab starts exactly at the window edge.
+    """
+    return 32 if window <= 128 else 64
+
+
+@functools.lru_cache(maxsize=64)
+def _slab_mask(b: int, window: int, sinks: int, n_blocks: int, first_query: int, device: torch.device) -> torch.Tensor:
+    """[n_blocks, 1, b, sinks + P + b] bool mask of the middle blocks (cached: it depends only on shapes).
+
+    Block n holds queries first_query + n·b + a and the slab holds keys first_query - P + n·b + c. Materialised per
+    block (not broadcast over dim 0): SDPA on CPU is 3-5x slower when its mask broadcasts over the batch dim.
+    """
+    n_prev = -(-(window - 1) // b)
+    P = n_prev * b
+    a = torch.arange(b, device=device)[:, None]
+    c = torch.arange(P + b, device=device)[None, :]
+    dist = a + P - c  # i - j inside the slab
+    band = ((dist >= 0) & (dist < window)).expand(n_blocks, 1, b, P + b)
+    if sinks == 0:
+        return band.contiguous()
+    # Sink key j is an extra column; it counts only outside the window, so no key is seen twice.
+    i = first_query + torch.arange(n_blocks, device=device)[:, None, None, None] * b + a
+    j = torch.arange(sinks, device=device)
+    sink_cols = (i - j) >= window
+    return torch.cat([sink_cols, band], dim=-1).contiguous()
+
+
+def blocked_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    window: int,
+    sinks: int = 0,
+    scaling: float | None = None,
+    block: int | None = None,
+) -> torch.Tensor:
+    """Sliding-window(+sinks) causal attention for Tq == Tk without an explicit mask; returns [B, T, H, D].
+
+    Three pieces, each a plain SDPA call so autograd's backward is as sparse as the forward:
+    head (queries < P, dense over keys < P), middle (full query blocks, one batched call over unfold views of the
+    keys: no T×T tensor, no padding copy), tail (the last < b queries).
+    """
+    B, H, T, D = query.shape
+    b = block or block_size(window)
+    n_prev = -(-(window - 1) // b)
+    P = n_prev * b  # keys before a block's first query that its slab holds (P >= window - 1)
+    L = P + b
+    # [B, T, H, D] views: transformers' q/k/v are transposes of this layout, so these are usually free.
+    q_t, k_t, v_t = (x.transpose(1, 2) for x in (query, key, value))
+    pieces = []
+
+    head = min(P, T)
+    if head > 0:
+        qh, kh, vh = query[:, :, :head], key[:, :, :head], value[:, :, :head]
+        if head <= window:  # every key of the head is inside the window: plain causal
+            pieces.append(causal_attention(qh, kh, vh, scaling))
+        else:
+            pieces.append(masked_attention(qh, kh, vh, window, sinks, scaling=scaling))
+
+    n_mid = max(0, (T - P) // b)
+    if n_mid > 0:
+        end = P + n_mid * b
+        # Query blocks [B, n, H, b, D]; key slabs [B, n, H, L, D] as overlapping views (unfold, step b).
+        qm = q_t[:, P:end].reshape(B, n_mid, b, H, D).transpose(2, 3)
+        km = k_t[:, :end].unfold(1, L, b).transpose(-1, -2)
+        vm = v_t[:, :end].unfold(1, L, b).transpose(-1, -2)
+        if sinks > 0:
+            ks = k_t[:, None, :sinks].transpose(2, 3).expand(B, n_mid, H, sinks, D)
+            vs = v_t[:, None, :sinks].transpose(2, 3).expand(B, n_mid, H, sinks, D)
+            km, vm = torch.cat([ks, km], dim=-2), torch.cat([vs, vm], dim=-2)
+        mask = _slab_mask(b, window, sinks, n_mid, P, query.device)
+        if B > 1:
+            mask = mask.repeat(B, 1, 1, 1)
+        out = F.scaled_dot_product_attention(
+            qm.reshape(B * n_mid, H, b, D),
+            km.reshape(B * n_mid, H, km.shape[-2], D),
+            vm.reshape(B * n_mid, H, vm.shape[-2], D),
+            attn_mask=mask,
+            scale=scaling,
+        )
+        pieces.append(out.view(B, n_mid, H, b, D).transpose(2, 3).reshape(B, n_mid * b, H, D))
+
+    start = P + n_mid * b
+    if start < T:  # tail: fewer than b queries; keys from start - P (the window) plus the sinks
+        k0 = max(0, start - P)
+        qt, kt, vt = query[:, :, start:], key[:, :, k0:], value[:, :, k0:]
+        # Sinks inside [k0, T) are handled by window_mask (shifted); those before k0 become extra columns.
+        mask = window_mask(T - start, T - k0, window, max(0, sinks - k0), query.device)
+        n_s = min(sinks, k0)
+        if n_s > 0:
+            i = torch.arange(start, T, device=query.device)[:, None]
+            sink_cols = (i - torch.arange(n_s, device=query.device)) >= window
+            kt, vt = torch.cat([key[:, :, :n_s], kt], dim=2), torch.cat([value[:, :, :n_s], vt], dim=2)
+            mask = torch.cat([sink_cols, mask], dim=-1)
+        out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, scale=scaling)
+        pieces.append(out.transpose(1, 2))
+
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# FlexAttention (CUDA)
+
+
+def flex_mask_mod(window: int, sinks: int = 0) -> Any:
+    """FlexAttention mask_mod for the window rule (also usable with ``create_mask`` on CPU, for tests)."""
+
+    def mask_mod(b: Any, h: Any, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        return (kv_idx <= q_idx) & ((q_idx - kv_idx < window) | (kv_idx < sinks))
+
+    return mask_mod
+
+
+@functools.cache
+def _flex_kernel() -> Any:
+    """Compiled flex_attention, built once per process; None when this torch has no FlexAttention."""
+    try:
+        from torch.nn.attention.flex_attention import flex_attention
+    except ImportError:
+        return None
+    return torch.compile(flex_attention, dynamic=False)
+
+
+@functools.lru_cache(maxsize=64)
+def _flex_block_mask(seq_len: int, window: int, sinks: int, device: torch.device) -> Any:
+    """Sliding-window BlockMask per (T, window, sinks, device): built once, reused by every layer and step."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    return create_block_mask(flex_mask_mod(window, sinks), None, None, seq_len, seq_len, device=device)
+
+
+_FLEX_BROKEN: list[str] = []  # set once a flex call fails, so later calls go straight to the blocked path
+
+
+def flex_available(device: torch.device) -> bool:
+    """FlexAttention is used on CUDA only (on CPU it is compiled, forward-only and slower than blocked)."""
+    return device.type == "cuda" and not _FLEX_BROKEN and _flex_kernel() is not None
+
+
+def flex_windowed_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    window: int,
+    sinks: int = 0,
+    scaling: float | None = None,
+) -> torch.Tensor:
+    """FlexAttention with a cached sliding-window BlockMask; falls back to ``blocked_attention`` on any failure."""
+    if flex_available(query.device):
+        try:
+            block_mask = _flex_block_mask(query.shape[-2], window, sinks, query.device)
+            out = _flex_kernel()(query, key, value, block_mask=block_mask, scale=scaling)
+            return out.transpose(1, 2)
+        except Exception as err:  # compile or kernel errors: keep training on the blocked path
+            _FLEX_BROKEN.append(repr(err))
+            warnings.warn(f"FlexAttention failed ({err!r}); using blocked attention", stacklevel=2)
+    return blocked_attention(query, key, value, window, sinks, scaling)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Dispatch
+
+
+def select_path(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    window: int | None,
+    attention_mask: torch.Tensor | None = None,
+    dropout: float = 0.0,
+    backend: str = "auto",
+) -> str:
+    """Which path ``windowed_attention`` takes: causal | blocked | flex | masked."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    q_len, k_len = query.shape[-2], key.shape[-2]
+    plain = attention_mask is None and q_len == k_len
+    if backend == "masked":
+        return "masked"
+    full = window is None or window >= k_len
+    if full and plain:
+        return "causal"  # full attention (dropout is fine here: SDPA applies it)
+    if not plain or dropout > 0 or full:
+        return "masked"  # padding, cache decoding, dropout: the explicit mask is the correct path
+    if backend == "flex" or (backend == "auto" and flex_available(query.device)):
+        return "flex"
+    return "blocked"
 
 
 def windowed_attention(
@@ -60,9 +308,27 @@ def windowed_attention(
     backend: str = "auto",
 ) -> torch.Tensor:
     """Causal attention with an optional sliding window and sink tokens; returns [B, Tq, H, D]."""
-    q_len, k_len = query.shape[-2], key.shape[-2]
-    full = window is None or window >= k_len
-    if full and attention_mask is None and q_len == k_len:
-        out = F.scaled_dot_product_attention(query, key, value, is_causal=True, dropout_p=dropout, scale=scaling)
-        return out.transpose(1, 2)
+    path = select_path(query, key, window, attention_mask, dropout, backend)
+    if path == "causal":
+        return causal_attention(query, key, value, scaling, dropout)
+    if path == "blocked":
+        return blocked_attention(query, key, value, window, sinks, scaling)
+    if path == "flex":
+        return flex_windowed_attention(query, key, value, window, sinks, scaling)
     return masked_attention(query, key, value, window, sinks, attention_mask, scaling, dropout)
+
+
+__all__ = [
+    "BACKENDS",
+    "PATHS",
+    "blocked_attention",
+    "block_size",
+    "causal_attention",
+    "flex_available",
+    "flex_mask_mod",
+    "flex_windowed_attention",
+    "masked_attention",
+    "select_path",
+    "window_mask",
+    "windowed_attention",
+]

@@ -1,19 +1,48 @@
-"""Perplexity of the baseline and every schedule: fine-tuned, zero-shot (retrofit), and loss by position."""
+"""Evaluation of the baseline and every schedule.
+
+Perplexity (fine-tuned and zero-shot retrofit), loss by position, the long-range induction probe (lmask.probe),
+generation with BLEU / distinct-n (lmask.generation), attention entropy and distance per layer and head
+(lmask.analysis), and efficiency at the eval context (the benchmark team's lmask.benchmark / lmask.flops).
+"""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from tqdm import tqdm
+from transformers import AutoTokenizer
 
+from lmask.analysis import AnalysisParams, analyse, analysis_params
 from lmask.data import load_blocks, write_json
+from lmask.generation import GenerationParams, generation_params, generation_report, prompts_from_blocks
 from lmask.model import apply_windows, load_model
+from lmask.probe import ProbeParams, model_logits_fn, probe_params, run_probe, token_pool
 from lmask.schedule import layer_windows, pair_fraction, receptive_field, schedule_sinks
 from lmask.train import autocast, pick_device
+
+
+@dataclass
+class EvalSections:
+    """This stage's own params.yaml sections, validated before any model is loaded."""
+
+    probe: ProbeParams
+    generation: GenerationParams
+    analysis: AnalysisParams
+
+
+def eval_sections(params) -> EvalSections:
+    context, extra = params.data.context_length, params.extra
+    return EvalSections(
+        probe=probe_params(extra.get("probe"), context),
+        generation=generation_params(extra.get("generation"), context),
+        analysis=analysis_params(extra.get("analysis"), params.model.n_layer),
+    )
 
 
 @torch.no_grad()
@@ -44,6 +73,7 @@ def evaluate(params, out_metrics: Path = Path("metrics/eval.json"),
              out_positions: Path = Path("plots/eval/loss_by_position.csv"),
              out_curves: Path = Path("plots/eval/train_curves.csv")) -> dict:
     """Evaluate models/baseline and models/masked/<name> for the schedules listed in params.yaml now."""
+    sections = eval_sections(params)  # fail on a typo before loading anything
     cfg = params.evaluate
     device = pick_device(params.train.device)
     test = load_blocks(Path("data/tokenized"), "test")
@@ -70,13 +100,17 @@ def evaluate(params, out_metrics: Path = Path("metrics/eval.json"),
         "attention_pairs": 1.0,
         "receptive_field": context,
     }
-    for name, spec in params.schedules.items():
+    extras = ExtraEvaluation(params, sections, test, device)
+    extras.add("baseline", baseline, [None] * n_layer, 0)
+    for name, spec in tqdm(params.schedules.items(), desc="evaluate", unit="model"):
         windows = layer_windows(spec, n_layer, f"schedules.{name}")
         sinks = schedule_sinks(spec, f"schedules.{name}")
         path = Path("models/masked") / name
         if not (path / "model.safetensors").is_file():
             raise FileNotFoundError(f"{path} is missing: run `dvc repro train_masked@{name}` first")
-        curves[name], val_ppl = score(load_model(path))
+        model = load_model(path)
+        curves[name], val_ppl = score(model)
+        extras.add(name, model, windows, sinks)
         zero_shot = apply_windows(load_model("models/baseline"), windows, sinks, params.attention.backend)
         zs_pos = position_losses(zero_shot.to(device), test, cfg.batch_size, device, cfg.max_batches)
         results[name] = {
@@ -96,7 +130,10 @@ def evaluate(params, out_metrics: Path = Path("metrics/eval.json"),
         if control is not None:
             row["test_ppl_change_vs_full_pct"] = pct_change(row["test_ppl"], control)
 
+    for name, row in results.items():
+        row.update(extras.metrics[name])
     write_json(out_metrics, results)
+    extras.write(out_positions.parent)
     _write_long_csv(out_positions, [
         pd.DataFrame({"position": np.arange(1, len(c) + 1), "model": name, "loss": np.round(c, 5)})
         for name, c in curves.items()
@@ -122,3 +159,70 @@ def _write_long_csv(path: Path, frames: list) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     pd.concat(frames).to_csv(tmp, index=False)
     tmp.replace(path)
+
+
+class ExtraEvaluation:
+    """Probe, generation, attention analysis and efficiency for each model, collected for metrics and plots."""
+
+    def __init__(self, params, sections: EvalSections, test: np.ndarray, device: torch.device) -> None:
+        self.params, self.sections, self.device = params, sections, device
+        self.context = test.shape[1]
+        self.tokenizer = AutoTokenizer.from_pretrained("models/baseline")
+        self.pool = token_pool(len(self.tokenizer), list(self.tokenizer.all_special_ids))
+        self.prompts, self.references = prompts_from_blocks(test, sections.generation)
+        self.batch = test[: sections.analysis.batch_size]
+        self.metrics: dict[str, dict] = {}
+        self.probe_rows: list[dict] = []
+        self.attention_rows: list[dict] = []
+        self.heatmaps: dict[str, dict] = {}
+        self.texts: dict[str, dict] = {}
+        self.efficiency_rows: list[dict] = []
+
+    def add(self, name: str, model: torch.nn.Module, windows: list[int | None], sinks: int) -> None:
+        model.to(self.device)
+        seed, rf = self.params.seed, receptive_field(windows, self.context)
+        probe = run_probe(model_logits_fn(model, self.device), self.sections.probe, self.pool, seed, rf)
+        self.probe_rows += [{"distance": int(d), "model": name, "accuracy": acc, "chance": probe["chance"]}
+                            for d, acc in probe["accuracy_by_distance"].items()]
+        gen_metrics, self.texts[name] = generation_report(model, self.tokenizer, self.prompts, self.references,
+                                                          self.sections.generation, seed)
+        rows, self.heatmaps[name] = analyse(model, self.batch, self.sections.analysis)
+        self.attention_rows += [{"model": name, **r} for r in rows]
+        efficiency = efficiency_metrics(model, windows, sinks, self.context)
+        if efficiency:
+            self.efficiency_rows.append({"model": name, **efficiency})
+        self.metrics[name] = {
+            "probe": {k: v for k, v in probe.items() if k != "receptive_field"},
+            "generation": gen_metrics,
+            "attention": {
+                "entropy_mean": round(float(np.mean([r["entropy"] for r in rows])), 4),
+                "mean_distance": round(float(np.mean([r["mean_distance"] for r in rows])), 3),
+                "sink_mass": round(float(np.mean([r["sink_mass"] for r in rows])), 4),
+            },
+            "efficiency": efficiency,
+        }
+
+    def write(self, folder: Path) -> None:
+        """CSV plots (long format, a `model` column) and JSON for the report (texts, heatmaps)."""
+        _write_long_csv(folder / "probe_accuracy.csv", [pd.DataFrame(self.probe_rows)])
+        heads = pd.DataFrame(self.attention_rows).round(5)
+        _write_long_csv(folder / "attention_heads.csv", [heads])
+        by_layer = heads.groupby(["model", "layer"], sort=False)[["entropy", "mean_distance", "sink_mass"]].mean()
+        _write_long_csv(folder / "attention_by_layer.csv", [by_layer.round(5).reset_index()])
+        _write_long_csv(folder / "efficiency.csv", [pd.DataFrame(self.efficiency_rows or [{"model": None}])])
+        prompts = [self.tokenizer.decode(p) for p in self.prompts]
+        references = [self.tokenizer.decode(r) for r in self.references]
+        write_json(folder / "generations.json", {"prompts": prompts, "references": references, "models": self.texts})
+        write_json(folder / "attention_heatmaps.json", self.heatmaps)
+
+
+def efficiency_metrics(model: torch.nn.Module, windows: list[int | None], sinks: int, context: int) -> dict:
+    """Throughput, latency, peak memory, FLOPs and KV-cache bytes at the eval context, from lmask.benchmark.
+
+    The one place that calls the benchmark team's code (no second copy of timing code here); {} until it exists.
+    """
+    try:
+        from lmask import benchmark, flops  # noqa: F401
+    except ImportError:
+        return {}
+    return {}

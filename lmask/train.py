@@ -65,15 +65,40 @@ def batch_indices(step: int, n_blocks: int, batch_size: int, seed: int) -> np.nd
     return rng.integers(0, n_blocks, size=batch_size)
 
 
-class Distributed:
-    """World info from torchrun's environment; a no-op for plain `python`."""
+def _usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
-    def __init__(self, device_type: str) -> None:
+
+class Distributed:
+    """World info from torchrun's environment; a no-op for plain `python` and for torchrun with one process.
+
+    NCCL on CUDA (one GPU per rank, cuda:LOCAL_RANK), gloo on CPU. Collectives below are no-ops when disabled, so
+    the training loop has a single code path.
+    """
+
+    def __init__(self, device: torch.device) -> None:
         self.world_size = int(os.environ.get("WORLD_SIZE", 1))
         self.rank = int(os.environ.get("RANK", 0))
+        self.local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
         self.enabled = self.world_size > 1
-        if self.enabled and not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        self.device = device
+        self._owns_group = False
+        if not self.enabled:
+            return
+        if device.type == "mps":
+            raise RuntimeError("DDP needs CUDA (NCCL) or CPU (gloo); run mps with nproc: 1")
+        if device.type == "cuda":
+            # Without this every rank's NCCL barrier/collective defaults to cuda:0.
+            torch.cuda.set_device(device)
+        else:
+            # torchrun exports OMP_NUM_THREADS=1 for nproc > 1; share the cores instead, never oversubscribe them.
+            torch.set_num_threads(max(1, _usable_cpus() // self.local_world_size))
+        if not dist.is_initialized():
+            if device.type == "cuda":
+                dist.init_process_group(backend="nccl", device_id=device)
+            else:
+                dist.init_process_group(backend="gloo")
+            self._owns_group = True
 
     @property
     def is_main(self) -> bool:
@@ -83,25 +108,55 @@ class Distributed:
         if self.enabled:
             dist.barrier()
 
+    def all_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Element-wise sum over ranks (the input itself when not distributed)."""
+        if self.enabled:
+            values = values.to(self.device)  # NCCL reduces GPU tensors only
+            dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        return values
+
+    def gather(self, obj: object) -> list:
+        """Every rank's ``obj``, in rank order (used for per-rank RNG states)."""
+        if not self.enabled:
+            return [obj]
+        out: list = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def close(self) -> None:
+        """Tear down the process group we created (avoids torch's exit warning)."""
+        if self._owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self._owns_group = False
+
 
 @torch.no_grad()
 def mean_loss(model: torch.nn.Module, blocks: np.ndarray, batch_size: int, device: torch.device,
-              max_batches: int | None = None) -> float:
-    """Mean next-token loss over the first max_batches batches of blocks (all tokens weighted equally)."""
+              max_batches: int | None = None, world: Distributed | None = None) -> float:
+    """Mean next-token loss over the first max_batches batches of blocks (all tokens weighted equally).
+
+    Under DDP the batches are dealt round-robin to the ranks and the sums all-reduced, so every rank returns the
+    same value (equal to the single-process one up to summation order) in 1/world_size of the time.
+    """
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    rank, size = (world.rank, world.world_size) if world is not None and world.enabled else (0, 1)
+    # Summed on the device: no host sync per batch. mps has no float64.
+    sums = torch.zeros(2, dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
     n = len(blocks) if max_batches is None else min(len(blocks), max_batches * batch_size)
-    for start in range(0, n, batch_size):
+    for start in list(range(0, n, batch_size))[rank::size]:
         x = torch.from_numpy(blocks[start : min(n, start + batch_size)]).to(device)
         with autocast(device):
             logits = model(x).logits.float()
         loss = torch.nn.functional.cross_entropy(
             logits[:, :-1].reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1), reduction="sum"
         )
-        total += loss.item()
-        count += x[:, 1:].numel()
+        sums[0] += loss
+        sums[1] += x[:, 1:].numel()
+    if world is not None:
+        sums = world.all_sum(sums)
     model.train(was_training)
+    total, count = sums.tolist()
     return total / count
 
 
@@ -118,7 +173,15 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _save_checkpoint(path: Path, model, optimizer, step: int, rows: list, fp: str, elapsed: float) -> None:
+def _save_checkpoint(path: Path, model, optimizer, step: int, rows: list, fp: str, elapsed: float,
+                     world: Distributed) -> None:
+    """Rank 0 writes; every rank must call it (it gathers each rank's RNG state)."""
+    rng = world.gather({
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    })
+    if not world.is_main:
+        return
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -126,13 +189,43 @@ def _save_checkpoint(path: Path, model, optimizer, step: int, rows: list, fp: st
         "rows": rows,
         "fingerprint": fp,
         "elapsed": elapsed,
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "rng": rng,  # one entry per rank
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
     tmp.replace(path)
+
+
+def _load_checkpoint(path: Path, model, optimizer, fp: str, name: str, world: Distributed) -> tuple[int, list, float]:
+    """Resume state (step, rows, elapsed) from ``path`` if it matches ``fp``; every rank reads the file itself.
+
+    Ranks must agree on the step: a checkpoint visible to some ranks only (multi-node without a shared filesystem)
+    would silently desynchronise the optimizers, so that is an error.
+    """
+    step, rows, elapsed = 0, [], 0.0
+    if path.is_file():
+        # CPU first: RNG states must stay CPU tensors; load_state_dict moves weights/moments to the device.
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state.get("fingerprint") == fp:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            step, rows, elapsed = state["step"], state["rows"], state["elapsed"]
+            rng = state["rng"][world.rank if len(state["rng"]) == world.world_size else 0]
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            if world.is_main:
+                print(f"{name}: resuming from {path} at step {step}")
+        elif world.is_main:
+            print(f"{name}: ignoring stale checkpoint {path} (params or inputs changed)")
+    steps = world.gather(step)
+    if len(set(steps)) > 1:
+        raise RuntimeError(
+            f"{name}: ranks found different checkpoints in {path.parent} (resume steps {steps}); the checkpoint "
+            "folder must be on a filesystem shared by all nodes"
+        )
+    return step, rows, elapsed
 
 
 def train(
@@ -154,16 +247,37 @@ def train(
 ) -> dict:
     """Train ``model`` for cfg.steps optimizer steps; save model, metrics JSON and a CSV curve.
 
-    ``stop_after`` ends the run early after that many steps (checkpoint written), to test resume.
+    Run as plain ``python`` or under ``torchrun`` (DDP): each rank gets the same arguments, takes its shard of every
+    global batch, and returns the same metrics; rank 0 alone writes files. ``stop_after`` ends the run early after
+    that many steps (checkpoint written, returns ``{"stopped_at": step}``), to test resume.
     """
     device = pick_device(cfg.device)
-    world = Distributed(device.type)
+    world = Distributed(device)
+    result = _train(model, train_blocks, val_blocks, cfg, device, world, seed=seed, name=name,
+                    model_dir=model_dir, metrics_path=metrics_path, plot_path=plot_path,
+                    checkpoint_dir=checkpoint_dir, run_fingerprint=run_fingerprint, tokenizer=tokenizer,
+                    extra_metrics=extra_metrics, stop_after=stop_after)
+    # Not in a `finally`: tearing down a group while peers wait in a collective can hang; on errors torchrun
+    # stops the other ranks.
+    world.close()
+    return result
+
+
+def _train(model, train_blocks, val_blocks, cfg: TrainParams, device: torch.device, world: Distributed, *,
+           seed: int, name: str, model_dir: Path, metrics_path: Path, plot_path: Path, checkpoint_dir: Path,
+           run_fingerprint: str, tokenizer, extra_metrics: dict | None, stop_after: int | None) -> dict:
     micro = cfg.micro_batch_size
+    # params.check() validates with nproc; a multi-node world (nnodes × nproc) is only known here.
+    if cfg.batch_size % (micro * world.world_size):
+        raise ValueError(
+            f"{name}: batch_size {cfg.batch_size} is not divisible by micro_batch_size {micro} × "
+            f"{world.world_size} processes; the global batch must stay batch_size"
+        )
     accumulation = cfg.batch_size // (micro * world.world_size)
     shard = cfg.batch_size // world.world_size
     context = train_blocks.shape[1]
 
-    torch.manual_seed(seed)
+    torch.manual_seed(seed + world.rank)  # distinct dropout per rank; rank 0 matches a single-process run
     model.to(device).train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -171,23 +285,13 @@ def train(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=(0.9, 0.95), fused=device.type == "cuda",
     )
-    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world.enabled else model
-
     ckpt_path = checkpoint_dir / "state.pt"
-    step, rows, elapsed = 0, [], 0.0
-    if ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if state["fingerprint"] == run_fingerprint:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            step, rows, elapsed = state["step"], state["rows"], state["elapsed"]
-            torch.set_rng_state(state["torch_rng"])
-            if state["cuda_rng"] is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
-            if world.is_main:
-                print(f"{name}: resuming from {ckpt_path} at step {step}")
-        elif world.is_main:
-            print(f"{name}: ignoring stale checkpoint {ckpt_path} (params changed)")
+    # Every rank restores the same model and optimizer state before DDP wraps (and broadcasts) the model.
+    step, rows, elapsed = _load_checkpoint(ckpt_path, model, optimizer, run_fingerprint, name, world)
+    ddp_model = (
+        torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        if world.enabled else model
+    )
 
     bar = tqdm(total=cfg.steps, initial=step, desc=name, unit="step", disable=not world.is_main)
     window_loss, window_tokens, window_time = 0.0, 0, 0.0
@@ -199,20 +303,26 @@ def train(
             group["lr"] = lr
         idx = batch_indices(step, len(train_blocks), cfg.batch_size, seed)
         idx = idx[world.rank * shard : (world.rank + 1) * shard]
-        step_loss = 0.0
+        local_loss = torch.zeros((), device=device)
         for k in range(accumulation):
             x = torch.from_numpy(train_blocks[idx[k * micro : (k + 1) * micro]]).to(device)
             sync = k == accumulation - 1 or not world.enabled
             with (nullcontext() if sync else ddp_model.no_sync()), autocast(device):
                 loss = ddp_model(input_ids=x, labels=x).loss / accumulation
             loss.backward()
-            step_loss += loss.item()
-        if not math.isfinite(step_loss):
+            local_loss += loss.detach().float()
+        # The global batch's loss (mean over ranks): the value logged, and the one every rank checks, so a NaN on
+        # any rank stops all of them together instead of leaving the others hanging in the next all-reduce.
+        step_loss = world.all_sum(local_loss).item() / world.world_size
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+        if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
+            # Raised before optimizer.step(), so the last checkpoint holds finite weights.
+            what = "loss" if not math.isfinite(step_loss) else "gradient norm"
             raise FloatingPointError(
-                f"{name}: training loss became {step_loss} at step {step}; lower the learning rate "
-                f"({'masked' if 'masked' in str(model_dir) else 'train'}.lr={cfg.lr}) or check the data"
+                f"{name}: training {what} became {step_loss if what == 'loss' else grad_norm} at step {step}; "
+                f"lower the learning rate ({'masked' if 'masked' in str(model_dir) else 'train'}.lr={cfg.lr}) "
+                "or check the data"
             )
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -225,7 +335,7 @@ def train(
         bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{window_tokens / window_time:.0f}")
 
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            val = mean_loss(model, val_blocks, micro, device, cfg.eval_batches)
+            val = mean_loss(model, val_blocks, micro, device, cfg.eval_batches, world)
             rows.append({
                 "step": step,
                 "train_loss": round(window_loss / (step - last_steps), 5),
@@ -234,29 +344,33 @@ def train(
                 "tokens_per_s": round(window_tokens / window_time, 1),
             })
             window_loss, window_tokens, window_time, last_steps = 0.0, 0, 0.0, step
-        if world.is_main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-            _save_checkpoint(ckpt_path, model, optimizer, step, rows, run_fingerprint, elapsed)
-        if stop_after is not None and step >= stop_after and step < cfg.steps:
+        stopping = stop_after is not None and step >= stop_after and step < cfg.steps
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping:
+            _save_checkpoint(ckpt_path, model, optimizer, step, rows, run_fingerprint, elapsed, world)
+        if stopping:
             bar.close()
+            world.barrier()  # the checkpoint is on disk before any rank returns
             return {"stopped_at": step}
     bar.close()
 
-    metrics = {}
+    # All ranks evaluate (sharded) and so return identical metrics; only rank 0 writes them.
+    val_loss = mean_loss(model, val_blocks, micro, device, world=world)
+    total_tokens = cfg.steps * cfg.batch_size * context
+    metrics = {
+        "steps": cfg.steps,
+        "tokens": total_tokens,
+        "train_loss": rows[-1]["train_loss"],
+        "val_loss": round(val_loss, 5),
+        "val_ppl": round(math.exp(val_loss), 3),
+        "train_time_s": round(elapsed, 1),
+        "tokens_per_s": round(total_tokens / max(elapsed, 1e-9), 1),
+        "device": str(device.type),
+        "world_size": world.world_size,
+        **(extra_metrics or {}),
+    }
+    # Every rank has finished every step before rank 0 deletes the checkpoint: a rank crashing late can still resume.
+    world.barrier()
     if world.is_main:
-        val_loss = mean_loss(model, val_blocks, micro, device)
-        total_tokens = cfg.steps * cfg.batch_size * context
-        metrics = {
-            "steps": cfg.steps,
-            "tokens": total_tokens,
-            "train_loss": rows[-1]["train_loss"],
-            "val_loss": round(val_loss, 5),
-            "val_ppl": round(math.exp(val_loss), 3),
-            "train_time_s": round(elapsed, 1),
-            "tokens_per_s": round(total_tokens / elapsed, 1),
-            "device": str(device.type),
-            "world_size": world.world_size,
-            **(extra_metrics or {}),
-        }
         tmp = atomic_dir(model_dir)
         model.save_pretrained(tmp)
         if tokenizer is not None:
@@ -266,7 +380,7 @@ def train(
         write_json(metrics_path, metrics)
         _write_csv(plot_path, rows)
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    world.barrier()
+    world.barrier()  # outputs exist before any rank returns
     return metrics
 
 

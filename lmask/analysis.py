@@ -1,0 +1,130 @@
+"""Attention analysis: per-layer, per-head entropy, mean attention distance and sink mass, plus heatmaps.
+
+The fast paths never materialise attention weights, so this analysis swaps in an explicit path for one forward on a
+fixed test batch: softmax(Q K^T * scale) under the same ``lmask.attention.window_mask`` (window and sinks from the
+model config), then weights @ V. Its output equals the fast path's to rounding, so what we measure is the model
+the other metrics score.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from lmask.attention import window_mask
+from lmask.model import ATTN_NAME
+from lmask.params import section_from_dict
+
+EXPLICIT_NAME = "lmask_explicit"
+SINK_POSITIONS = 4  # attention mass on the first 4 tokens: StreamingLLM's "attention sink" measure
+
+
+@dataclass
+class AnalysisParams:
+    batch_size: int = 4  # test blocks in the analysed batch
+    heatmap_layers: list[int] | None = None  # None: first, middle and last layer
+    heatmap_tokens: int = 64  # heatmaps show the first N queries x keys of the first block
+
+    def check(self, n_layer: int | None = None) -> None:
+        for name in ("batch_size", "heatmap_tokens"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ValueError(f"analysis.{name} must be a positive integer, got {value!r}")
+        for layer in self.heatmap_layers or []:
+            if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0 or (
+                n_layer is not None and layer >= n_layer
+            ):
+                raise ValueError(f"analysis.heatmap_layers: {layer!r} is not a layer index (model.n_layer={n_layer})")
+
+    def layers(self, n_layer: int) -> list[int]:
+        return self.heatmap_layers if self.heatmap_layers else sorted({0, n_layer // 2, n_layer - 1})
+
+
+def analysis_params(raw: object, n_layer: int | None = None) -> AnalysisParams:
+    """Validate params.yaml's ``analysis`` section (unknown keys raise naming ``analysis.<key>``)."""
+    cfg = section_from_dict(AnalysisParams, raw, "analysis")
+    cfg.check(n_layer)
+    return cfg
+
+
+def explicit_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """AttentionInterface entry that materialises the weights and keeps them on the module (analysis only)."""
+    config = module.config
+    windows = getattr(config, "layer_windows", None)
+    window = windows[module.layer_idx] if windows else None
+    mask = window_mask(query.shape[-2], key.shape[-2], window, getattr(config, "attention_sinks", 0), query.device)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    scores = (query @ key.transpose(-1, -2)).float() * scale
+    scores = scores.masked_fill(~mask, float("-inf"))
+    weights = scores.softmax(-1)
+    module.lmask_weights = weights.detach()
+    return (weights.to(value.dtype) @ value).transpose(1, 2), weights
+
+
+AttentionInterface.register(EXPLICIT_NAME, explicit_attention)
+AttentionMaskInterface.register(EXPLICIT_NAME, sdpa_mask)
+
+
+@contextlib.contextmanager
+def explicit_weights(model: torch.nn.Module):
+    """Run the model with the explicit attention path inside the block, restoring lmask attention after."""
+    model.set_attn_implementation(EXPLICIT_NAME)
+    try:
+        yield model
+    finally:
+        for block in model.transformer.h:
+            block.attn.__dict__.pop("lmask_weights", None)
+        model.set_attn_implementation(ATTN_NAME)
+
+
+def weight_stats(weights: torch.Tensor) -> dict[str, np.ndarray]:
+    """Per-head means over batch and queries of one layer's weights [B, H, T, T]: entropy, distance, sink mass."""
+    t = weights.shape[-1]
+    w = weights.double()
+    entropy = -(w * torch.log(w.clamp_min(1e-30))).sum(-1)  # [B, H, T]; 0 * log 0 counts as 0
+    distance = torch.arange(t)[:, None] - torch.arange(t)[None, :]  # query - key
+    mean_distance = (w * distance.clamp_min(0).double()).sum(-1)
+    sink_mass = w[..., : min(SINK_POSITIONS, t)].sum(-1)
+    return {
+        "entropy": entropy.mean((0, 2)).numpy(),
+        "mean_distance": mean_distance.mean((0, 2)).numpy(),
+        "sink_mass": sink_mass.mean((0, 2)).numpy(),
+    }
+
+
+@torch.no_grad()
+def analyse(model: torch.nn.Module, batch: np.ndarray, cfg: AnalysisParams) -> tuple[list[dict], dict]:
+    """(rows of per-layer/head stats, {layer: heatmap [N, N] averaged over heads}) for one model."""
+    model.eval()
+    device = next(model.parameters()).device
+    n_layer = model.config.n_layer
+    rows: list[dict] = []
+    heatmaps: dict[str, list] = {}
+    with explicit_weights(model):
+        model(torch.from_numpy(batch).to(device))
+        for layer, block in enumerate(model.transformer.h):
+            weights = block.attn.lmask_weights.cpu()
+            stats = weight_stats(weights)
+            for head in range(weights.shape[1]):
+                rows.append({"layer": layer, "head": head, **{k: float(v[head]) for k, v in stats.items()}})
+            if layer in cfg.layers(n_layer):
+                n = min(cfg.heatmap_tokens, weights.shape[-1])
+                heatmaps[str(layer)] = weights[0, :, :n, :n].mean(0).numpy().round(4).tolist()
+    return rows, heatmaps
+
+
+__all__ = ["AnalysisParams", "analyse", "analysis_params", "explicit_weights", "weight_stats"]

@@ -1,0 +1,147 @@
+"""The masked GPT-2: equal to an independently written masked reference, receptive field respected, round trip."""
+
+import pytest
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from lmask.model import apply_windows, load_model, new_model, scratch_config
+
+torch.set_num_threads(1)
+
+
+def reference_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Dense softmax attention with the window rule written out with loops (independent of lmask.attention)."""
+    windows = module.config.ref_windows
+    sinks = module.config.ref_sinks
+    w = windows[module.layer_idx]
+    tq, tk = query.shape[-2], key.shape[-2]
+    allowed = torch.zeros(tq, tk, dtype=torch.bool)
+    for qi in range(tq):
+        i = tk - tq + qi
+        for j in range(i + 1):
+            allowed[qi, j] = w is None or i - j < w or j < sinks
+    if attention_mask is not None:
+        allowed = allowed & attention_mask[:, :, :, :tk]
+    scores = (query @ key.transpose(-1, -2)) * scaling
+    allowed = allowed | ~allowed.any(-1, keepdim=True)  # fully padded rows: finite, never read by real tokens
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    return (scores.softmax(-1) @ value).transpose(1, 2), None
+
+
+AttentionInterface.register("test_reference", reference_attention)
+AttentionMaskInterface.register("test_reference", sdpa_mask)
+
+
+def tiny_model(n_layer=3, seed=0):
+    config = scratch_config(vocab_size=50, n_layer=n_layer, n_embd=16, n_head=2, n_positions=64, dropout=0.0,
+                            bos_token_id=0, eos_token_id=0)
+    return new_model(config, seed).eval()
+
+
+def reference_logits(model, windows, sinks, x, **kw):
+    model.config.ref_windows, model.config.ref_sinks = windows, sinks
+    saved = model.config._attn_implementation
+    model.set_attn_implementation("test_reference")
+    try:
+        return model(x, **kw).logits
+    finally:
+        model.set_attn_implementation(saved)
+
+
+@pytest.mark.parametrize(
+    "windows, sinks",
+    [([None, None, None], 0), ([1, 1, 1], 0), ([3, None, 5], 0), ([2, 4, 1], 2), ([64, 7, None], 1)],
+)
+def test_masked_model_equals_reference(windows, sinks):
+    model = tiny_model()
+    x = torch.randint(1, 50, (2, 23))
+    apply_windows(model, windows, sinks)
+    with torch.no_grad():
+        ours = model(x).logits
+        ref = reference_logits(model, windows, sinks, x)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_windows_change_the_output():
+    model = tiny_model()
+    x = torch.randint(1, 50, (1, 20))
+    with torch.no_grad():
+        full = model(x).logits
+        apply_windows(model, [2, 2, 2])
+        windowed = model(x).logits
+    assert torch.equal(full[:, :2], windowed[:, :2])  # first two positions see the same keys either way
+    assert (full[:, -1] - windowed[:, -1]).abs().max() > 1e-4
+
+
+def test_token_outside_receptive_field_does_not_change_last_logits():
+    model = apply_windows(tiny_model(), [2, 3, 2])  # receptive field 1 + 1 + 2 + 1 = 5 positions
+    x = torch.randint(1, 50, (1, 30))
+    last = 29
+    with torch.no_grad():
+        base = model(x).logits[0, last]
+        outside, inside = x.clone(), x.clone()
+        outside[0, : last - 5 + 1] = (outside[0, : last - 5 + 1] % 49) + 1  # every position outside the field
+        inside[0, last - 4] = (inside[0, last - 4] % 49) + 1  # oldest position inside the field
+        assert torch.equal(model(outside).logits[0, last], base)
+        assert not torch.allclose(model(inside).logits[0, last], base)
+
+
+def test_sink_tokens_stay_visible():
+    model = apply_windows(tiny_model(), [1, 1, 1], sinks=1)
+    x = torch.randint(1, 50, (1, 12))
+    changed = x.clone()
+    changed[0, 0] = (changed[0, 0] % 49) + 1
+    with torch.no_grad():
+        assert not torch.allclose(model(x).logits[0, -1], model(changed).logits[0, -1])
+        apply_windows(model, [1, 1, 1], sinks=0)
+        assert torch.equal(model(x).logits[0, -1], model(changed).logits[0, -1])
+
+
+def test_padding_mask_is_applied():
+    """Left padding with explicit positions gives the unpadded logits: the padding mask is not dropped."""
+    model = apply_windows(tiny_model(), [4, None, 2], sinks=1)
+    x = torch.randint(1, 50, (1, 10))
+    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), x], dim=1)
+    mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 10, dtype=torch.long)], dim=1)
+    positions = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.arange(10)[None]], dim=1)
+    with torch.no_grad():
+        plain = model(x).logits
+        out = model(padded, attention_mask=mask, position_ids=positions).logits[:, 3:]
+    # Sinks count absolute positions of the padded sequence, so compare against the reference for that input.
+    with torch.no_grad():
+        ref = reference_logits(model, [4, None, 2], 1, padded, attention_mask=mask, position_ids=positions)[:, 3:]
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    apply_windows(model, [4, None, 2], sinks=0)
+    with torch.no_grad():
+        plain = model(x).logits
+        out = model(padded, attention_mask=mask, position_ids=positions).logits[:, 3:]
+    torch.testing.assert_close(out, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_save_load_round_trip_keeps_windows(tmp_path):
+    model = apply_windows(tiny_model(), [3, None, 1], sinks=2)
+    x = torch.randint(1, 50, (1, 16))
+    model.save_pretrained(tmp_path)
+    loaded = load_model(tmp_path).eval()
+    assert loaded.config.layer_windows == [3, None, 1] and loaded.config.attention_sinks == 2
+    assert loaded.config._attn_implementation == "lmask"
+    with torch.no_grad():
+        assert torch.equal(loaded(x).logits, model(x).logits)
+
+
+def test_full_windows_are_plain_gpt2():
+    model = tiny_model()
+    x = torch.randint(1, 50, (2, 17))
+    with torch.no_grad():
+        ours = apply_windows(model, [None] * 3)(x).logits
+        model.set_attn_implementation("eager")
+        eager = model(x).logits
+    torch.testing.assert_close(ours, eager, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("windows, sinks, message", [([1, 1], 0, "n_layer=3"), ([1, 0, 1], 0, r"windows\[1\]"),
+                                                     ([1, 1, 1], -1, "sinks")])
+def test_apply_windows_rejects_bad_input(windows, sinks, message):
+    with pytest.raises(ValueError, match=message):
+        apply_windows(tiny_model(), windows, sinks)
