@@ -1,5 +1,7 @@
 """Attention analysis: per-layer, per-head entropy, mean attention distance and sink mass, plus heatmaps.
 
+(The section also sizes the efficiency timing at the eval context, which lmask.evaluate runs via lmask.benchmark.)
+
 The fast paths never materialise attention weights, so this analysis swaps in an explicit path for one forward on a
 fixed test batch: softmax(Q K^T * scale) under the same ``lmask.attention.window_mask`` (window and sinks from the
 model config), then weights @ V. Its output equals the fast path's to rounding, so what we measure is the model
@@ -29,9 +31,11 @@ class AnalysisParams:
     batch_size: int = 4  # test blocks in the analysed batch
     heatmap_layers: list[int] | None = None  # None: first, middle and last layer
     heatmap_tokens: int = 64  # heatmaps show the first N queries x keys of the first block
+    timing_batch_size: int = 8  # efficiency at the eval context (lmask.benchmark): sequences per timed forward
+    timing_repeats: int = 3  # timed rounds (median); each round times full attention and every schedule
 
     def check(self, n_layer: int | None = None) -> None:
-        for name in ("batch_size", "heatmap_tokens"):
+        for name in ("batch_size", "heatmap_tokens", "timing_batch_size", "timing_repeats"):
             value = getattr(self, name)
             if value < 1:
                 raise ValueError(f"analysis.{name} must be a positive integer, got {value!r}")

@@ -106,11 +106,11 @@ def causal_attention(
 def block_size(window: int) -> int:
     """Query block length for a window.
 
-    Smaller blocks waste fewer pairs (a block computes w + b keys per query, not w) but make smaller GEMMs; on a
-    2-core CPU 64 was the best trade-off from w=256 up, 32 below. A power of two divides the window of geometric
-    schedules, so the slab starts exactly at the window edge.
+    Smaller blocks waste fewer pairs (a block computes w + b keys per query, not w) but make smaller GEMMs. Measured
+    on a 2-core CPU (fwd and fwd+bwd, T=2048/4096): 32 is best up to w=128, 64 at w=256, 128 from w=512. A power
+    of two divides the windows of geometric schedules, so the slab starts exactly at the window edge.
     """
-    return 32 if window <= 128 else 64
+    return 32 if window <= 128 else 64 if window <= 256 else 128
 
 
 @functools.lru_cache(maxsize=64)
@@ -133,6 +133,30 @@ def _slab_mask(b: int, window: int, sinks: int, n_blocks: int, first_query: int,
     j = torch.arange(sinks, device=device)
     sink_cols = (i - j) >= window
     return torch.cat([sink_cols, band], dim=-1).contiguous()
+
+
+class _Slabs(torch.autograd.Function):
+    """Overlapping key slabs [B, n, L, H, D] (slab n = rows n·b .. n·b + L of x [B, n·b + L - b, H, D]).
+
+    Forward is one unfold copy. The backward adds L/b shifted block views into one buffer; autograd's own
+    ``unfold_backward`` was 5x slower than the whole SDPA backward here.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, b: int, L: int) -> torch.Tensor:
+        ctx.shape, ctx.b, ctx.L = x.shape, b, L
+        return x.unfold(1, L, b).permute(0, 1, 4, 2, 3).contiguous()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        B, T, H, D = ctx.shape
+        b, L = ctx.b, ctx.L
+        n, per = grad.shape[1], L // b
+        gx = grad.new_zeros(B, T // b, b, H, D)
+        g = grad.view(B, n, per, b, H, D)
+        for r in range(per):
+            gx[:, r : r + n] += g[:, :, r]
+        return gx.view(B, T, H, D), None, None
 
 
 def blocked_attention(
@@ -172,8 +196,8 @@ def blocked_attention(
         end = P + n_mid * b
         # Query blocks [B, n, H, b, D]; key slabs [B, n, H, L, D] as overlapping views (unfold, step b).
         qm = q_t[:, P:end].reshape(B, n_mid, b, H, D).transpose(2, 3)
-        km = k_t[:, :end].unfold(1, L, b).transpose(-1, -2)
-        vm = v_t[:, :end].unfold(1, L, b).transpose(-1, -2)
+        km = _Slabs.apply(k_t[:, :end], b, L).transpose(2, 3)
+        vm = _Slabs.apply(v_t[:, :end], b, L).transpose(2, 3)
         if sinks > 0:
             ks = k_t[:, None, :sinks].transpose(2, 3).expand(B, n_mid, H, sinks, D)
             vs = v_t[:, None, :sinks].transpose(2, 3).expand(B, n_mid, H, sinks, D)
@@ -212,8 +236,12 @@ def blocked_attention(
 # FlexAttention (CUDA)
 
 
-def flex_mask_mod(window: int, sinks: int = 0) -> Any:
-    """FlexAttention mask_mod for the window rule (also usable with ``create_mask`` on CPU, for tests)."""
+def flex_mask_mod(window: int | torch.Tensor, sinks: int | torch.Tensor = 0) -> Any:
+    """FlexAttention mask_mod for the window rule (also usable with ``create_mask`` on CPU, for tests).
+
+    Pass window/sinks as 0-d tensors for the compiled kernel: ints would be baked into the graph and every new
+    window would recompile (and past dynamo's cache limit fall back to slow eager flex).
+    """
 
     def mask_mod(b: Any, h: Any, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
         return (kv_idx <= q_idx) & ((q_idx - kv_idx < window) | (kv_idx < sinks))
@@ -236,7 +264,8 @@ def _flex_block_mask(seq_len: int, window: int, sinks: int, device: torch.device
     """Sliding-window BlockMask per (T, window, sinks, device): built once, reused by every layer and step."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    return create_block_mask(flex_mask_mod(window, sinks), None, None, seq_len, seq_len, device=device)
+    mask_mod = flex_mask_mod(torch.tensor(window, device=device), torch.tensor(sinks, device=device))
+    return create_block_mask(mask_mod, None, None, seq_len, seq_len, device=device)
 
 
 _FLEX_BROKEN: list[str] = []  # set once a flex call fails, so later calls go straight to the blocked path

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,10 +131,12 @@ def evaluate(params, out_metrics: Path = Path("metrics/eval.json"),
         if control is not None:
             row["test_ppl_change_vs_full_pct"] = pct_change(row["test_ppl"], control)
 
+    extras.time_models()  # after every model is scored: one interleaved timing run for all schedules
     for name, row in results.items():
         row.update(extras.metrics[name])
     write_json(out_metrics, results)
     extras.write(out_positions.parent)
+    print("evaluate extras, seconds:", {k: round(v, 1) for k, v in extras.seconds.items()})
     _write_long_csv(out_positions, [
         pd.DataFrame({"position": np.arange(1, len(c) + 1), "model": name, "loss": np.round(c, 5)})
         for name, c in curves.items()
@@ -177,20 +180,26 @@ class ExtraEvaluation:
         self.heatmaps: dict[str, dict] = {}
         self.texts: dict[str, dict] = {}
         self.efficiency_rows: list[dict] = []
+        self.windows: dict[str, tuple[list[int | None], int]] = {}
+        self.config = None  # the evaluated models' GPT2Config (sizes for the timing run)
+        self.seconds: dict[str, float] = {"probe": 0.0, "generation": 0.0, "analysis": 0.0, "timing": 0.0}
 
     def add(self, name: str, model: torch.nn.Module, windows: list[int | None], sinks: int) -> None:
         model.to(self.device)
         seed, rf = self.params.seed, receptive_field(windows, self.context)
+        t0 = time.perf_counter()
         probe = run_probe(model_logits_fn(model, self.device), self.sections.probe, self.pool, seed, rf)
         self.probe_rows += [{"distance": int(d), "model": name, "accuracy": acc, "chance": probe["chance"]}
                             for d, acc in probe["accuracy_by_distance"].items()]
+        t1 = time.perf_counter()
         gen_metrics, self.texts[name] = generation_report(model, self.tokenizer, self.prompts, self.references,
                                                           self.sections.generation, seed)
+        t2 = time.perf_counter()
         rows, self.heatmaps[name] = analyse(model, self.batch, self.sections.analysis)
         self.attention_rows += [{"model": name, **r} for r in rows]
-        efficiency = efficiency_metrics(model, windows, sinks, self.context)
-        if efficiency:
-            self.efficiency_rows.append({"model": name, **efficiency})
+        for part, seconds in zip(("probe", "generation", "analysis"), (t1 - t0, t2 - t1, time.perf_counter() - t2)):
+            self.seconds[part] += seconds
+        self.windows[name], self.config = (windows, sinks), model.config
         self.metrics[name] = {
             "probe": {k: v for k, v in probe.items() if k != "receptive_field"},
             "generation": gen_metrics,
@@ -199,8 +208,15 @@ class ExtraEvaluation:
                 "mean_distance": round(float(np.mean([r["mean_distance"] for r in rows])), 3),
                 "sink_mass": round(float(np.mean([r["sink_mass"] for r in rows])), 4),
             },
-            "efficiency": efficiency,
         }
+
+    def time_models(self) -> None:
+        t0 = time.perf_counter()
+        timing = efficiency_metrics(self.windows, self.context, self.config, self.sections.analysis, self.device)
+        self.seconds["timing"] = time.perf_counter() - t0
+        for name, row in timing.items():
+            self.metrics[name]["efficiency"] = row
+            self.efficiency_rows.append({"model": name, **row})
 
     def write(self, folder: Path) -> None:
         """CSV plots (long format, a `model` column) and JSON for the report (texts, heatmaps)."""
@@ -216,13 +232,40 @@ class ExtraEvaluation:
         write_json(folder / "attention_heatmaps.json", self.heatmaps)
 
 
-def efficiency_metrics(model: torch.nn.Module, windows: list[int | None], sinks: int, context: int) -> dict:
-    """Throughput, latency, peak memory, FLOPs and KV-cache bytes at the eval context, from lmask.benchmark.
+def efficiency_metrics(models: dict[str, tuple[list[int | None], int]], context: int, config,
+                       cfg: AnalysisParams, device: torch.device) -> dict[str, dict]:
+    """Throughput, latency, peak memory, FLOPs and KV-cache bytes of each model's windows at the eval context.
 
-    The one place that calls the benchmark team's code (no second copy of timing code here); {} until it exists.
+    The one place that calls the benchmark code (lmask.benchmark.bench_model: interleaved rounds of full
+    attention and every schedule on one random-weight model of the evaluated size; lmask.flops for FLOPs), so
+    timing code exists once. Models with full attention everywhere share the full-attention measurement.
     """
-    try:
-        from lmask import benchmark, flops  # noqa: F401
-    except ImportError:
-        return {}
-    return {}
+    from lmask.benchmark import BenchmarkParams, bench_model
+    from lmask.flops import forward_flops_per_token
+
+    bench = BenchmarkParams(
+        seq_lens=[context], fwd_bwd_seq_lens=[], n_layer=config.n_layer, n_embd=config.n_embd,
+        n_head=config.n_head, vocab_size=config.vocab_size, batch_size=cfg.timing_batch_size,
+        warmup=1, repeats=cfg.timing_repeats, device=device.type,
+    )
+    # Prefixed keys: bench_model names its own reference run "full", which a schedule may also be called.
+    windowed = {f"s:{n}": w for n, w in models.items() if any(x is not None for x in w[0])}
+    with tqdm(total=1 + cfg.timing_repeats * (len(windowed) + 2), desc="timing", unit="call") as progress:
+        records = {r["schedule"]: r for r in bench_model(bench, windowed, [context], device, progress)}
+    full_flops = forward_flops_per_token([None] * config.n_layer, context, config.n_embd, config.vocab_size)
+    out = {}
+    for name, (windows, sinks) in models.items():
+        r = records.get(f"s:{name}", records["full"])
+        flops = forward_flops_per_token(windows, context, config.n_embd, config.vocab_size, sinks)
+        out[name] = {
+            "speedup": round(r["speedup"], 4),
+            "flops_ceiling": round(full_flops / flops, 4),
+            "throughput_tokens_per_s": round(r["tokens_per_s"], 1),
+            "latency_ms_per_sequence": round(1000 * r["time_s"] / cfg.timing_batch_size, 3),
+            "peak_memory_bytes": r["peak_mem_bytes"],
+            "flops_per_token": int(flops),
+            "flops_ratio_vs_full": round(flops / full_flops, 4),
+            "kv_cache_bytes": int(r["kv_cache_bytes"]),
+            "kv_cache_ratio_vs_full": round(r["kv_cache_bytes"] / r["full_kv_cache_bytes"], 4),
+        }
+    return out

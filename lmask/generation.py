@@ -13,6 +13,7 @@ import numpy as np
 import sacrebleu
 import torch
 
+from lmask.kv_cache import windowed_cache
 from lmask.params import section_from_dict
 
 
@@ -58,7 +59,8 @@ def generate_ids(model: torch.nn.Module, prompts: np.ndarray, new_tokens: int, g
                  temperature: float = 1.0, top_k: int = 50) -> np.ndarray:
     """New token ids [n, new_tokens] continuing each prompt.
 
-    The cache is transformers' default; lmask's attention applies each layer's window to the cached keys.
+    Uses lmask.kv_cache's windowed cache: windowed layers keep only their sinks and last window - 1 keys, as a
+    deployment would (greedy output equals a full cache's under the same masks).
     """
     model.eval()
     device = next(model.parameters()).device
@@ -68,6 +70,7 @@ def generate_ids(model: torch.nn.Module, prompts: np.ndarray, new_tokens: int, g
     out = model.generate(
         x,
         attention_mask=torch.ones_like(x),
+        past_key_values=windowed_cache(model),
         max_new_tokens=new_tokens,
         min_new_tokens=new_tokens,  # equal lengths: BLEU and distinct-n compare like with like
         do_sample=not greedy,

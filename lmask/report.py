@@ -128,18 +128,19 @@ def speed_quality_figure(inp: Inputs) -> go.Figure:
     """Perplexity change vs speedup: measured (filled) and analytic FLOP ceiling (open) for each schedule."""
     fig = go.Figure()
     eff = inp.efficiency.set_index("model") if len(inp.efficiency) else None
-    for name, row in inp.metrics.items():
+    for i, (name, row) in enumerate(inp.metrics.items()):
         if name == "baseline":
             continue
+        color = _color(i)
         y = row["test_ppl_change_vs_baseline_pct"]
         if eff is not None and name in eff.index and "speedup" in eff.columns:
             fig.add_trace(go.Scatter(x=[eff.loc[name, "speedup"]], y=[y], mode="markers+text", text=[name],
                                      textposition="top center", name=f"{name} measured",
-                                     marker={"size": 12}, legendgroup=name))
+                                     marker={"size": 12, "color": color}, legendgroup=name))
             if "flops_ceiling" in eff.columns:
                 fig.add_trace(go.Scatter(x=[eff.loc[name, "flops_ceiling"]], y=[y], mode="markers",
                                          name=f"{name} FLOP ceiling", legendgroup=name,
-                                         marker={"size": 12, "symbol": "circle-open"}))
+                                         marker={"size": 12, "symbol": "circle-open", "color": color}))
         else:  # no timing available: attention pairs saved is the best proxy we have
             fig.add_trace(go.Scatter(x=[1 / row["attention_pairs"]], y=[y], mode="markers+text", text=[name],
                                      textposition="top center", name=f"{name} (pairs ratio, not timed)"))
@@ -427,23 +428,28 @@ body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; 
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; vertical-align: top; }
 th:first-child, td:first-child { text-align: left; }
-td.text { text-align: left; font-family: ui-monospace, monospace; font-size: 0.85em; white-space: pre-wrap; }
+td.text, span.text { text-align: left; font-family: ui-monospace, monospace; font-size: 0.85em; white-space: pre-wrap; }
 .claim { color: #a33; } .note { color: #555; font-size: 0.9em; }
 """
 
 
 def samples_html(inp: Inputs, cfg: ReportParams) -> str:
+    """Prompt, true continuation, then each model's greedy and sampled continuation (all text escaped)."""
     gen = inp.generations
     n = min(cfg.max_samples, len(gen.get("prompts", [])))
+    esc = html.escape
     out = []
     for i in range(n):
-        rows = [("prompt", gen["prompts"][i]), ("true continuation", gen["references"][i])]
-        rows += [(f"{name} (greedy)", texts["greedy"][i]) for name, texts in gen["models"].items()
-                 if name in inp.windows]
-        rows += [(f"{name} (sampled)", texts["sampled"][i]) for name, texts in gen["models"].items()
-                 if name in inp.windows]
-        body = "".join(f"<tr><td>{html.escape(k)}</td><td class='text'>{html.escape(v)}</td></tr>" for k, v in rows)
-        out.append(f"<h3>Sample {i + 1}</h3><table>{body}</table>")
+        rows = "".join(
+            f"<tr><td>{esc(name)}</td><td class='text'>{esc(texts['greedy'][i])}</td>"
+            f"<td class='text'>{esc(texts['sampled'][i])}</td></tr>"
+            for name, texts in gen["models"].items() if name in inp.windows
+        )
+        out.append(
+            f"<h3>Sample {i + 1}</h3><p><b>Prompt:</b> <span class='text'>{esc(gen['prompts'][i])}</span><br>"
+            f"<b>True continuation:</b> <span class='text'>{esc(gen['references'][i])}</span></p>"
+            f"<table><thead><tr><th>model</th><th>greedy</th><th>sampled</th></tr></thead><tbody>{rows}</tbody></table>"
+        )
     return "\n".join(out)
 
 

@@ -1,0 +1,374 @@
+"""Speed of every schedule against full attention, beside its FLOP ceiling, in one process.
+
+``python -m lmask.benchmark`` (or the DVC stage ``benchmark``) reads ``benchmark:`` from params.yaml and writes
+``metrics/benchmark.json`` (one record per schedule × T × mode) and ``plots/benchmark/speedup.csv``.
+
+Modes:
+- ``fwd`` / ``fwd_bwd``: the whole model (random weights, GPT-2-small dims by default, positions extended to the
+  longest T). Each round times full attention then every schedule, so a schedule and its baseline share the same
+  machine state; the reported time is the median of the rounds after warm-up. ``speedup`` = t(full) / t(schedule),
+  ``ceiling`` = FLOP ratio (``lmask.flops``), ``efficiency`` = speedup / ceiling.
+- ``kernel``: one layer's attention alone at each window vs causal SDPA; ``ceiling`` = causal pairs / window pairs.
+
+Memory: on CUDA ``peak_mem_bytes`` is ``torch.cuda.max_memory_allocated`` during the timed call. On CPU it is the
+rise of the process's peak RSS (VmHWM, reset through /proc/self/clear_refs) over the RSS before the call: real
+memory touched, including allocator caching, so read it as approximate. ``kv_cache_bytes`` is the analytic
+generation cache after T tokens (batch 1, fp32; ``lmask.kv_cache``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from lmask.attention import causal_attention, windowed_attention
+from lmask.flops import attention_ceiling, flops_ceiling
+from lmask.kv_cache import kv_cache_bytes
+from lmask.model import apply_windows, new_model, scratch_config
+from lmask.schedule import validate_schedules
+
+MODES = ("fwd", "fwd_bwd", "kernel")
+
+
+@dataclass
+class BenchmarkParams:
+    seq_lens: list[int] = field(default_factory=lambda: [1024, 2048, 4096])  # CPU
+    gpu_seq_lens: list[int] = field(default_factory=lambda: [1024, 2048, 4096, 8192, 16384])
+    fwd_bwd_seq_lens: list[int] | None = None  # subset of the T above that also time fwd+bwd; None = all
+    kernel_windows: list[int] = field(default_factory=lambda: [16, 64, 256, 1024])
+    schedules: list[str] | None = None  # names from params.yaml schedules to time; None = every schedule
+    n_layer: int = 12
+    n_embd: int = 768
+    n_head: int = 12
+    vocab_size: int = 50257
+    batch_size: int = 1
+    warmup: int = 1  # untimed full-attention forwards per T before the timed rounds
+    repeats: int = 1  # timed rounds per T and mode (median)
+    kernel_repeats: int = 3
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int | None = None  # torch.set_num_threads on CPU; None = torch's default
+    output: str = "metrics/benchmark.json"  # list of records
+    summary: str = "metrics/benchmark_summary.json"  # {schedule: {mode: {T: speedup/ceiling/efficiency}}}: dvc metrics
+    plot: str = "plots/benchmark/speedup.csv"
+
+
+def benchmark_params(raw: Any) -> BenchmarkParams:
+    """Validate the raw ``benchmark:`` section; unknown keys and bad values raise ``ValueError`` naming the key."""
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"benchmark must be a mapping, got {type(raw).__name__}")
+    p = BenchmarkParams()
+    for key, value in raw.items():
+        if not hasattr(p, key):
+            known = ", ".join(sorted(asdict(p)))
+            raise ValueError(f"benchmark.{key} is not a known parameter (known: {known})")
+        setattr(p, key, value)
+
+    def positive(name: str, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"benchmark.{name} must be a positive integer, got {value!r}")
+
+    for name in ("seq_lens", "gpu_seq_lens", "kernel_windows"):
+        values = getattr(p, name)
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"benchmark.{name} must be a non-empty list of positive integers")
+        for v in values:
+            positive(name, v)
+    if p.fwd_bwd_seq_lens is not None:
+        if not isinstance(p.fwd_bwd_seq_lens, list):
+            raise ValueError("benchmark.fwd_bwd_seq_lens must be a list of sequence lengths or null (= all)")
+        for v in p.fwd_bwd_seq_lens:
+            positive("fwd_bwd_seq_lens", v)
+    for name in ("n_layer", "n_embd", "n_head", "vocab_size", "batch_size", "repeats", "kernel_repeats"):
+        positive(name, getattr(p, name))
+    if isinstance(p.warmup, bool) or not isinstance(p.warmup, int) or p.warmup < 0:
+        raise ValueError(f"benchmark.warmup must be an integer >= 0, got {p.warmup!r}")
+    if p.n_embd % p.n_head:
+        raise ValueError(f"benchmark.n_embd ({p.n_embd}) must be divisible by benchmark.n_head ({p.n_head})")
+    if p.schedules is not None and (not isinstance(p.schedules, list) or not p.schedules):
+        raise ValueError("benchmark.schedules must be a non-empty list of schedule names or null (= all)")
+    if p.device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"benchmark.device must be one of ['auto', 'cpu', 'cuda'], got {p.device!r}")
+    if p.threads is not None:
+        positive("threads", p.threads)
+    for name in ("output", "summary", "plot"):
+        if not isinstance(getattr(p, name), str):
+            raise ValueError(f"benchmark.{name} must be a path string")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Measurement
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rss_bytes(field_name: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak(device: torch.device) -> int | None:
+    """Reset the peak-memory counter; returns the baseline to subtract (CPU: current RSS)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return 0
+    try:  # "5" resets VmHWM to the current RSS (Linux >= 4.0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    return _rss_bytes("VmRSS")
+
+
+def _peak(device: torch.device, base: int | None) -> int | None:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    hwm = _rss_bytes("VmHWM")
+    return None if base is None or hwm is None else max(0, hwm - base)
+
+
+def _timed(fn: Any, device: torch.device) -> tuple[float, int | None]:
+    """Wall time of one call (synchronised) and its peak memory."""
+    _sync(device)
+    base = _reset_peak(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0, _peak(device, base)
+
+
+def _model_step(model: torch.nn.Module, ids: torch.Tensor, mode: str) -> None:
+    if mode == "fwd":
+        with torch.no_grad():
+            model(ids)
+    else:
+        model(ids, labels=ids).loss.backward()
+        model.zero_grad(set_to_none=True)  # free the gradients before the next timed call
+
+
+def _record(**kw: Any) -> dict[str, Any]:
+    kw["efficiency"] = kw["speedup"] / kw["ceiling"]
+    return kw
+
+
+def bench_model(
+    p: BenchmarkParams,
+    schedules: dict[str, tuple[list[int | None], int]],
+    seq_lens: list[int],
+    device: torch.device,
+    progress: Any,
+) -> list[dict[str, Any]]:
+    """fwd / fwd_bwd records of every schedule against full attention (interleaved rounds)."""
+    config = scratch_config(p.vocab_size, p.n_layer, p.n_embd, p.n_head, max(seq_lens), 0.0, 0, 0)
+    model = new_model(config, seed=0).to(device)
+    full = [None] * p.n_layer
+    # Each round runs full first and last, so a drift in machine speed during the round hits both sides.
+    order = ["full", *schedules, "full"]
+    names = order[:-1]
+    windows = {"full": (full, 0), **schedules}
+    fwd_bwd = set(seq_lens if p.fwd_bwd_seq_lens is None else p.fwd_bwd_seq_lens)
+    records = []
+    for T in seq_lens:
+        ids = torch.randint(0, p.vocab_size, (p.batch_size, T), device=device)
+        modes = ["fwd", "fwd_bwd"] if T in fwd_bwd else ["fwd"]
+        for _ in range(p.warmup):  # first touch of this T's activation memory, allocator growth
+            apply_windows(model, full, 0)
+            _model_step(model, ids, "fwd")
+            progress.update(1)
+        for mode in modes:
+            times: dict[str, list[float]] = {n: [] for n in names}
+            peaks: dict[str, list[int]] = {n: [] for n in names}
+            model.train(mode == "fwd_bwd")  # dropout is 0: train() only matters for autograd bookkeeping
+            for _ in range(p.repeats):
+                for name in order:
+                    apply_windows(model, *windows[name])
+                    t, peak = _timed(lambda ids=ids, mode=mode: _model_step(model, ids, mode), device)
+                    times[name].append(t)
+                    if peak is not None:
+                        peaks[name].append(peak)
+                    progress.update(1)
+            t_full = statistics.median(times["full"])
+            for name in names:
+                w, sinks = windows[name]
+                t = statistics.median(times[name])
+                records.append(
+                    _record(
+                        schedule=name,
+                        seq_len=T,
+                        mode=mode,
+                        speedup=t_full / t,
+                        ceiling=flops_ceiling(w, T, p.n_embd, p.vocab_size, sinks),
+                        device=device.type,
+                        time_s=t,
+                        full_time_s=t_full,
+                        times_s=times[name],
+                        tokens_per_s=p.batch_size * T / t,
+                        peak_mem_bytes=max(peaks[name]) if peaks[name] else None,
+                        kv_cache_bytes=kv_cache_bytes(w, T, sinks, p.n_head, p.n_embd // p.n_head),
+                        full_kv_cache_bytes=kv_cache_bytes(full, T, 0, p.n_head, p.n_embd // p.n_head),
+                    )
+                )
+                progress.write(table(records[-1:], header=False))
+    return records
+
+
+def bench_kernel(p: BenchmarkParams, seq_lens: list[int], device: torch.device, progress: Any) -> list[dict]:
+    """One layer's attention (forward) at each window against causal SDPA, beside the ideal pair ratio."""
+    H, D = p.n_head, p.n_embd // p.n_head
+    records = []
+    for T in seq_lens:
+        q, k, v = (torch.randn(p.batch_size, T, H, D, device=device).transpose(1, 2) for _ in range(3))
+        fns = {None: lambda q=q, k=k, v=v: causal_attention(q, k, v)}
+        for w in p.kernel_windows:
+            if w < T:
+                fns[w] = lambda q=q, k=k, v=v, w=w: windowed_attention(q, k, v, w)
+        times: dict[Any, list[float]] = {w: [] for w in fns}
+        with torch.no_grad():
+            for fn in fns.values():  # warm-up
+                fn()
+            for _ in range(p.kernel_repeats):
+                for w, fn in fns.items():
+                    times[w].append(_timed(fn, device)[0])
+        progress.update(1)
+        t_causal = statistics.median(times[None])
+        for w in fns:
+            if w is None:
+                continue
+            t = statistics.median(times[w])
+            records.append(
+                _record(
+                    schedule=f"w{w}",
+                    window=w,
+                    seq_len=T,
+                    mode="kernel",
+                    speedup=t_causal / t,
+                    ceiling=attention_ceiling(w, T),
+                    device=device.type,
+                    time_s=t,
+                    full_time_s=t_causal,
+                    times_s=times[w],
+                    tokens_per_s=p.batch_size * T / t,
+                    peak_mem_bytes=None,
+                    kv_cache_bytes=kv_cache_bytes([w], T, 0, H, D),
+                )
+            )
+    return records
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Output
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write through a temp file in the same folder, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def plot_csv(records: list[dict[str, Any]]) -> str:
+    """CSV for ``dvc plots``: speedup and FLOP ceiling vs T, one row per schedule × mode × T."""
+    lines = ["schedule,mode,seq_len,speedup,ceiling,efficiency"]
+    for r in records:
+        lines.append(
+            f"{r['schedule']},{r['mode']},{r['seq_len']},{r['speedup']:.4f},{r['ceiling']:.4f},{r['efficiency']:.4f}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Nested dict for ``dvc metrics`` (which does not read a top-level list)."""
+    out: dict[str, Any] = {}
+    for r in records:
+        row = {k: round(r[k], 4) for k in ("speedup", "ceiling", "efficiency")}
+        out.setdefault(r["schedule"], {}).setdefault(r["mode"], {})[str(r["seq_len"])] = row
+    return out
+
+
+def table(records: list[dict[str, Any]], header: bool = True) -> str:
+    """Plain-text table of the records (printed at the end of a run)."""
+    head = (
+        f"{'mode':<8}{'schedule':<12}{'T':>6}{'time_s':>9}{'full_s':>9}{'speedup':>9}{'ceiling':>9}"
+        f"{'eff':>7}{'tok/s':>9}{'peak_MB':>9}{'kv_MB':>8}"
+    )
+    lines = [head, "-" * len(head)] if header else []
+    for r in records:
+        peak = "-" if r["peak_mem_bytes"] is None else f"{r['peak_mem_bytes'] / 2**20:.0f}"
+        lines.append(
+            f"{r['mode']:<8}{r['schedule']:<12}{r['seq_len']:>6}{r['time_s']:>9.3f}{r['full_time_s']:>9.3f}"
+            f"{r['speedup']:>9.3f}{r['ceiling']:>9.3f}{r['efficiency']:>7.2f}{r['tokens_per_s']:>9.0f}"
+            f"{peak:>9}{r['kv_cache_bytes'] / 2**20:>8.1f}"
+        )
+    return "\n".join(lines)
+
+
+def run(p: BenchmarkParams, schedules: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run every mode for every schedule; write the JSON and CSV; return the records."""
+    if p.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(p.device)
+    if device.type == "cpu" and p.threads:
+        torch.set_num_threads(p.threads)
+    seq_lens = p.gpu_seq_lens if device.type == "cuda" else p.seq_lens
+    rows = validate_schedules(schedules, p.n_layer)
+    for name in p.schedules or []:
+        if name not in rows:
+            raise ValueError(f"benchmark.schedules: '{name}' is not in schedules ({', '.join(rows)})")
+    rows = {n: rows[n] for n in (p.schedules or rows)}
+    # Schedules that are full attention everywhere equal the baseline; they are reported as the "full" rows.
+    windowed = {n: ws for n, ws in rows.items() if any(w is not None for w in ws[0])}
+    fwd_bwd = set(seq_lens if p.fwd_bwd_seq_lens is None else p.fwd_bwd_seq_lens)
+    calls = sum((len(windowed) + 1) * (p.warmup + p.repeats * (2 if T in fwd_bwd else 1)) for T in seq_lens) + len(
+        seq_lens
+    )
+    t0 = time.perf_counter()
+    with tqdm(total=calls, desc="benchmark", unit="call") as progress:
+        records = bench_kernel(p, seq_lens, device, progress)
+        records += bench_model(p, windowed, seq_lens, device, progress)
+    elapsed = time.perf_counter() - t0
+    info = {"device": device.type, "threads": torch.get_num_threads(), "elapsed_s": elapsed}
+    for r in records:
+        r.update(info)
+    _write_atomic(Path(p.output), json.dumps(records, indent=1) + "\n")
+    _write_atomic(Path(p.summary), json.dumps(summary(records), indent=1) + "\n")
+    _write_atomic(Path(p.plot), plot_csv(records))
+    print(table(records))
+    print(f"{device.type}, {torch.get_num_threads()} threads, {elapsed:.0f} s; wrote {p.output}, {p.summary}, {p.plot}")
+    return records
+
+
+def main() -> None:
+    from lmask.params import load_params
+
+    params = load_params()
+    run(benchmark_params(params.extra.get("benchmark")), params.schedules)
+
+
+if __name__ == "__main__":
+    main()

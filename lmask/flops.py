@@ -1,0 +1,43 @@
+"""Analytic FLOP ceiling of a window schedule: the best speedup skipping masked attention pairs can give.
+
+Forward FLOPs per token (multiply-add = 2 FLOPs), GPT-2 layout:
+  per layer: 24·d² (QKV 6d², output projection 2d², MLP 16d²) + 4·d·pairs/T (QKᵀ and PV over attended pairs)
+  LM head:   2·d·V
+Embeddings, layer norms and softmax are ignored (O(d) per token). The ceiling is flops(full) / flops(schedule): the
+speedup if wall time were proportional to FLOPs. Backward is ~2x forward for every term, so the fwd+bwd ceiling
+is the same ratio.
+"""
+
+from __future__ import annotations
+
+from lmask.schedule import attention_pairs
+
+Windows = list[int | None]
+
+
+def forward_flops_per_token(windows: Windows, seq_len: int, n_embd: int, vocab_size: int, sinks: int = 0) -> float:
+    """Forward FLOPs per token of a GPT-2 with one window per layer (``None`` = full) at context ``seq_len``."""
+    d = n_embd
+    layers = sum(24 * d * d + 4 * d * attention_pairs(w, seq_len, sinks) / seq_len for w in windows)
+    return layers + 2 * d * vocab_size
+
+
+def flops_ceiling(windows: Windows, seq_len: int, n_embd: int, vocab_size: int, sinks: int = 0) -> float:
+    """flops(full attention in every layer) / flops(schedule): the whole-model speedup ceiling."""
+    full = forward_flops_per_token([None] * len(windows), seq_len, n_embd, vocab_size)
+    return full / forward_flops_per_token(windows, seq_len, n_embd, vocab_size, sinks)
+
+
+def attention_ceiling(window: int | None, seq_len: int, sinks: int = 0) -> float:
+    """Ideal speedup of one layer's attention alone: causal pairs / windowed pairs."""
+    return attention_pairs(None, seq_len) / attention_pairs(window, seq_len, sinks)
+
+
+def attention_share(n_layer: int, seq_len: int, n_embd: int, vocab_size: int) -> float:
+    """Fraction of a full model's forward FLOPs spent on attention scores (QKᵀ and PV)."""
+    d = n_embd
+    attn = n_layer * 4 * d * attention_pairs(None, seq_len) / seq_len
+    return attn / forward_flops_per_token([None] * n_layer, seq_len, d, vocab_size)
+
+
+__all__ = ["attention_ceiling", "attention_share", "flops_ceiling", "forward_flops_per_token"]

@@ -1,0 +1,137 @@
+"""DDP on CPU: 2 gloo processes under torchrun train like 1 process with the same global batch, and resume.
+
+The 1-process reference runs in-process; the 2-process runs go through torchrun exactly as dvc.yaml's cmd does
+(`torchrun --standalone --nproc_per_node=2 -m stages.train_baseline`), in a copy of the project on the tiny preset.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from lmask.data import download, load_blocks, tokenize_splits
+from lmask.model import load_model
+from lmask.params import load_params
+from lmask.preset import apply_preset
+from lmask.train import mean_loss, train_baseline
+from tests.conftest import copy_project, run
+
+pytestmark = pytest.mark.slow  # launches torchrun (a few process starts, ~1-2 min on 2 cores)
+
+# Global batch 8 = micro 4 × 2 processes, or micro 4 × 2 accumulation steps in one process. Logging every step
+# gives the whole trajectory; 2 eval batches give each rank one.
+OVERRIDES = {"eval_every": 1, "eval_batches": 2, "batch_size": 8, "micro_batch_size": 4}
+STOP_SCRIPT = """\
+import sys
+from lmask.params import load_params
+from lmask.train import train_baseline
+print(train_baseline(load_params(), stop_after=int(sys.argv[1])))
+"""
+
+
+def set_train(repo: Path, **values) -> None:
+    path = repo / "params.yaml"
+    raw = yaml.safe_load(path.read_text())
+    raw["train"].update(values)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """Project copy on the tiny preset with data prepared (in-process, no DVC)."""
+    repo = copy_project(tmp_path_factory.mktemp("ddp") / "repo")
+    apply_preset("tiny", repo / "params.yaml")
+    set_train(repo, **OVERRIDES)
+    params = load_params(repo / "params.yaml")
+    download(params.data, repo / "data/raw")
+    tokenize_splits(repo / "data/raw", params.tokenizer, params.data.context_length, repo / "data/tokenizer",
+                    repo / "data/tokenized")
+    return repo
+
+
+def clone(project: Path, dest: Path, nproc: int) -> Path:
+    shutil.copytree(project, dest)
+    set_train(dest, nproc=nproc)
+    return dest
+
+
+def curve(repo: Path) -> list[dict[str, float]]:
+    with open(repo / "plots/train/baseline.csv") as f:
+        return [{k: float(row[k]) for k in ("step", "train_loss", "val_loss")} for row in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def one_proc(project, tmp_path_factory) -> Path:
+    repo = clone(project, tmp_path_factory.mktemp("one") / "repo", nproc=1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(repo)
+        train_baseline(load_params())
+    return repo
+
+
+@pytest.fixture(scope="module")
+def two_proc_resumed(project, tmp_path_factory) -> tuple[Path, str]:
+    """2 processes, stopped after step 3 and resumed by the stage command: exercises the DDP checkpoint."""
+    repo = clone(project, tmp_path_factory.mktemp("two") / "repo", nproc=2)
+    (repo / "stop_after.py").write_text(STOP_SCRIPT)
+    torchrun = ["torchrun", "--standalone", "--nproc_per_node=2"]
+    stopped = run([*torchrun, "stop_after.py", "3"], repo)
+    assert "{'stopped_at': 3}" in stopped.stdout
+    assert (repo / "checkpoints/baseline/state.pt").is_file()
+    resumed = run([*torchrun, "-m", "stages.train_baseline"], repo)
+    return repo, resumed.stdout + resumed.stderr
+
+
+def test_two_processes_follow_the_one_process_trajectory(one_proc, two_proc_resumed):
+    two, log = two_proc_resumed
+    assert "resuming from checkpoints/baseline/state.pt at step 3" in log
+    ref, got = curve(one_proc), curve(two)
+    print("\nstep  1-proc train/val      2-proc train/val")
+    for a, b in zip(ref, got):
+        print(f"{a['step']:4.0f}  {a['train_loss']:.5f} {a['val_loss']:.5f}   "
+              f"{b['train_loss']:.5f} {b['val_loss']:.5f}")
+    assert [r["step"] for r in got] == [r["step"] for r in ref] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(ref, got):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], abs=2e-4)
+        assert b["val_loss"] == pytest.approx(a["val_loss"], abs=2e-4)
+
+    metrics = json.loads((two / "metrics/train/baseline.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["steps"] == 6
+    assert not (two / "checkpoints/baseline").exists()
+    # Exactly one writer: rank 0 printed the resume line once.
+    assert log.count("resuming from") == 1
+
+
+def test_ddp_model_loads_and_matches_its_metrics(two_proc_resumed):
+    two, _ = two_proc_resumed
+    model = load_model(two / "models/baseline")
+    val = load_blocks(two / "data/tokenized", "validation")
+    metrics = json.loads((two / "metrics/train/baseline.json").read_text())
+    assert mean_loss(model, val, 4, torch.device("cpu")) == pytest.approx(metrics["val_loss"], abs=1e-4)
+
+
+def test_ddp_resume_is_exact(project, two_proc_resumed, tmp_path):
+    """An uninterrupted 2-process run ends with exactly the weights of the interrupted one."""
+    two, _ = two_proc_resumed
+    straight = clone(project, tmp_path / "repo", nproc=2)
+    run(["torchrun", "--standalone", "--nproc_per_node=2", "-m", "stages.train_baseline"], straight)
+    a = load_file(two / "models/baseline/model.safetensors")
+    b = load_file(straight / "models/baseline/model.safetensors")
+    assert a.keys() == b.keys()
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def test_batch_not_divisible_by_processes_is_rejected(project, tmp_path):
+    """params check catches nproc; a larger torchrun world (e.g. multi-node) is caught at start of training."""
+    repo = clone(project, tmp_path / "repo", nproc=1)
+    set_train(repo, micro_batch_size=8)  # batch 8 = micro 8 × 1 process is valid for nproc 1 ...
+    proc = run(["torchrun", "--standalone", "--nproc_per_node=2", "-m", "stages.train_baseline"], repo, check=False)
+    assert proc.returncode != 0  # ... but not for 2 processes
+    assert "not divisible by micro_batch_size 8 × 2 processes" in proc.stdout + proc.stderr

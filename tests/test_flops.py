@@ -1,0 +1,63 @@
+"""FLOP ceilings: exact values for GPT-2 small (d=768, 12 layers, V=50257)."""
+
+import pytest
+
+from lmask.flops import attention_ceiling, attention_share, flops_ceiling, forward_flops_per_token
+from lmask.schedule import layer_windows
+
+HALF = [None] * 6 + [512, 256, 128, 64, 32, 16]
+QUARTER = [None] * 3 + [1024, 512, 256, 128, 64, 32, 16, 8, 4]
+AGGRESSIVE = [None, 1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1]
+
+
+def test_seed_schedules_expand_as_expected():
+    spec = {"type": "progressive", "start_layer": 6, "start_window": 512, "end_window": 16}
+    assert layer_windows(spec, 12) == HALF
+    assert layer_windows({**spec, "start_layer": 3, "start_window": 1024, "end_window": 4}, 12) == QUARTER
+    assert layer_windows({**spec, "start_layer": 1, "start_window": 1024, "end_window": 1}, 12) == AGGRESSIVE
+
+
+def test_forward_flops_full_gpt2_small_t1024():
+    d, V = 768, 50257
+    per_layer = 24 * d * d + 4 * d * (1024 * 1025 // 2) / 1024
+    assert forward_flops_per_token([None] * 12, 1024, d, V) == pytest.approx(12 * per_layer + 2 * d * V, rel=1e-12)
+    assert forward_flops_per_token([None] * 12, 1024, d, V) == 265_956_864  # 12 × (14_155_776 + 1_574_400) + 77_194_752
+
+
+def test_free_attention_ceiling_t1024():
+    # w=1 everywhere is 1 pair per token: almost free attention -> the ~1.076 bound of the findings.
+    assert flops_ceiling([1] * 12, 1024, 768, 50257) == pytest.approx(1.07631, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    "windows,T,expected",
+    [
+        (HALF, 1024, 1.0265),
+        (QUARTER, 1024, 1.0390),
+        (AGGRESSIVE, 1024, 1.0519),
+        (HALF, 4096, 1.1209),
+        (QUARTER, 4096, 1.1873),
+        (AGGRESSIVE, 4096, 1.2449),
+        (HALF, 8192, 1.2226),
+        (QUARTER, 8192, 1.3687),
+        (AGGRESSIVE, 8192, 1.4984),
+    ],
+)
+def test_schedule_ceilings(windows, T, expected):
+    assert flops_ceiling(windows, T, 768, 50257) == pytest.approx(expected, abs=5e-5)
+
+
+def test_full_schedule_ceiling_is_one():
+    assert flops_ceiling([None] * 12, 4096, 768, 50257) == 1.0
+
+
+def test_attention_ceiling_is_pair_ratio():
+    assert attention_ceiling(64, 4096) == pytest.approx((4096 * 4097 / 2) / (64 * 4096 - 64 * 63 / 2), rel=1e-12)
+    assert attention_ceiling(None, 4096) == 1.0
+    assert attention_ceiling(5000, 4096) == 1.0
+    assert attention_ceiling(1, 8) == 36 / 8
+
+
+def test_attention_share_matches_findings():
+    assert round(attention_share(12, 1024, 768, 50257), 3) == 0.071
+    assert round(attention_share(12, 4096, 768, 50257), 3) == 0.234
