@@ -24,6 +24,7 @@ from lmask.params import section_from_dict
 
 EXPLICIT_NAME = "lmask_explicit"
 SINK_POSITIONS = 4  # attention mass on the first 4 tokens: StreamingLLM's "attention sink" measure
+HEATMAP_MAX = 256  # largest heatmap side kept per layer
 
 
 @dataclass
@@ -66,17 +67,21 @@ def explicit_attention(
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """AttentionInterface entry that materialises the weights and keeps them on the module (analysis only)."""
+    """AttentionInterface entry that materialises the weights (analysis only).
+
+    Per-head statistics and the head-averaged top-left corner of the first sequence's weights are kept on the
+    module, not the full [B, H, T, T] weights (gigabytes at GPT-2 scale across 12 layers).
+    """
     config = module.config
     windows = getattr(config, "layer_windows", None)
     window = windows[module.layer_idx] if windows else None
     mask = window_mask(query.shape[-2], key.shape[-2], window, getattr(config, "attention_sinks", 0), query.device)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     scores = (query @ key.transpose(-1, -2)).float() * scale
-    scores = scores.masked_fill(~mask, float("-inf"))
-    weights = scores.softmax(-1)
-    module.lmask_weights = weights.detach()
-    return (weights.to(value.dtype) @ value).transpose(1, 2), weights
+    weights = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+    module.lmask_stats = weight_stats(weights)
+    module.lmask_corner = weights[0, :, :HEATMAP_MAX, :HEATMAP_MAX].mean(0).cpu()
+    return (weights.to(value.dtype) @ value).transpose(1, 2), None
 
 
 AttentionInterface.register(EXPLICIT_NAME, explicit_attention)
@@ -91,22 +96,23 @@ def explicit_weights(model: torch.nn.Module):
         yield model
     finally:
         for block in model.transformer.h:
-            block.attn.__dict__.pop("lmask_weights", None)
+            block.attn.__dict__.pop("lmask_stats", None)
+            block.attn.__dict__.pop("lmask_corner", None)
         model.set_attn_implementation(ATTN_NAME)
 
 
 def weight_stats(weights: torch.Tensor) -> dict[str, np.ndarray]:
     """Per-head means over batch and queries of one layer's weights [B, H, T, T]: entropy, distance, sink mass."""
-    t = weights.shape[-1]
-    w = weights.double()
+    t, dev = weights.shape[-1], weights.device
+    w = weights.float()
     entropy = -(w * torch.log(w.clamp_min(1e-30))).sum(-1)  # [B, H, T]; 0 * log 0 counts as 0
-    distance = torch.arange(t)[:, None] - torch.arange(t)[None, :]  # query - key
-    mean_distance = (w * distance.clamp_min(0).double()).sum(-1)
+    distance = (torch.arange(t, device=dev)[:, None] - torch.arange(t, device=dev)[None, :]).clamp_min(0)
+    mean_distance = (w * distance.float()).sum(-1)  # query - key, weighted
     sink_mass = w[..., : min(SINK_POSITIONS, t)].sum(-1)
     return {
-        "entropy": entropy.mean((0, 2)).numpy(),
-        "mean_distance": mean_distance.mean((0, 2)).numpy(),
-        "sink_mass": sink_mass.mean((0, 2)).numpy(),
+        "entropy": entropy.double().mean((0, 2)).cpu().numpy(),
+        "mean_distance": mean_distance.double().mean((0, 2)).cpu().numpy(),
+        "sink_mass": sink_mass.double().mean((0, 2)).cpu().numpy(),
     }
 
 
@@ -121,13 +127,12 @@ def analyse(model: torch.nn.Module, batch: np.ndarray, cfg: AnalysisParams) -> t
     with explicit_weights(model):
         model(torch.from_numpy(batch).to(device))
         for layer, block in enumerate(model.transformer.h):
-            weights = block.attn.lmask_weights.cpu()
-            stats = weight_stats(weights)
-            for head in range(weights.shape[1]):
+            stats = block.attn.lmask_stats
+            for head in range(len(stats["entropy"])):
                 rows.append({"layer": layer, "head": head, **{k: float(v[head]) for k, v in stats.items()}})
             if layer in cfg.layers(n_layer):
-                n = min(cfg.heatmap_tokens, weights.shape[-1])
-                heatmaps[str(layer)] = weights[0, :, :n, :n].mean(0).numpy().round(4).tolist()
+                n = min(cfg.heatmap_tokens, HEATMAP_MAX)
+                heatmaps[str(layer)] = block.attn.lmask_corner[:n, :n].numpy().round(4).tolist()
     return rows, heatmaps
 
 

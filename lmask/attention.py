@@ -83,6 +83,9 @@ def masked_attention(
         if attention_mask.dtype != torch.bool:  # additive float mask
             attention_mask = attention_mask == 0
         mask = mask & _mask_columns(attention_mask, k_len, sinks)
+        # A query whose every key is padding would softmax over nothing (NaN) and poison later layers through
+        # its value; let such rows attend to all keys instead: finite, and never read by real tokens.
+        mask = mask | ~mask.any(-1, keepdim=True)
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling)
     return out.transpose(1, 2)
 

@@ -20,6 +20,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from lmask.flops import attention_share
 from lmask.params import section_from_dict
 from lmask.schedule import layer_windows, schedule_sinks
 
@@ -36,12 +37,14 @@ class ReportParams:
     title: str = "Layer-wise attention windows in GPT-2"
     max_samples: int = 4  # generation samples shown per model
     good_enough_pct: float = 2.0  # ppl change vs the full control that counts as "operates effectively"
+    tie_pct: float = 0.5  # differences smaller than this (percentage points) are reported as no clear difference
 
     def check(self) -> None:
         if self.max_samples < 0:
             raise ValueError(f"report.max_samples must be >= 0, got {self.max_samples}")
-        if self.good_enough_pct <= 0:
-            raise ValueError(f"report.good_enough_pct must be > 0, got {self.good_enough_pct}")
+        for name in ("good_enough_pct", "tie_pct"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"report.{name} must be > 0, got {getattr(self, name)}")
 
 
 def report_params(raw: object) -> ReportParams:
@@ -59,6 +62,9 @@ class Inputs:
     windows: dict  # model -> (windows, sinks)
     context: int
     scale: str  # one line describing model and training size, for the caveats
+    n_layer: int
+    n_embd: int
+    vocab_size: int
     positions: pd.DataFrame
     curves: pd.DataFrame
     probe: pd.DataFrame
@@ -78,6 +84,8 @@ def load_inputs(params, eval_dir: Path = Path("plots/eval"), metrics_path: Path 
     if missing:
         raise ValueError(f"{metrics_path} has no entry for {missing}: run `dvc repro evaluate` first")
     m = params.model
+    # The trained vocabulary (bpe) or GPT-2's; the tokenizer may have fewer entries than the bpe target.
+    vocab_size = params.tokenizer.vocab_size if params.tokenizer.kind == "bpe" else 50257
     scale = (f"{m.n_layer} layers x {m.n_embd} wide ({m.init}), vocabulary {params.tokenizer.vocab_size}, "
              f"{params.train.steps} baseline steps + {params.masked.steps} fine-tuning steps, "
              f"context {params.data.context_length}")
@@ -87,6 +95,9 @@ def load_inputs(params, eval_dir: Path = Path("plots/eval"), metrics_path: Path 
         windows=windows,
         context=params.data.context_length,
         scale=scale,
+        n_layer=n_layer,
+        n_embd=m.n_embd,
+        vocab_size=vocab_size,
         positions=read("loss_by_position.csv"),
         curves=read("train_curves.csv"),
         probe=read("probe_accuracy.csv"),
@@ -322,8 +333,7 @@ def research_answers(inp: Inputs, cfg: ReportParams) -> list[tuple[str, str]]:
           if ranked else "No windowed schedules were evaluated. ")
     if pareto:
         q2 += (f"Pareto-optimal (no other schedule is both better and cheaper): {', '.join(pareto)}. "
-               "Among equal-budget schedules the progression matters as much as the budget: see the direction "
-               "question below.")
+               "Question 5 compares progressions at about equal attention budgets.")
     answers.append(("2. What is the optimal progression of attention window sizes across layers?", q2))
 
     # 3: efficiency vs quality.
@@ -334,9 +344,11 @@ def research_answers(inp: Inputs, cfg: ReportParams) -> list[tuple[str, str]]:
                      f"{change(n):+.1f}% ppl")
     timed = any(_eff(inp, n, "speedup") is not None for n in windowed)
     q3 = "; ".join(parts) + ". " if parts else ""
-    q3 += (f"At context {inp.context} attention is a small share of the FLOPs (projections, MLP and the LM head "
-           "dominate), so even free attention cannot give large end-to-end speedups; the savings grow with context "
-           "length and show up first in the KV cache at generation time.")
+    share = attention_share(inp.n_layer, inp.context, inp.n_embd, inp.vocab_size)
+    q3 += (f"At context {inp.context} attention scores are {100 * share:.0f}% of the forward FLOPs (lmask.flops; "
+           f"projections, MLP and the LM head are the rest), so even free attention gives at most "
+           f"{1 / (1 - share):.2f}x end to end; the share, and so the ceiling, grows with context length, and the KV "
+           "cache at generation time shrinks with the windows (table above).")
     if not timed:
         q3 += " (No timings were available in this run: lmask.benchmark was missing, so only pair counts are shown.)"
     answers.append(("3. How do different masking schedules affect the efficiency vs quality trade-off?", q3))
@@ -346,23 +358,25 @@ def research_answers(inp: Inputs, cfg: ReportParams) -> list[tuple[str, str]]:
         base, val = value_of(ctrl), value_of(name)
         return None if base in (None, 0) or val is None else 100 * (val - base) / abs(base)
 
+    # (value getter, +1 if higher is worse): degradation = sign * relative change vs the control.
     tasks = {
-        "language modelling (perplexity, lower is better)": lambda n: m[n]["test_ppl"],
-        "long-range copying (induction probe accuracy)": lambda n: m[n].get("probe", {}).get("mean_accuracy"),
-        "generation (BLEU of greedy continuations)": lambda n: m[n].get("generation", {}).get("bleu_greedy"),
+        "language modelling (test perplexity)": (lambda n: m[n]["test_ppl"], 1),
+        "long-range copying (induction probe accuracy)": (lambda n: m[n].get("probe", {}).get("mean_accuracy"), -1),
+        "generation (BLEU of greedy continuations)": (lambda n: m[n].get("generation", {}).get("bleu_greedy"), -1),
     }
-    lines = []
-    for task, fn in tasks.items():
-        vals = [rel(n, fn) for n in windowed]
-        vals = [v for v in vals if v is not None]
+    lines, degradation = [], {}
+    for task, (fn, sign) in tasks.items():
+        vals = [v for v in (rel(n, fn) for n in windowed) if v is not None]
         if vals:
+            degradation[task] = sign * sum(vals) / len(vals)
             lines.append(f"{task}: mean change {sum(vals) / len(vals):+.1f}% vs {ctrl}")
         else:
-            lines.append(f"{task}: not measurable (control at zero)")
-    long_pos = _late_vs_early_loss(inp, windowed)
-    q4 = "; ".join(lines) + ". " + long_pos
-    q4 += (" Tasks that need exact retrieval of distant tokens (copying) are the first to suffer when windows "
-           "shrink; local next-token prediction is the most amenable.")
+            lines.append(f"{task}: not measurable here (the control scores zero)")
+    q4 = "; ".join(lines) + ". " + _late_vs_early_loss(inp, windowed)
+    if degradation:
+        best = min(degradation, key=degradation.get)
+        worst = max(degradation, key=degradation.get)
+        q4 += f" Least affected in this run: {best}; most affected: {worst}."
     answers.append(("4. Which language modeling tasks are most amenable to layer-wise attention masking?", q4))
 
     # 5: direction (increasing vs decreasing at equal pairs), interleaved.
@@ -375,8 +389,13 @@ def research_answers(inp: Inputs, cfg: ReportParams) -> list[tuple[str, str]]:
                       f"{_fmt(m[b].get('probe', {}).get('mean_accuracy'), '.3f')})")
     text5 = "; ".join(q5) + "." if q5 else "The increasing / interleaved schedules were not in this run."
     if "half" in m and "increasing" in m:
-        better = "increasing (Longformer's direction)" if change("increasing") < change("half") else "decreasing"
-        text5 += f" At about equal attention pairs, {better} windows gave the lower perplexity here."
+        diff = change("increasing") - change("half")
+        if abs(diff) < cfg.tie_pct:
+            text5 += (f" At equal attention pairs the direction made no clear difference here ({diff:+.2f} points, "
+                      f"below report.tie_pct = {cfg.tie_pct:g}).")
+        else:
+            better = "increasing (Longformer's direction)" if diff < 0 else "decreasing (the seed's direction)"
+            text5 += f" At equal attention pairs, {better} windows gave the lower perplexity ({abs(diff):.2f} points)."
     answers.append(("5. Does the direction of the windows matter (small windows low vs high; interleaved)?", text5))
 
     # 6: sinks rescue a retrofit?
@@ -384,7 +403,9 @@ def research_answers(inp: Inputs, cfg: ReportParams) -> list[tuple[str, str]]:
         zs, zss = m["aggressive"]["zero_shot_test_ppl"], m["aggressive_sinks"]["zero_shot_test_ppl"]
         text6 = (f"Zero-shot (baseline weights, windows applied without fine-tuning): aggressive {zs:.2f} ppl, "
                  f"aggressive + 4 sinks {zss:.2f} ppl vs baseline {m['baseline']['test_ppl']:.2f} "
-                 f"({100 * (zss - zs) / zs:+.1f}% from adding sinks). After fine-tuning: "
+                 f"({100 * (zss - zs) / zs:+.1f}% from adding sinks: "
+                 + ("a rescue" if 100 * (zs - zss) / zs >= cfg.tie_pct else "no clear rescue")
+                 + "). After fine-tuning: "
                  f"{m['aggressive']['test_ppl']:.2f} vs {m['aggressive_sinks']['test_ppl']:.2f}. "
                  f"Baseline attention mass on the first 4 tokens: "
                  f"{100 * m['baseline'].get('attention', {}).get('sink_mass', float('nan')):.0f}% (head and layer "
@@ -407,8 +428,8 @@ def _late_vs_early_loss(inp: Inputs, windowed: list[str]) -> str:
     ctrl = "full" if "full" in set(pos["model"]) else "baseline"
     worst = max(windowed, key=lambda n: late_minus_early(n) - late_minus_early(ctrl))
     gap = late_minus_early(worst) - late_minus_early(ctrl)
-    return (f"Loss by position: {worst} gains {-gap:+.3f} nats less from the second half of the context than {ctrl} "
-            "does (more context normally lowers the loss).")
+    return (f"Loss by position: relative to {ctrl}, {worst} has the largest rise of second-half over first-half "
+            f"loss ({gap:+.3f} nats; positive = it profits less from distant context).")
 
 
 def caveats(inp: Inputs) -> str:

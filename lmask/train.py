@@ -174,7 +174,7 @@ def file_sha256(path: Path) -> str:
 
 
 def _save_checkpoint(path: Path, model, optimizer, step: int, rows: list, fp: str, elapsed: float,
-                     world: Distributed) -> None:
+                     window: dict, world: Distributed) -> None:
     """Rank 0 writes; every rank must call it (it gathers each rank's RNG state)."""
     rng = world.gather({
         "torch": torch.get_rng_state(),
@@ -189,6 +189,7 @@ def _save_checkpoint(path: Path, model, optimizer, step: int, rows: list, fp: st
         "rows": rows,
         "fingerprint": fp,
         "elapsed": elapsed,
+        "window": window,  # the open logging window, so the next CSV row averages the same steps as without a stop
         "rng": rng,  # one entry per rank
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -197,20 +198,21 @@ def _save_checkpoint(path: Path, model, optimizer, step: int, rows: list, fp: st
     tmp.replace(path)
 
 
-def _load_checkpoint(path: Path, model, optimizer, fp: str, name: str, world: Distributed) -> tuple[int, list, float]:
-    """Resume state (step, rows, elapsed) from ``path`` if it matches ``fp``; every rank reads the file itself.
+def _load_checkpoint(path: Path, model, optimizer, fp: str, name: str,
+                     world: Distributed) -> tuple[int, list, float, dict | None]:
+    """Resume state (step, rows, elapsed, window) from ``path`` if it matches ``fp``; every rank reads the file.
 
     Ranks must agree on the step: a checkpoint visible to some ranks only (multi-node without a shared filesystem)
     would silently desynchronise the optimizers, so that is an error.
     """
-    step, rows, elapsed = 0, [], 0.0
+    step, rows, elapsed, window = 0, [], 0.0, None
     if path.is_file():
         # CPU first: RNG states must stay CPU tensors; load_state_dict moves weights/moments to the device.
         state = torch.load(path, map_location="cpu", weights_only=False)
-        if state.get("fingerprint") == fp:
+        if state.get("fingerprint") == fp and "window" in state:  # (older checkpoints lack window and rng)
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
-            step, rows, elapsed = state["step"], state["rows"], state["elapsed"]
+            step, rows, elapsed, window = state["step"], state["rows"], state["elapsed"], state["window"]
             rng = state["rng"][world.rank if len(state["rng"]) == world.world_size else 0]
             torch.set_rng_state(rng["torch"])
             if rng["cuda"] is not None and torch.cuda.is_available():
@@ -218,14 +220,14 @@ def _load_checkpoint(path: Path, model, optimizer, fp: str, name: str, world: Di
             if world.is_main:
                 print(f"{name}: resuming from {path} at step {step}")
         elif world.is_main:
-            print(f"{name}: ignoring stale checkpoint {path} (params or inputs changed)")
+            print(f"{name}: ignoring stale checkpoint {path} (params, inputs or format changed)")
     steps = world.gather(step)
     if len(set(steps)) > 1:
         raise RuntimeError(
             f"{name}: ranks found different checkpoints in {path.parent} (resume steps {steps}); the checkpoint "
             "folder must be on a filesystem shared by all nodes"
         )
-    return step, rows, elapsed
+    return step, rows, elapsed, window
 
 
 def train(
@@ -251,6 +253,14 @@ def train(
     global batch, and returns the same metrics; rank 0 alone writes files. ``stop_after`` ends the run early after
     that many steps (checkpoint written, returns ``{"stopped_at": step}``), to test resume.
     """
+    # params.check() validates with nproc; a multi-node world (nnodes × nproc) is only known here. Checked before
+    # the process group starts, so every rank fails at once.
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if cfg.batch_size % (cfg.micro_batch_size * world_size):
+        raise ValueError(
+            f"{name}: batch_size {cfg.batch_size} is not divisible by micro_batch_size {cfg.micro_batch_size} × "
+            f"{world_size} processes; the global batch must stay batch_size"
+        )
     device = pick_device(cfg.device)
     world = Distributed(device)
     result = _train(model, train_blocks, val_blocks, cfg, device, world, seed=seed, name=name,
@@ -267,12 +277,6 @@ def _train(model, train_blocks, val_blocks, cfg: TrainParams, device: torch.devi
            seed: int, name: str, model_dir: Path, metrics_path: Path, plot_path: Path, checkpoint_dir: Path,
            run_fingerprint: str, tokenizer, extra_metrics: dict | None, stop_after: int | None) -> dict:
     micro = cfg.micro_batch_size
-    # params.check() validates with nproc; a multi-node world (nnodes × nproc) is only known here.
-    if cfg.batch_size % (micro * world.world_size):
-        raise ValueError(
-            f"{name}: batch_size {cfg.batch_size} is not divisible by micro_batch_size {micro} × "
-            f"{world.world_size} processes; the global batch must stay batch_size"
-        )
     accumulation = cfg.batch_size // (micro * world.world_size)
     shard = cfg.batch_size // world.world_size
     context = train_blocks.shape[1]
@@ -287,15 +291,14 @@ def _train(model, train_blocks, val_blocks, cfg: TrainParams, device: torch.devi
     )
     ckpt_path = checkpoint_dir / "state.pt"
     # Every rank restores the same model and optimizer state before DDP wraps (and broadcasts) the model.
-    step, rows, elapsed = _load_checkpoint(ckpt_path, model, optimizer, run_fingerprint, name, world)
+    step, rows, elapsed, window = _load_checkpoint(ckpt_path, model, optimizer, run_fingerprint, name, world)
     ddp_model = (
         torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
         if world.enabled else model
     )
 
     bar = tqdm(total=cfg.steps, initial=step, desc=name, unit="step", disable=not world.is_main)
-    window_loss, window_tokens, window_time = 0.0, 0, 0.0
-    last_steps = step
+    window = window or {"loss": 0.0, "tokens": 0, "time": 0.0, "start": step}
     while step < cfg.steps:
         t0 = time.perf_counter()
         lr = lr_at(step, cfg)
@@ -328,25 +331,25 @@ def _train(model, train_blocks, val_blocks, cfg: TrainParams, device: torch.devi
         step += 1
         dt = time.perf_counter() - t0
         elapsed += dt
-        window_loss += step_loss
-        window_tokens += cfg.batch_size * context
-        window_time += dt
+        window["loss"] += step_loss
+        window["tokens"] += cfg.batch_size * context
+        window["time"] += dt
         bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{window_tokens / window_time:.0f}")
+        bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{window['tokens'] / window['time']:.0f}")
 
         if step % cfg.eval_every == 0 or step == cfg.steps:
             val = mean_loss(model, val_blocks, micro, device, cfg.eval_batches, world)
             rows.append({
                 "step": step,
-                "train_loss": round(window_loss / (step - last_steps), 5),
+                "train_loss": round(window["loss"] / (step - window["start"]), 5),
                 "val_loss": round(val, 5),
                 "lr": lr,
-                "tokens_per_s": round(window_tokens / window_time, 1),
+                "tokens_per_s": round(window["tokens"] / window["time"], 1),
             })
-            window_loss, window_tokens, window_time, last_steps = 0.0, 0, 0.0, step
+            window = {"loss": 0.0, "tokens": 0, "time": 0.0, "start": step}
         stopping = stop_after is not None and step >= stop_after and step < cfg.steps
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping:
-            _save_checkpoint(ckpt_path, model, optimizer, step, rows, run_fingerprint, elapsed, world)
+            _save_checkpoint(ckpt_path, model, optimizer, step, rows, run_fingerprint, elapsed, window, world)
         if stopping:
             bar.close()
             world.barrier()  # the checkpoint is on disk before any rank returns

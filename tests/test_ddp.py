@@ -11,6 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -43,6 +44,12 @@ def set_train(repo: Path, **values) -> None:
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
+def shrink_validation(tokenized: Path, blocks: int = 32) -> None:
+    """Keep the first ``blocks`` validation blocks: the final full-validation pass dominates tiny runs otherwise."""
+    path = tokenized / "validation.npy"
+    np.save(path, np.load(path)[:blocks])
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """Project copy on the tiny preset with data prepared (in-process, no DVC)."""
@@ -53,6 +60,7 @@ def project(tmp_path_factory) -> Path:
     download(params.data, repo / "data/raw")
     tokenize_splits(repo / "data/raw", params.tokenizer, params.data.context_length, repo / "data/tokenizer",
                     repo / "data/tokenized")
+    shrink_validation(repo / "data/tokenized")
     return repo
 
 
@@ -127,11 +135,3 @@ def test_ddp_resume_is_exact(project, two_proc_resumed, tmp_path):
     assert a.keys() == b.keys()
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
 
-
-def test_batch_not_divisible_by_processes_is_rejected(project, tmp_path):
-    """params check catches nproc; a larger torchrun world (e.g. multi-node) is caught at start of training."""
-    repo = clone(project, tmp_path / "repo", nproc=1)
-    set_train(repo, micro_batch_size=8)  # batch 8 = micro 8 × 1 process is valid for nproc 1 ...
-    proc = run(["torchrun", "--standalone", "--nproc_per_node=2", "-m", "stages.train_baseline"], repo, check=False)
-    assert proc.returncode != 0  # ... but not for 2 processes
-    assert "not divisible by micro_batch_size 8 × 2 processes" in proc.stdout + proc.stderr

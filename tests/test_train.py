@@ -10,6 +10,7 @@ import dataclasses
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -24,6 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 OUTPUTS = ("models", "metrics", "plots", "checkpoints")
 
 
+def shrink_validation(tokenized: Path, blocks: int = 32) -> None:
+    """Keep the first ``blocks`` validation blocks: the final full-validation pass dominates tiny runs otherwise."""
+    path = tokenized / "validation.npy"
+    np.save(path, np.load(path)[:blocks])
+
+
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
     """params.yaml with the tiny preset applied, plus data/raw, data/tokenizer and data/tokenized."""
@@ -35,6 +42,7 @@ def tiny_data(tmp_path_factory) -> Path:
     download(params.data, root / "data/raw")
     tokenize_splits(root / "data/raw", params.tokenizer, params.data.context_length, root / "data/tokenizer",
                     root / "data/tokenized")
+    shrink_validation(root / "data/tokenized")
     return root
 
 
@@ -122,3 +130,11 @@ def test_huge_learning_rate_diverges_with_a_clear_error(workdir):
     with pytest.raises(FloatingPointError, match=r"train\.lr=1e\+30"):
         train_baseline(params)
     assert not Path("models/baseline").exists()
+
+
+def test_world_larger_than_the_batch_allows_is_rejected(workdir, monkeypatch):
+    """params check nproc; a bigger torchrun world (multi-node: nnodes × nproc) is refused before training."""
+    params = load_params()  # tiny: batch 4 = micro 4 × 1 process
+    monkeypatch.setenv("WORLD_SIZE", "2")  # checked before any process group is created
+    with pytest.raises(ValueError, match=r"not divisible by micro_batch_size 4 × 2 processes"):
+        train_baseline(params)
