@@ -528,6 +528,17 @@ def write_report(params, out_html: Path = Path("plots/report.html"),
     _write_text(out_summary, build_summary(inp, cfg))
 
 
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def readme_with_summary(readme: str, summary: str) -> str:
+    """README text with the block between the results markers replaced by metrics/summary.md."""
+    start, end = readme.find(README_START), readme.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"README.md lacks the markers {README_START} ... {README_END}")
+    return readme[: start + len(README_START)] + "\n" + summary + readme[end:]
+
+
 # ------------------------------------------------------------------------------------------------- DVC template
 def offline_dvc_template(npm_dir: Path) -> str:
     """An HTML template for `dvc plots show/diff` with vega, vega-lite and vega-embed inlined (no CDN).
@@ -553,5 +564,9 @@ if __name__ == "__main__":
         out = Path(".dvc/plots/offline.html")
         _write_text(out, offline_dvc_template(Path(sys.argv[2])))
         print(f"wrote {out}; enable with: dvc config plots.html_template plots/offline.html")
+    elif sys.argv[1:] == ["--readme"]:
+        readme = Path("README.md")
+        _write_text(readme, readme_with_summary(readme.read_text(), Path("metrics/summary.md").read_text()))
+        print("README.md: results block updated from metrics/summary.md")
     else:
-        raise SystemExit("usage: python -m lmask.report --dvc-template NPM_DIR")
+        raise SystemExit("usage: python -m lmask.report --readme | --dvc-template NPM_DIR")

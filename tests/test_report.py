@@ -257,3 +257,15 @@ def test_dvc_offline_template_renders_a_vega_lite_plot(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'class="marks"' in proc.stdout, "vega-embed did not draw the plot"
     assert not console_errors(proc.stderr), console_errors(proc.stderr)
+
+
+def test_readme_results_block_is_the_generated_summary():
+    """README's result table is metrics/summary.md verbatim (python -m lmask.report --readme), never typed."""
+    from lmask.report import README_END, README_START, readme_with_summary
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    summary = (root / "metrics/summary.md").read_text()
+    assert readme_with_summary(readme, summary) == readme
+    block = readme[readme.index(README_START) + len(README_START) : readme.index(README_END)]
+    assert block.strip() == summary.strip()
