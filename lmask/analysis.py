@@ -41,8 +41,11 @@ class AnalysisParams:
             if value < 1:
                 raise ValueError(f"analysis.{name} must be a positive integer, got {value!r}")
         for layer in self.heatmap_layers or []:
-            if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0 or (
-                n_layer is not None and layer >= n_layer
+            if (
+                isinstance(layer, bool)
+                or not isinstance(layer, int)
+                or layer < 0
+                or (n_layer is not None and layer >= n_layer)
             ):
                 raise ValueError(f"analysis.heatmap_layers: {layer!r} is not a layer index (model.n_layer={n_layer})")
 

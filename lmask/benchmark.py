@@ -51,8 +51,8 @@ class BenchmarkParams:
     n_head: int = 12
     vocab_size: int = 50257
     batch_size: int = 1
-    warmup: int = 1  # untimed full-attention forwards per T before the timed rounds
-    repeats: int = 1  # timed rounds per T and mode (median)
+    warmup: int = 1  # untimed rounds (every schedule once) per T and mode before the timed rounds
+    repeats: int = 2  # timed rounds per T and mode (median); order alternates, so use an even number
     kernel_repeats: int = 3
     device: str = "auto"  # auto | cpu | cuda
     threads: int | None = None  # torch.set_num_threads on CPU; None = torch's default
@@ -181,30 +181,28 @@ def bench_model(
     config = scratch_config(p.vocab_size, p.n_layer, p.n_embd, p.n_head, max(seq_lens), 0.0, 0, 0)
     model = new_model(config, seed=0).to(device)
     full = [None] * p.n_layer
-    # Each round runs full first and last, so a drift in machine speed during the round hits both sides.
-    order = ["full", *schedules, "full"]
-    names = order[:-1]
+    names = ["full", *schedules]
     windows = {"full": (full, 0), **schedules}
     fwd_bwd = set(seq_lens if p.fwd_bwd_seq_lens is None else p.fwd_bwd_seq_lens)
     records = []
     for T in seq_lens:
         ids = torch.randint(0, p.vocab_size, (p.batch_size, T), device=device)
-        modes = ["fwd", "fwd_bwd"] if T in fwd_bwd else ["fwd"]
-        for _ in range(p.warmup):  # first touch of this T's activation memory, allocator growth
-            apply_windows(model, full, 0)
-            _model_step(model, ids, "fwd")
-            progress.update(1)
-        for mode in modes:
+        for mode in ["fwd", "fwd_bwd"] if T in fwd_bwd else ["fwd"]:
             times: dict[str, list[float]] = {n: [] for n in names}
             peaks: dict[str, list[int]] = {n: [] for n in names}
             model.train(mode == "fwd_bwd")  # dropout is 0: train() only matters for autograd bookkeeping
-            for _ in range(p.repeats):
-                for name in order:
+            # Warm-up rounds run every schedule once, untimed: the first call of a schedule at a new T and mode pays
+            # one-off costs (allocator growth, first touch of its buffers, cached masks). Timed rounds alternate
+            # order (full first, then full last), so a linear drift in machine speed cancels in the median of an
+            # even number of rounds.
+            for r in range(p.warmup + p.repeats):
+                for name in names if (r - p.warmup) % 2 == 0 else names[::-1]:
                     apply_windows(model, *windows[name])
                     t, peak = _timed(lambda ids=ids, mode=mode: _model_step(model, ids, mode), device)
-                    times[name].append(t)
-                    if peak is not None:
-                        peaks[name].append(peak)
+                    if r >= p.warmup:
+                        times[name].append(t)
+                        if peak is not None:
+                            peaks[name].append(peak)
                     progress.update(1)
             t_full = statistics.median(times["full"])
             for name in names:
@@ -344,9 +342,8 @@ def run(p: BenchmarkParams, schedules: dict[str, dict[str, Any]]) -> list[dict[s
     # Schedules that are full attention everywhere equal the baseline; they are reported as the "full" rows.
     windowed = {n: ws for n, ws in rows.items() if any(w is not None for w in ws[0])}
     fwd_bwd = set(seq_lens if p.fwd_bwd_seq_lens is None else p.fwd_bwd_seq_lens)
-    calls = sum((len(windowed) + 1) * (p.warmup + p.repeats * (2 if T in fwd_bwd else 1)) for T in seq_lens) + len(
-        seq_lens
-    )
+    rounds = (p.warmup + p.repeats) * sum(2 if T in fwd_bwd else 1 for T in seq_lens)
+    calls = rounds * (len(windowed) + 1) + len(seq_lens)
     t0 = time.perf_counter()
     with tqdm(total=calls, desc="benchmark", unit="call") as progress:
         records = bench_kernel(p, seq_lens, device, progress)

@@ -264,8 +264,9 @@ def unigram_perplexity(train: np.ndarray, test: np.ndarray, vocab_size: int) -> 
     return float(math.exp(-logp[test.ravel()].mean()))
 
 
-def tokenize_splits(raw_dir: Path, tokenizer_params: TokenizerParams, context_length: int, tok_dir: Path,
-                    data_dir: Path) -> dict:
+def tokenize_splits(
+    raw_dir: Path, tokenizer_params: TokenizerParams, context_length: int, tok_dir: Path, data_dir: Path
+) -> dict:
     """Train/load the tokenizer, tokenize every split into blocks; returns stats (tokens, unigram ppl)."""
     texts = {split: read_docs(raw_dir / f"{split}.jsonl") for split in SPLITS}
     tok_tmp, data_tmp = atomic_dir(tok_dir), atomic_dir(data_dir)

@@ -47,8 +47,9 @@ def eval_sections(params) -> EvalSections:
 
 
 @torch.no_grad()
-def position_losses(model: torch.nn.Module, blocks: np.ndarray, batch_size: int, device: torch.device,
-                    max_batches: int | None = None) -> np.ndarray:
+def position_losses(
+    model: torch.nn.Module, blocks: np.ndarray, batch_size: int, device: torch.device, max_batches: int | None = None
+) -> np.ndarray:
     """Mean next-token loss at each target position 1..T-1 over the first blocks: shape [T-1]."""
     model.eval()
     n = len(blocks) if max_batches is None else min(len(blocks), max_batches * batch_size)
@@ -70,9 +71,12 @@ def pct_change(value: float, reference: float) -> float:
     return round(100.0 * (value - reference) / reference, 2)
 
 
-def evaluate(params, out_metrics: Path = Path("metrics/eval.json"),
-             out_positions: Path = Path("plots/eval/loss_by_position.csv"),
-             out_curves: Path = Path("plots/eval/train_curves.csv")) -> dict:
+def evaluate(
+    params,
+    out_metrics: Path = Path("metrics/eval.json"),
+    out_positions: Path = Path("plots/eval/loss_by_position.csv"),
+    out_curves: Path = Path("plots/eval/train_curves.csv"),
+) -> dict:
     """Evaluate models/baseline and models/masked/<name> for the schedules listed in params.yaml now."""
     sections = eval_sections(params)  # fail on a typo before loading anything
     cfg = params.evaluate
@@ -137,10 +141,13 @@ def evaluate(params, out_metrics: Path = Path("metrics/eval.json"),
     write_json(out_metrics, results)
     extras.write(out_positions.parent)
     print("evaluate extras, seconds:", {k: round(v, 1) for k, v in extras.seconds.items()})
-    _write_long_csv(out_positions, [
-        pd.DataFrame({"position": np.arange(1, len(c) + 1), "model": name, "loss": np.round(c, 5)})
-        for name, c in curves.items()
-    ])
+    _write_long_csv(
+        out_positions,
+        [
+            pd.DataFrame({"position": np.arange(1, len(c) + 1), "model": name, "loss": np.round(c, 5)})
+            for name, c in curves.items()
+        ],
+    )
     _write_long_csv(out_curves, training_curves(list(results)))
     return results
 
@@ -189,11 +196,14 @@ class ExtraEvaluation:
         seed, rf = self.params.seed, receptive_field(windows, self.context)
         t0 = time.perf_counter()
         probe = run_probe(model_logits_fn(model, self.device), self.sections.probe, self.pool, seed, rf)
-        self.probe_rows += [{"distance": int(d), "model": name, "accuracy": acc, "chance": probe["chance"]}
-                            for d, acc in probe["accuracy_by_distance"].items()]
+        self.probe_rows += [
+            {"distance": int(d), "model": name, "accuracy": acc, "chance": probe["chance"]}
+            for d, acc in probe["accuracy_by_distance"].items()
+        ]
         t1 = time.perf_counter()
-        gen_metrics, self.texts[name] = generation_report(model, self.tokenizer, self.prompts, self.references,
-                                                          self.sections.generation, seed)
+        gen_metrics, self.texts[name] = generation_report(
+            model, self.tokenizer, self.prompts, self.references, self.sections.generation, seed
+        )
         t2 = time.perf_counter()
         rows, self.heatmaps[name] = analyse(model, self.batch, self.sections.analysis)
         self.attention_rows += [{"model": name, **r} for r in rows]
@@ -232,8 +242,9 @@ class ExtraEvaluation:
         write_json(folder / "attention_heatmaps.json", self.heatmaps)
 
 
-def efficiency_metrics(models: dict[str, tuple[list[int | None], int]], context: int, config,
-                       cfg: AnalysisParams, device: torch.device) -> dict[str, dict]:
+def efficiency_metrics(
+    models: dict[str, tuple[list[int | None], int]], context: int, config, cfg: AnalysisParams, device: torch.device
+) -> dict[str, dict]:
     """Throughput, latency, peak memory, FLOPs and KV-cache bytes of each model's windows at the eval context.
 
     The one place that calls the benchmark code (lmask.benchmark.bench_model: interleaved rounds of full
@@ -244,9 +255,16 @@ def efficiency_metrics(models: dict[str, tuple[list[int | None], int]], context:
     from lmask.flops import forward_flops_per_token
 
     bench = BenchmarkParams(
-        seq_lens=[context], fwd_bwd_seq_lens=[], n_layer=config.n_layer, n_embd=config.n_embd,
-        n_head=config.n_head, vocab_size=config.vocab_size, batch_size=cfg.timing_batch_size,
-        warmup=1, repeats=cfg.timing_repeats, device=device.type,
+        seq_lens=[context],
+        fwd_bwd_seq_lens=[],
+        n_layer=config.n_layer,
+        n_embd=config.n_embd,
+        n_head=config.n_head,
+        vocab_size=config.vocab_size,
+        batch_size=cfg.timing_batch_size,
+        warmup=1,
+        repeats=cfg.timing_repeats,
+        device=device.type,
     )
     # Prefixed keys: bench_model names its own reference run "full", which a schedule may also be called.
     windowed = {f"s:{n}": w for n, w in models.items() if any(x is not None for x in w[0])}

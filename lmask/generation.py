@@ -55,8 +55,15 @@ def prompts_from_blocks(blocks: np.ndarray, cfg: GenerationParams) -> tuple[np.n
 
 
 @torch.no_grad()
-def generate_ids(model: torch.nn.Module, prompts: np.ndarray, new_tokens: int, greedy: bool, seed: int,
-                 temperature: float = 1.0, top_k: int = 50) -> np.ndarray:
+def generate_ids(
+    model: torch.nn.Module,
+    prompts: np.ndarray,
+    new_tokens: int,
+    greedy: bool,
+    seed: int,
+    temperature: float = 1.0,
+    top_k: int = 50,
+) -> np.ndarray:
     """New token ids [n, new_tokens] continuing each prompt.
 
     Uses lmask.kv_cache's windowed cache: windowed layers keep only their sinks and last window - 1 keys, as a
@@ -91,8 +98,9 @@ def bleu(hypotheses: list[str], references: list[str]) -> float:
     return float(sacrebleu.corpus_bleu(hypotheses, [references]).score)
 
 
-def generation_report(model: torch.nn.Module, tokenizer, prompts: np.ndarray, references: np.ndarray,
-                      cfg: GenerationParams, seed: int) -> tuple[dict, dict]:
+def generation_report(
+    model: torch.nn.Module, tokenizer, prompts: np.ndarray, references: np.ndarray, cfg: GenerationParams, seed: int
+) -> tuple[dict, dict]:
     """(metrics, texts) for one model: BLEU of greedy text, distinct-1/2 of greedy and sampled token ids."""
     greedy = generate_ids(model, prompts, cfg.new_tokens, True, seed)
     sampled = generate_ids(model, prompts, cfg.new_tokens, False, seed, cfg.temperature, cfg.top_k)

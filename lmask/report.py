@@ -72,9 +72,20 @@ class Inputs:
     efficiency: pd.DataFrame
     generations: dict
     heatmaps: dict
+    train_tokens_per_s: dict  # model -> training throughput from metrics/train/<model>.json (None if absent)
 
 
-def load_inputs(params, eval_dir: Path = Path("plots/eval"), metrics_path: Path = Path("metrics/eval.json")) -> Inputs:
+def _train_tokens_per_s(train_dir: Path, name: str) -> float | None:
+    path = train_dir / f"{name}.json"
+    return json.loads(path.read_text()).get("tokens_per_s") if path.exists() else None
+
+
+def load_inputs(
+    params,
+    eval_dir: Path = Path("plots/eval"),
+    metrics_path: Path = Path("metrics/eval.json"),
+    train_dir: Path = Path("metrics/train"),
+) -> Inputs:
     metrics = json.loads(Path(metrics_path).read_text())
     n_layer = params.model.n_layer
     windows = {"baseline": ([None] * n_layer, 0)}
@@ -86,9 +97,11 @@ def load_inputs(params, eval_dir: Path = Path("plots/eval"), metrics_path: Path 
     m = params.model
     # The trained vocabulary (bpe) or GPT-2's; the tokenizer may have fewer entries than the bpe target.
     vocab_size = params.tokenizer.vocab_size if params.tokenizer.kind == "bpe" else 50257
-    scale = (f"{m.n_layer} layers x {m.n_embd} wide ({m.init}), vocabulary {params.tokenizer.vocab_size}, "
-             f"{params.train.steps} baseline steps + {params.masked.steps} fine-tuning steps, "
-             f"context {params.data.context_length}")
+    scale = (
+        f"{m.n_layer} layers x {m.n_embd} wide ({m.init}), vocabulary {params.tokenizer.vocab_size}, "
+        f"{params.train.steps} baseline steps + {params.masked.steps} fine-tuning steps, "
+        f"context {params.data.context_length}"
+    )
     read = lambda name: pd.read_csv(eval_dir / name)  # noqa: E731
     return Inputs(
         metrics={k: metrics[k] for k in windows},  # only the models listed in params now
@@ -105,6 +118,7 @@ def load_inputs(params, eval_dir: Path = Path("plots/eval"), metrics_path: Path 
         efficiency=read("efficiency.csv").dropna(subset=["model"]),
         generations=json.loads((eval_dir / "generations.json").read_text()),
         heatmaps=json.loads((eval_dir / "attention_heatmaps.json").read_text()),
+        train_tokens_per_s={k: _train_tokens_per_s(Path(train_dir), k) for k in windows},
     )
 
 
@@ -123,16 +137,25 @@ def schedule_figure(inp: Inputs) -> go.Figure:
         ws, sinks = inp.windows[name]
         eff = [inp.context if w is None else min(w, inp.context) for w in ws]
         z.append([math.log2(w) for w in eff])
-        text.append([("full" if w is None or w >= inp.context else str(w)) + (f"+{sinks}s" if sinks and w else "")
-                     for w in ws])
-    fig = go.Figure(go.Heatmap(
-        z=z, x=[f"L{i}" for i in range(n_layer)], y=names, text=text, texttemplate="%{text}",
-        colorscale="Viridis", colorbar={"title": "log2 window"},
-        hovertemplate="%{y} layer %{x}: window %{text}<extra></extra>",
-    ))
+        text.append(
+            [("full" if w is None or w >= inp.context else str(w)) + (f"+{sinks}s" if sinks and w else "") for w in ws]
+        )
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=[f"L{i}" for i in range(n_layer)],
+            y=names,
+            text=text,
+            texttemplate="%{text}",
+            colorscale="Viridis",
+            colorbar={"title": "log2 window"},
+            hovertemplate="%{y} layer %{x}: window %{text}<extra></extra>",
+        )
+    )
     fig.update_yaxes(autorange="reversed")
-    return _layout(fig, f"Attention window per layer (context {inp.context}; 'Ns' = N sink tokens)",
-                   120 + 40 * len(names))
+    return _layout(
+        fig, f"Attention window per layer (context {inp.context}; 'Ns' = N sink tokens)", 120 + 40 * len(names)
+    )
 
 
 def speed_quality_figure(inp: Inputs) -> go.Figure:
@@ -145,36 +168,69 @@ def speed_quality_figure(inp: Inputs) -> go.Figure:
         color = _color(i)
         y = row["test_ppl_change_vs_baseline_pct"]
         if eff is not None and name in eff.index and "speedup" in eff.columns:
-            fig.add_trace(go.Scatter(x=[eff.loc[name, "speedup"]], y=[y], mode="markers+text", text=[name],
-                                     textposition="top center", name=f"{name} measured",
-                                     marker={"size": 12, "color": color}, legendgroup=name))
+            fig.add_trace(
+                go.Scatter(
+                    x=[eff.loc[name, "speedup"]],
+                    y=[y],
+                    mode="markers+text",
+                    text=[name],
+                    textposition="top center",
+                    name=f"{name} measured",
+                    marker={"size": 12, "color": color},
+                    legendgroup=name,
+                )
+            )
             if "flops_ceiling" in eff.columns:
-                fig.add_trace(go.Scatter(x=[eff.loc[name, "flops_ceiling"]], y=[y], mode="markers",
-                                         name=f"{name} FLOP ceiling", legendgroup=name,
-                                         marker={"size": 12, "symbol": "circle-open", "color": color}))
+                fig.add_trace(
+                    go.Scatter(
+                        x=[eff.loc[name, "flops_ceiling"]],
+                        y=[y],
+                        mode="markers",
+                        name=f"{name} FLOP ceiling",
+                        legendgroup=name,
+                        marker={"size": 12, "symbol": "circle-open", "color": color},
+                    )
+                )
         else:  # no timing available: attention pairs saved is the best proxy we have
-            fig.add_trace(go.Scatter(x=[1 / row["attention_pairs"]], y=[y], mode="markers+text", text=[name],
-                                     textposition="top center", name=f"{name} (pairs ratio, not timed)"))
+            fig.add_trace(
+                go.Scatter(
+                    x=[1 / row["attention_pairs"]],
+                    y=[y],
+                    mode="markers+text",
+                    text=[name],
+                    textposition="top center",
+                    name=f"{name} (pairs ratio, not timed)",
+                )
+            )
     fig.add_hline(y=0, line_dash="dot")
     fig.update_xaxes(title="speedup vs baseline (x)")
     fig.update_yaxes(title="test perplexity change vs baseline (%)")
     return _layout(fig, "Quality vs speed: measured speedup (filled) and FLOP ceiling (open)")
 
 
-def lines_figure(df: pd.DataFrame, x: str, y: str, title: str, xlabel: str, ylabel: str,
-                 log_x: bool = False) -> go.Figure:
+def lines_figure(
+    df: pd.DataFrame, x: str, y: str, title: str, xlabel: str, ylabel: str, log_x: bool = False
+) -> go.Figure:
     fig = go.Figure()
     for name, part in df.groupby("model", sort=False):
-        fig.add_trace(go.Scatter(x=part[x], y=part[y], mode="lines+markers" if len(part) < 40 else "lines",
-                                 name=str(name)))
+        fig.add_trace(
+            go.Scatter(x=part[x], y=part[y], mode="lines+markers" if len(part) < 40 else "lines", name=str(name))
+        )
     fig.update_xaxes(title=xlabel, type="log" if log_x else "linear")
     fig.update_yaxes(title=ylabel)
     return _layout(fig, title)
 
 
 def probe_figure(inp: Inputs) -> go.Figure:
-    fig = lines_figure(inp.probe, "distance", "accuracy", "Induction probe: copy accuracy vs distance to the "
-                       "first copy", "distance d (tokens)", "accuracy", log_x=True)
+    fig = lines_figure(
+        inp.probe,
+        "distance",
+        "accuracy",
+        "Induction probe: copy accuracy vs distance to the first copy",
+        "distance d (tokens)",
+        "accuracy",
+        log_x=True,
+    )
     if len(inp.probe):
         fig.add_hline(y=float(inp.probe["chance"].iloc[0]), line_dash="dot", annotation_text="chance")
     return fig
@@ -183,13 +239,24 @@ def probe_figure(inp: Inputs) -> go.Figure:
 def attention_figure(inp: Inputs) -> go.Figure:
     by_layer = inp.attention.groupby(["model", "layer"], sort=False)[["entropy", "mean_distance", "sink_mass"]]
     by_layer = by_layer.mean().reset_index()
-    fig = make_subplots(rows=1, cols=3, subplot_titles=("entropy (nats)", "mean distance (tokens)",
-                                                        "mass on first 4 tokens"))
+    fig = make_subplots(
+        rows=1, cols=3, subplot_titles=("entropy (nats)", "mean distance (tokens)", "mass on first 4 tokens")
+    )
     for i, (name, part) in enumerate(by_layer.groupby("model", sort=False)):
         color = _color(i)
         for col, key in enumerate(("entropy", "mean_distance", "sink_mass"), start=1):
-            fig.add_trace(go.Scatter(x=part["layer"], y=part[key], name=str(name), legendgroup=str(name),
-                                     showlegend=col == 1, line={"color": color}), row=1, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=part["layer"],
+                    y=part[key],
+                    name=str(name),
+                    legendgroup=str(name),
+                    showlegend=col == 1,
+                    line={"color": color},
+                ),
+                row=1,
+                col=col,
+            )
     fig.update_xaxes(title="layer")
     return _layout(fig, "Attention by layer (head average, one test batch)")
 
@@ -201,10 +268,18 @@ def heatmap_figure(inp: Inputs) -> go.Figure:
     fig = make_subplots(rows=1, cols=max(1, len(layers)), subplot_titles=[f"layer {ly}" for ly in layers])
     for mi, name in enumerate(models):
         for li, layer in enumerate(layers):
-            fig.add_trace(go.Heatmap(z=inp.heatmaps[name][layer], colorscale="Blues", showscale=False,
-                                     visible=mi == 0, name=name,
-                                     hovertemplate="query %{y}, key %{x}: %{z:.3f}<extra></extra>"),
-                          row=1, col=li + 1)
+            fig.add_trace(
+                go.Heatmap(
+                    z=inp.heatmaps[name][layer],
+                    colorscale="Blues",
+                    showscale=False,
+                    visible=mi == 0,
+                    name=name,
+                    hovertemplate="query %{y}, key %{x}: %{z:.3f}<extra></extra>",
+                ),
+                row=1,
+                col=li + 1,
+            )
     buttons = []
     for mi, name in enumerate(models):
         visible = [m == mi for m in range(len(models)) for _ in layers]
@@ -216,8 +291,18 @@ def heatmap_figure(inp: Inputs) -> go.Figure:
 
 
 def _color(i: int) -> str:
-    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-               "#bcbd22", "#17becf"]
+    palette = [
+        "#1f77b4",
+        "#ff7f0e",
+        "#2ca02c",
+        "#d62728",
+        "#9467bd",
+        "#8c564b",
+        "#e377c2",
+        "#7f7f7f",
+        "#bcbd22",
+        "#17becf",
+    ]
     return palette[i % len(palette)]
 
 
@@ -238,22 +323,28 @@ def _fmt(value, spec: str = ".2f", suffix: str = "") -> str:
 def summary_rows(inp: Inputs) -> list[dict[str, str]]:
     """One row per model: the numbers README shows."""
     rows = []
+    full_tok_s = inp.train_tokens_per_s.get("full")  # the fine-tuning control: same steps, batch and context
     for name, m in inp.metrics.items():
         kv = _eff(inp, name, "kv_cache_bytes")
-        rows.append({
-            "model": name,
-            "test ppl": _fmt(m["test_ppl"]),
-            "vs baseline": _fmt(m.get("test_ppl_change_vs_baseline_pct"), "+.1f", "%"),
-            "vs full control": _fmt(m.get("test_ppl_change_vs_full_pct"), "+.1f", "%"),
-            "zero-shot vs baseline": _fmt(m.get("zero_shot_change_vs_baseline_pct"), "+.1f", "%"),
-            "attention pairs": _fmt(m["attention_pairs"], ".2f"),
-            "receptive field": str(m["receptive_field"]),
-            "probe acc": _fmt(m.get("probe", {}).get("mean_accuracy"), ".3f"),
-            "BLEU": _fmt(m.get("generation", {}).get("bleu_greedy"), ".2f"),
-            "speedup": _fmt(_eff(inp, name, "speedup"), ".2f", "x"),
-            "FLOP ceiling": _fmt(_eff(inp, name, "flops_ceiling"), ".2f", "x"),
-            "KV cache": _fmt(None if kv is None else kv / 1024, ".0f", " KiB"),
-        })
+        tok_s = inp.train_tokens_per_s.get(name)
+        rows.append(
+            {
+                "model": name,
+                "test ppl": _fmt(m["test_ppl"]),
+                "vs baseline": _fmt(m.get("test_ppl_change_vs_baseline_pct"), "+.1f", "%"),
+                "vs full control": _fmt(m.get("test_ppl_change_vs_full_pct"), "+.1f", "%"),
+                "zero-shot vs baseline": _fmt(m.get("zero_shot_change_vs_baseline_pct"), "+.1f", "%"),
+                "attention pairs": _fmt(m["attention_pairs"], ".2f"),
+                "receptive field": str(m["receptive_field"]),
+                "probe acc": _fmt(m.get("probe", {}).get("mean_accuracy"), ".3f"),
+                "BLEU": _fmt(m.get("generation", {}).get("bleu_greedy"), ".2f"),
+                "speedup": _fmt(_eff(inp, name, "speedup"), ".2f", "x"),
+                "FLOP ceiling": _fmt(_eff(inp, name, "flops_ceiling"), ".2f", "x"),
+                "KV cache": _fmt(None if kv is None else kv / 1024, ".0f", " KiB"),
+                "train tok/s": _fmt(tok_s, ".0f"),
+                "train tok/s vs full": _fmt(tok_s / full_tok_s if tok_s and full_tok_s else None, ".2f", "x"),
+            }
+        )
     return rows
 
 
@@ -267,16 +358,18 @@ def claims_rows(inp: Inputs) -> list[dict[str, str]]:
             continue
         kv = _eff(inp, name, "kv_cache_bytes")
         saving = None if kv is None or not base_kv else 100 * (1 - kv / base_kv)
-        rows.append({
-            "schedule": name,
-            "claimed speedup": claim["speedup"],
-            "measured speedup": _fmt(_eff(inp, name, "speedup"), ".2f", "x"),
-            "FLOP ceiling": _fmt(_eff(inp, name, "flops_ceiling"), ".2f", "x"),
-            "claimed memory saving": claim["memory_saving"],
-            "measured KV-cache saving": _fmt(saving, ".0f", "%"),
-            "claimed ppl increase": claim["ppl_increase"],
-            "measured ppl change (vs baseline)": _fmt(m.get("test_ppl_change_vs_baseline_pct"), "+.1f", "%"),
-        })
+        rows.append(
+            {
+                "schedule": name,
+                "claimed speedup": claim["speedup"],
+                "measured speedup": _fmt(_eff(inp, name, "speedup"), ".2f", "x"),
+                "FLOP ceiling": _fmt(_eff(inp, name, "flops_ceiling"), ".2f", "x"),
+                "claimed memory saving": claim["memory_saving"],
+                "measured KV-cache saving": _fmt(saving, ".0f", "%"),
+                "claimed ppl increase": claim["ppl_increase"],
+                "measured ppl change (vs baseline)": _fmt(m.get("test_ppl_change_vs_baseline_pct"), "+.1f", "%"),
+            }
+        )
     return rows
 
 
@@ -309,17 +402,24 @@ def research_answers(inp: Inputs, cfg: ReportParams) -> list[tuple[str, str]]:
         return 100 * (m[name]["test_ppl"] - ctrl_ppl) / ctrl_ppl
 
     def desc(name: str) -> str:
-        return (f"{name} ({change(name):+.1f}% ppl vs {ctrl}, {100 * m[name]['attention_pairs']:.0f}% of attention "
-                f"pairs, receptive field {m[name]['receptive_field']})")
+        return (
+            f"{name} ({change(name):+.1f}% ppl vs {ctrl}, {100 * m[name]['attention_pairs']:.0f}% of attention "
+            f"pairs, receptive field {m[name]['receptive_field']})"
+        )
 
     answers = []
     ok = [n for n in windowed if change(n) <= cfg.good_enough_pct]
-    q1 = (f"Compared with the equally fine-tuned full-attention control ('{ctrl}'), the windowed schedules score: "
-          + "; ".join(desc(n) for n in windowed) + ". ")
-    q1 += (f"Within {cfg.good_enough_pct:g}% of the control: {', '.join(ok) if ok else 'none'}. "
-           if windowed else "")
-    q1 += ("So in this run, yes for those schedules: deeper layers lost little from restricted attention."
-           if ok else "So in this run, no schedule kept perplexity within that margin.")
+    q1 = (
+        f"Compared with the equally fine-tuned full-attention control ('{ctrl}'), the windowed schedules score: "
+        + "; ".join(desc(n) for n in windowed)
+        + ". "
+    )
+    q1 += f"Within {cfg.good_enough_pct:g}% of the control: {', '.join(ok) if ok else 'none'}. " if windowed else ""
+    q1 += (
+        "So in this run, yes for those schedules: deeper layers lost little from restricted attention."
+        if ok
+        else "So in this run, no schedule kept perplexity within that margin."
+    )
     answers.append(("1. Can deeper transformer layers operate effectively with more restricted attention?", q1))
 
     # 2: rank by ppl cost per attention pair saved (a Pareto view).
@@ -329,26 +429,34 @@ def research_answers(inp: Inputs, cfg: ReportParams) -> list[tuple[str, str]]:
         if m[n]["attention_pairs"] < best_pairs:
             pareto.append(n)
             best_pairs = m[n]["attention_pairs"]
-    q2 = ("Ranked by perplexity change: " + ", ".join(f"{n} {change(n):+.1f}%" for n in ranked) + ". "
-          if ranked else "No windowed schedules were evaluated. ")
+    q2 = (
+        "Ranked by perplexity change: " + ", ".join(f"{n} {change(n):+.1f}%" for n in ranked) + ". "
+        if ranked
+        else "No windowed schedules were evaluated. "
+    )
     if pareto:
-        q2 += (f"Pareto-optimal (no other schedule is both better and cheaper): {', '.join(pareto)}. "
-               "Question 5 compares progressions at about equal attention budgets.")
+        q2 += (
+            f"Pareto-optimal (no other schedule is both better and cheaper): {', '.join(pareto)}. "
+            "Question 5 compares progressions at about equal attention budgets."
+        )
     answers.append(("2. What is the optimal progression of attention window sizes across layers?", q2))
 
     # 3: efficiency vs quality.
     parts = []
     for n in windowed:
         sp, ceil = _eff(inp, n, "speedup"), _eff(inp, n, "flops_ceiling")
-        parts.append(f"{n}: {_fmt(sp, '.2f', 'x')} measured vs {_fmt(ceil, '.2f', 'x')} FLOP ceiling, "
-                     f"{change(n):+.1f}% ppl")
+        parts.append(
+            f"{n}: {_fmt(sp, '.2f', 'x')} measured vs {_fmt(ceil, '.2f', 'x')} FLOP ceiling, {change(n):+.1f}% ppl"
+        )
     timed = any(_eff(inp, n, "speedup") is not None for n in windowed)
     q3 = "; ".join(parts) + ". " if parts else ""
     share = attention_share(inp.n_layer, inp.context, inp.n_embd, inp.vocab_size)
-    q3 += (f"At context {inp.context} attention scores are {100 * share:.0f}% of the forward FLOPs (lmask.flops; "
-           f"projections, MLP and the LM head are the rest), so even free attention gives at most "
-           f"{1 / (1 - share):.2f}x end to end; the share, and so the ceiling, grows with context length, and the KV "
-           "cache at generation time shrinks with the windows (table above).")
+    q3 += (
+        f"At context {inp.context} attention scores are {100 * share:.0f}% of the forward FLOPs (lmask.flops; "
+        f"projections, MLP and the LM head are the rest), so even free attention gives at most "
+        f"{1 / (1 - share):.2f}x end to end; the share, and so the ceiling, grows with context length, and the KV "
+        "cache at generation time shrinks with the windows (table above)."
+    )
     if not timed:
         q3 += " (No timings were available in this run: lmask.benchmark was missing, so only pair counts are shown.)"
     answers.append(("3. How do different masking schedules affect the efficiency vs quality trade-off?", q3))
@@ -383,16 +491,20 @@ def research_answers(inp: Inputs, cfg: ReportParams) -> list[tuple[str, str]]:
     q5 = []
     for a, b in (("half", "increasing"), ("half", "interleaved"), ("increasing", "interleaved")):
         if a in m and b in m:
-            q5.append(f"{a} {change(a):+.1f}% ({100 * m[a]['attention_pairs']:.0f}% pairs, probe "
-                      f"{_fmt(m[a].get('probe', {}).get('mean_accuracy'), '.3f')}) vs {b} {change(b):+.1f}% "
-                      f"({100 * m[b]['attention_pairs']:.0f}% pairs, probe "
-                      f"{_fmt(m[b].get('probe', {}).get('mean_accuracy'), '.3f')})")
+            q5.append(
+                f"{a} {change(a):+.1f}% ({100 * m[a]['attention_pairs']:.0f}% pairs, probe "
+                f"{_fmt(m[a].get('probe', {}).get('mean_accuracy'), '.3f')}) vs {b} {change(b):+.1f}% "
+                f"({100 * m[b]['attention_pairs']:.0f}% pairs, probe "
+                f"{_fmt(m[b].get('probe', {}).get('mean_accuracy'), '.3f')})"
+            )
     text5 = "; ".join(q5) + "." if q5 else "The increasing / interleaved schedules were not in this run."
     if "half" in m and "increasing" in m:
         diff = change("increasing") - change("half")
         if abs(diff) < cfg.tie_pct:
-            text5 += (f" At equal attention pairs the direction made no clear difference here ({diff:+.2f} points, "
-                      f"below report.tie_pct = {cfg.tie_pct:g}).")
+            text5 += (
+                f" At equal attention pairs the direction made no clear difference here ({diff:+.2f} points, "
+                f"below report.tie_pct = {cfg.tie_pct:g})."
+            )
         else:
             better = "increasing (Longformer's direction)" if diff < 0 else "decreasing (the seed's direction)"
             text5 += f" At equal attention pairs, {better} windows gave the lower perplexity ({abs(diff):.2f} points)."
@@ -401,15 +513,17 @@ def research_answers(inp: Inputs, cfg: ReportParams) -> list[tuple[str, str]]:
     # 6: sinks rescue a retrofit?
     if "aggressive" in m and "aggressive_sinks" in m:
         zs, zss = m["aggressive"]["zero_shot_test_ppl"], m["aggressive_sinks"]["zero_shot_test_ppl"]
-        text6 = (f"Zero-shot (baseline weights, windows applied without fine-tuning): aggressive {zs:.2f} ppl, "
-                 f"aggressive + 4 sinks {zss:.2f} ppl vs baseline {m['baseline']['test_ppl']:.2f} "
-                 f"({100 * (zss - zs) / zs:+.1f}% from adding sinks: "
-                 + ("a rescue" if 100 * (zs - zss) / zs >= cfg.tie_pct else "no clear rescue")
-                 + "). After fine-tuning: "
-                 f"{m['aggressive']['test_ppl']:.2f} vs {m['aggressive_sinks']['test_ppl']:.2f}. "
-                 f"Baseline attention mass on the first 4 tokens: "
-                 f"{100 * m['baseline'].get('attention', {}).get('sink_mass', float('nan')):.0f}% (head and layer "
-                 "average); StreamingLLM's sink effect needs the model to dump attention there.")
+        text6 = (
+            f"Zero-shot (baseline weights, windows applied without fine-tuning): aggressive {zs:.2f} ppl, "
+            f"aggressive + 4 sinks {zss:.2f} ppl vs baseline {m['baseline']['test_ppl']:.2f} "
+            f"({100 * (zss - zs) / zs:+.1f}% from adding sinks: "
+            + ("a rescue" if 100 * (zs - zss) / zs >= cfg.tie_pct else "no clear rescue")
+            + "). After fine-tuning: "
+            f"{m['aggressive']['test_ppl']:.2f} vs {m['aggressive_sinks']['test_ppl']:.2f}. "
+            f"Baseline attention mass on the first 4 tokens: "
+            f"{100 * m['baseline'].get('attention', {}).get('sink_mass', float('nan')):.0f}% (head and layer "
+            "average); StreamingLLM's sink effect needs the model to dump attention there."
+        )
     else:
         text6 = "Add schedules 'aggressive' and 'aggressive_sinks' to answer this."
     answers.append(("6. Do attention sinks rescue a retrofitted (zero-shot) windowed model?", text6))
@@ -422,24 +536,32 @@ def _late_vs_early_loss(inp: Inputs, windowed: list[str]) -> str:
     if not len(pos) or not windowed:
         return ""
     half = pos["position"].max() / 2
+
     def late_minus_early(name: str) -> float:
         part = pos[pos["model"] == name]
         return part[part["position"] > half]["loss"].mean() - part[part["position"] <= half]["loss"].mean()
+
     ctrl = "full" if "full" in set(pos["model"]) else "baseline"
     worst = max(windowed, key=lambda n: late_minus_early(n) - late_minus_early(ctrl))
     gap = late_minus_early(worst) - late_minus_early(ctrl)
-    return (f"Loss by position: relative to {ctrl}, {worst} has the largest rise of second-half over first-half "
-            f"loss ({gap:+.3f} nats; positive = it profits less from distant context).")
+    return (
+        f"Loss by position: relative to {ctrl}, {worst} has the largest rise of second-half over first-half "
+        f"loss ({gap:+.3f} nats; positive = it profits less from distant context)."
+    )
 
 
 def caveats(inp: Inputs) -> str:
     rf_full = all(m["receptive_field"] >= inp.context for m in inp.metrics.values())
-    text = (f"Scale: {inp.scale}. These are tiny models trained briefly on a small corpus; effects seen here "
-            "(especially the size of the differences) need not transfer to GPT-2 small on WikiText-103.")
+    text = (
+        f"Scale: {inp.scale}. These are tiny models trained briefly on a small corpus; effects seen here "
+        "(especially the size of the differences) need not transfer to GPT-2 small on WikiText-103."
+    )
     if rf_full:
-        text += (f" At context {inp.context} every schedule keeps at least one layer whose window covers the whole "
-                 "context, so every receptive field is the full context: the probe measures attenuation, not a hard "
-                 "cut-off (the unit tests check the cut-off on short-window models).")
+        text += (
+            f" At context {inp.context} every schedule keeps at least one layer whose window covers the whole "
+            "context, so every receptive field is the full context: the probe measures attenuation, not a hard "
+            "cut-off (the unit tests check the cut-off on short-window models)."
+        )
     return text
 
 
@@ -464,7 +586,8 @@ def samples_html(inp: Inputs, cfg: ReportParams) -> str:
         rows = "".join(
             f"<tr><td>{esc(name)}</td><td class='text'>{esc(texts['greedy'][i])}</td>"
             f"<td class='text'>{esc(texts['sampled'][i])}</td></tr>"
-            for name, texts in gen["models"].items() if name in inp.windows
+            for name, texts in gen["models"].items()
+            if name in inp.windows
         )
         out.append(
             f"<h3>Sample {i + 1}</h3><p><b>Prompt:</b> <span class='text'>{esc(gen['prompts'][i])}</span><br>"
@@ -478,37 +601,64 @@ def build_html(inp: Inputs, cfg: ReportParams) -> str:
     figures = [
         ("Schedules", schedule_figure(inp)),
         ("Quality vs speed", speed_quality_figure(inp)),
-        ("Training curves", lines_figure(inp.curves.dropna(subset=["val_loss"]), "step", "val_loss",
-                                         "Validation loss during training", "step", "loss")),
-        ("Loss by position", lines_figure(inp.positions, "position", "loss", "Test loss by position in the context",
-                                          "position", "loss (nats)")),
+        (
+            "Training curves",
+            lines_figure(
+                inp.curves.dropna(subset=["val_loss"]),
+                "step",
+                "val_loss",
+                "Validation loss during training",
+                "step",
+                "loss",
+            ),
+        ),
+        (
+            "Loss by position",
+            lines_figure(
+                inp.positions, "position", "loss", "Test loss by position in the context", "position", "loss (nats)"
+            ),
+        ),
         ("Long-range probe", probe_figure(inp)),
         ("Attention by layer", attention_figure(inp)),
         ("Attention heatmaps", heatmap_figure(inp)),
     ]
-    parts = [f"<h1>{html.escape(cfg.title)}</h1>", f"<p class='note'>{html.escape(caveats(inp))}</p>",
-             "<h2>Results</h2>", html_table(summary_rows(inp)),
-             "<h2>Measured vs the seed's claims</h2>",
-             "<p class='claim'>Columns marked 'claimed' are the seed README's numbers (GPT-2 small, WikiText-103), "
-             "not measurements; they are shown only for comparison.</p>", html_table(claims_rows(inp))]
+    parts = [
+        f"<h1>{html.escape(cfg.title)}</h1>",
+        f"<p class='note'>{html.escape(caveats(inp))}</p>",
+        "<h2>Results</h2>",
+        html_table(summary_rows(inp)),
+        "<h2>Measured vs the seed's claims</h2>",
+        "<p class='claim'>Columns marked 'claimed' are the seed README's numbers (GPT-2 small, WikiText-103), "
+        "not measurements; they are shown only for comparison.</p>",
+        html_table(claims_rows(inp)),
+    ]
     for i, (title, fig) in enumerate(figures):
         # plotly.js inlined once (first figure), so the page works offline and stays one file.
-        div = fig.to_html(full_html=False, include_plotlyjs=i == 0, div_id=f"fig-{i}",
-                          config={"displaylogo": False})
+        div = fig.to_html(full_html=False, include_plotlyjs=i == 0, div_id=f"fig-{i}", config={"displaylogo": False})
         parts += [f"<h2>{html.escape(title)}</h2>", div]
     parts += ["<h2>Generation samples</h2>", samples_html(inp, cfg), "<h2>Research questions</h2>"]
     for question, answer in research_answers(inp, cfg):
         parts += [f"<h3>{html.escape(question)}</h3>", f"<p>{html.escape(answer)}</p>"]
     parts.append(f"<p class='note'>{html.escape(caveats(inp))}</p>")
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(cfg.title)}</title>"
-            f"<style>{CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(cfg.title)}</title>"
+        f"<style>{CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
+    )
 
 
 def build_summary(inp: Inputs, cfg: ReportParams) -> str:
-    lines = ["<!-- generated by `dvc repro report` (lmask/report.py); do not edit -->", "",
-             markdown_table(summary_rows(inp)), "",
-             "Seed README claims (not measured) beside this run:", "", markdown_table(claims_rows(inp)), "",
-             f"_{caveats(inp)}_", ""]
+    lines = [
+        "<!-- generated by `dvc repro report` (lmask/report.py); do not edit -->",
+        "",
+        markdown_table(summary_rows(inp)),
+        "",
+        "Seed README claims (not measured) beside this run:",
+        "",
+        markdown_table(claims_rows(inp)),
+        "",
+        f"_{caveats(inp)}_",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -519,8 +669,9 @@ def _write_text(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def write_report(params, out_html: Path = Path("plots/report.html"),
-                 out_summary: Path = Path("metrics/summary.md")) -> None:
+def write_report(
+    params, out_html: Path = Path("plots/report.html"), out_summary: Path = Path("metrics/summary.md")
+) -> None:
     """Build plots/report.html and metrics/summary.md from the evaluate stage's outputs."""
     cfg = report_params(params.extra.get("report"))  # validate before reading anything
     inp = load_inputs(params)
@@ -554,9 +705,11 @@ def offline_dvc_template(npm_dir: Path) -> str:
         if "</script" in src.lower() or "{plot_divs}" in src:
             raise ValueError(f"{pkg}: cannot inline safely")
         scripts.append(f"<!-- {pkg}@{version} (BSD-3-Clause) -->\n<script>{src}</script>")
-    return ("<!DOCTYPE html>\n<html>\n<head>\n<meta charset=\"utf-8\">\n{refresh_tag}\n<title>DVC Plot</title>\n"
-            + "\n".join(scripts)
-            + "\n<style>table { border-spacing: 15px; }</style>\n</head>\n<body>\n{plot_divs}\n</body>\n</html>\n")
+    return (
+        '<!DOCTYPE html>\n<html>\n<head>\n<meta charset="utf-8">\n{refresh_tag}\n<title>DVC Plot</title>\n'
+        + "\n".join(scripts)
+        + "\n<style>table { border-spacing: 15px; }</style>\n</head>\n<body>\n{plot_divs}\n</body>\n</html>\n"
+    )
 
 
 if __name__ == "__main__":

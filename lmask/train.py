@@ -131,8 +131,14 @@ class Distributed:
 
 
 @torch.no_grad()
-def mean_loss(model: torch.nn.Module, blocks: np.ndarray, batch_size: int, device: torch.device,
-              max_batches: int | None = None, world: Distributed | None = None) -> float:
+def mean_loss(
+    model: torch.nn.Module,
+    blocks: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+    max_batches: int | None = None,
+    world: Distributed | None = None,
+) -> float:
     """Mean next-token loss over the first max_batches batches of blocks (all tokens weighted equally).
 
     Under DDP the batches are dealt round-robin to the ranks and the sums all-reduced, so every rank returns the
@@ -173,13 +179,16 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _save_checkpoint(path: Path, model, optimizer, step: int, rows: list, fp: str, elapsed: float,
-                     window: dict, world: Distributed) -> None:
+def _save_checkpoint(
+    path: Path, model, optimizer, step: int, rows: list, fp: str, elapsed: float, window: dict, world: Distributed
+) -> None:
     """Rank 0 writes; every rank must call it (it gathers each rank's RNG state)."""
-    rng = world.gather({
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    })
+    rng = world.gather(
+        {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+    )
     if not world.is_main:
         return
     state = {
@@ -198,8 +207,9 @@ def _save_checkpoint(path: Path, model, optimizer, step: int, rows: list, fp: st
     tmp.replace(path)
 
 
-def _load_checkpoint(path: Path, model, optimizer, fp: str, name: str,
-                     world: Distributed) -> tuple[int, list, float, dict | None]:
+def _load_checkpoint(
+    path: Path, model, optimizer, fp: str, name: str, world: Distributed
+) -> tuple[int, list, float, dict | None]:
     """Resume state (step, rows, elapsed, window) from ``path`` if it matches ``fp``; every rank reads the file.
 
     Ranks must agree on the step: a checkpoint visible to some ranks only (multi-node without a shared filesystem)
@@ -263,19 +273,49 @@ def train(
         )
     device = pick_device(cfg.device)
     world = Distributed(device)
-    result = _train(model, train_blocks, val_blocks, cfg, device, world, seed=seed, name=name,
-                    model_dir=model_dir, metrics_path=metrics_path, plot_path=plot_path,
-                    checkpoint_dir=checkpoint_dir, run_fingerprint=run_fingerprint, tokenizer=tokenizer,
-                    extra_metrics=extra_metrics, stop_after=stop_after)
+    result = _train(
+        model,
+        train_blocks,
+        val_blocks,
+        cfg,
+        device,
+        world,
+        seed=seed,
+        name=name,
+        model_dir=model_dir,
+        metrics_path=metrics_path,
+        plot_path=plot_path,
+        checkpoint_dir=checkpoint_dir,
+        run_fingerprint=run_fingerprint,
+        tokenizer=tokenizer,
+        extra_metrics=extra_metrics,
+        stop_after=stop_after,
+    )
     # Not in a `finally`: tearing down a group while peers wait in a collective can hang; on errors torchrun
     # stops the other ranks.
     world.close()
     return result
 
 
-def _train(model, train_blocks, val_blocks, cfg: TrainParams, device: torch.device, world: Distributed, *,
-           seed: int, name: str, model_dir: Path, metrics_path: Path, plot_path: Path, checkpoint_dir: Path,
-           run_fingerprint: str, tokenizer, extra_metrics: dict | None, stop_after: int | None) -> dict:
+def _train(
+    model,
+    train_blocks,
+    val_blocks,
+    cfg: TrainParams,
+    device: torch.device,
+    world: Distributed,
+    *,
+    seed: int,
+    name: str,
+    model_dir: Path,
+    metrics_path: Path,
+    plot_path: Path,
+    checkpoint_dir: Path,
+    run_fingerprint: str,
+    tokenizer,
+    extra_metrics: dict | None,
+    stop_after: int | None,
+) -> dict:
     micro = cfg.micro_batch_size
     accumulation = cfg.batch_size // (micro * world.world_size)
     shard = cfg.batch_size // world.world_size
@@ -287,14 +327,17 @@ def _train(model, train_blocks, val_blocks, cfg: TrainParams, device: torch.devi
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.95), fused=device.type == "cuda",
+        lr=cfg.lr,
+        betas=(0.9, 0.95),
+        fused=device.type == "cuda",
     )
     ckpt_path = checkpoint_dir / "state.pt"
     # Every rank restores the same model and optimizer state before DDP wraps (and broadcasts) the model.
     step, rows, elapsed, window = _load_checkpoint(ckpt_path, model, optimizer, run_fingerprint, name, world)
     ddp_model = (
         torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-        if world.enabled else model
+        if world.enabled
+        else model
     )
 
     bar = tqdm(total=cfg.steps, initial=step, desc=name, unit="step", disable=not world.is_main)
@@ -310,7 +353,7 @@ def _train(model, train_blocks, val_blocks, cfg: TrainParams, device: torch.devi
         for k in range(accumulation):
             x = torch.from_numpy(train_blocks[idx[k * micro : (k + 1) * micro]]).to(device)
             sync = k == accumulation - 1 or not world.enabled
-            with (nullcontext() if sync else ddp_model.no_sync()), autocast(device):
+            with nullcontext() if sync else ddp_model.no_sync(), autocast(device):
                 loss = ddp_model(input_ids=x, labels=x).loss / accumulation
             loss.backward()
             local_loss += loss.detach().float()
@@ -339,13 +382,15 @@ def _train(model, train_blocks, val_blocks, cfg: TrainParams, device: torch.devi
 
         if step % cfg.eval_every == 0 or step == cfg.steps:
             val = mean_loss(model, val_blocks, micro, device, cfg.eval_batches, world)
-            rows.append({
-                "step": step,
-                "train_loss": round(window["loss"] / (step - window["start"]), 5),
-                "val_loss": round(val, 5),
-                "lr": lr,
-                "tokens_per_s": round(window["tokens"] / window["time"], 1),
-            })
+            rows.append(
+                {
+                    "step": step,
+                    "train_loss": round(window["loss"] / (step - window["start"]), 5),
+                    "val_loss": round(val, 5),
+                    "lr": lr,
+                    "tokens_per_s": round(window["tokens"] / window["time"], 1),
+                }
+            )
             window = {"loss": 0.0, "tokens": 0, "time": 0.0, "start": step}
         stopping = stop_after is not None and step >= stop_after and step < cfg.steps
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping:
@@ -434,10 +479,18 @@ def train_baseline(params, stop_after: int | None = None) -> dict:
     stats = json.loads(Path("data/tokenized/stats.json").read_text())
     fp = fingerprint("baseline", asdict(params.train), asdict(params.model), params.seed, stats)
     return train(
-        model, train_blocks, val_blocks, params.train,
-        seed=params.seed, name="baseline", model_dir=Path("models/baseline"),
-        metrics_path=Path("metrics/train/baseline.json"), plot_path=Path("plots/train/baseline.csv"),
-        checkpoint_dir=Path("checkpoints/baseline"), run_fingerprint=fp, tokenizer=tokenizer,
+        model,
+        train_blocks,
+        val_blocks,
+        params.train,
+        seed=params.seed,
+        name="baseline",
+        model_dir=Path("models/baseline"),
+        metrics_path=Path("metrics/train/baseline.json"),
+        plot_path=Path("plots/train/baseline.csv"),
+        checkpoint_dir=Path("checkpoints/baseline"),
+        run_fingerprint=fp,
+        tokenizer=tokenizer,
         stop_after=stop_after,
     )
 
@@ -457,13 +510,27 @@ def train_masked(params, name: str, stop_after: int | None = None) -> dict:
     if not (baseline / "model.safetensors").is_file():
         raise FileNotFoundError(f"{baseline}/model.safetensors is missing: run `dvc repro train_baseline` first")
     model = apply_windows(load_model(baseline), windows, sinks, params.attention.backend)
-    fp = fingerprint(name, spec, asdict(params.masked), params.attention.backend, params.seed,
-                     file_sha256(baseline / "model.safetensors"))
+    fp = fingerprint(
+        name,
+        spec,
+        asdict(params.masked),
+        params.attention.backend,
+        params.seed,
+        file_sha256(baseline / "model.safetensors"),
+    )
     return train(
-        model, train_blocks, val_blocks, params.masked,
-        seed=params.seed + 1, name=f"masked@{name}", model_dir=Path("models/masked") / name,
-        metrics_path=Path("metrics/train") / f"{name}.json", plot_path=Path("plots/train") / f"{name}.csv",
-        checkpoint_dir=Path("checkpoints/masked") / name, run_fingerprint=fp, tokenizer=tokenizer,
+        model,
+        train_blocks,
+        val_blocks,
+        params.masked,
+        seed=params.seed + 1,
+        name=f"masked@{name}",
+        model_dir=Path("models/masked") / name,
+        metrics_path=Path("metrics/train") / f"{name}.json",
+        plot_path=Path("plots/train") / f"{name}.csv",
+        checkpoint_dir=Path("checkpoints/masked") / name,
+        run_fingerprint=fp,
+        tokenizer=tokenizer,
         extra_metrics={"windows": windows, "sinks": sinks, "backend": params.attention.backend},
         stop_after=stop_after,
     )

@@ -33,8 +33,15 @@ HOST = "127.0.0.1"
 # weed mini listeners we give explicit ports: left to defaults they take fixed ports (9333, 8888, 23646, ...), and
 # the gRPC ones default to http port + 10000, which clashes or overflows for random ports.
 _PORT_FLAGS = (
-    "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
-    "s3.port.grpc", "admin.port", "admin.port.grpc",
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "filer.port",
+    "filer.port.grpc",
+    "s3.port.grpc",
+    "admin.port",
+    "admin.port.grpc",
 )
 
 
@@ -74,9 +81,12 @@ class S3Server:
 
     def credentials_env(self) -> dict[str, str]:
         """Environment variables that give boto/DVC this server's credentials."""
-        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
-                # Without this, a missing credential makes botocore probe the EC2 metadata address for seconds.
-                "AWS_EC2_METADATA_DISABLED": "true"}
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            # Without this, a missing credential makes botocore probe the EC2 metadata address for seconds.
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
 
     def remote_url(self, path: str = "lmask") -> str:
         return f"s3://{self.bucket}/{path}"
@@ -121,9 +131,15 @@ def _s3_answers(endpoint: str) -> bool:
     return True
 
 
-def start_s3_server(data_dir: str | Path, bucket: str = "lmask", access_key: str | None = None,
-                    secret_key: str | None = None, port: int | None = None, timeout: float = 60,
-                    attempts: int = 3) -> S3Server:
+def start_s3_server(
+    data_dir: str | Path,
+    bucket: str = "lmask",
+    access_key: str | None = None,
+    secret_key: str | None = None,
+    port: int | None = None,
+    timeout: float = 60,
+    attempts: int = 3,
+) -> S3Server:
     """Start ``weed mini`` with its data under data_dir and one admin identity; return once S3 answers.
 
     Keys default to fresh random ones. Ports are free ports unless ``port`` fixes the S3 one; a start that fails
@@ -134,9 +150,19 @@ def start_s3_server(data_dir: str | Path, bucket: str = "lmask", access_key: str
     access_key = access_key or "lmask" + secrets.token_hex(6)
     secret_key = secret_key or secrets.token_hex(20)
     config = data_dir / "s3.json"
-    config.write_text(json.dumps({"identities": [{
-        "name": "lmask", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-        "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}))
+    config.write_text(
+        json.dumps(
+            {
+                "identities": [
+                    {
+                        "name": "lmask",
+                        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                        "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                    }
+                ]
+            }
+        )
+    )
     config.chmod(0o600)
     weed = find_weed()
     errors = []
@@ -144,21 +170,33 @@ def start_s3_server(data_dir: str | Path, bucket: str = "lmask", access_key: str
         ports = free_ports(len(_PORT_FLAGS) + 1)
         s3_port = port or ports.pop()
         cmd = [
-            str(weed), "mini", f"-dir={data_dir / 'store'}", f"-ip={HOST}", f"-ip.bind={HOST}",
-            f"-s3.config={config}", f"-bucket={bucket}", f"-s3.port={s3_port}",
+            str(weed),
+            "mini",
+            f"-dir={data_dir / 'store'}",
+            f"-ip={HOST}",
+            f"-ip.bind={HOST}",
+            f"-s3.config={config}",
+            f"-bucket={bucket}",
+            f"-s3.port={s3_port}",
             *(f"-{flag}={p}" for flag, p in zip(_PORT_FLAGS, ports)),
             # Off: extra listeners we do not use, and phoning home.
-            "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
+            "-admin.ui=false",
+            "-webdav=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-master.telemetry=false",
             # Unix sockets default to fixed names in /tmp; keep them per server.
-            f"-filer.localSocket={data_dir / 'filer.sock'}", f"-s3.localSocket={data_dir / 's3.sock'}",
+            f"-filer.localSocket={data_dir / 'filer.sock'}",
+            f"-s3.localSocket={data_dir / 's3.sock'}",
             "-volume.preStopSeconds=0",
         ]
         (data_dir / "store").mkdir(exist_ok=True)
         log_path = data_dir / "weed.log"
         with open(log_path, "wb") as log:
             # Own process group, so stop() reaches any child weed spawns.
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         server = S3Server(f"http://{HOST}:{s3_port}", bucket, access_key, secret_key, data_dir, log_path, proc)
         deadline = time.monotonic() + timeout
         # Ready = S3 answers and weed printed its banner (printed after the startup bucket is created).
@@ -185,8 +223,13 @@ def main(argv: list[str] | None = None) -> None:
     # Keep the keys across restarts of a --dir server, so remotes configured earlier keep working.
     keys_file = data_dir / "keys.json"
     keys = json.loads(keys_file.read_text()) if keys_file.is_file() else {}
-    server = start_s3_server(data_dir, bucket=args.bucket, port=args.port, access_key=keys.get("access_key"),
-                             secret_key=keys.get("secret_key"))
+    server = start_s3_server(
+        data_dir,
+        bucket=args.bucket,
+        port=args.port,
+        access_key=keys.get("access_key"),
+        secret_key=keys.get("secret_key"),
+    )
     keys_file.write_text(json.dumps({"access_key": server.access_key, "secret_key": server.secret_key}))
     keys_file.chmod(0o600)
     print(f"S3 server (SeaweedFS) on {server.endpoint}, bucket '{server.bucket}', data in {data_dir}")

@@ -24,21 +24,30 @@ def env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """Subprocess environment: this venv first on PATH, no hub access attempts, no DVC analytics (+ ``extra``)."""
     e = dict(os.environ)
     e["PATH"] = f"{BIN}{os.pathsep}{e.get('PATH', '')}"
-    e.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", DVC_NO_ANALYTICS="1", TOKENIZERS_PARALLELISM="false",
-             GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com",
-             GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com",
-             # S3 remotes: fail fast instead of probing the EC2 metadata address when credentials are missing.
-             AWS_EC2_METADATA_DISABLED="true")
+    e.update(
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        DVC_NO_ANALYTICS="1",
+        TOKENIZERS_PARALLELISM="false",
+        GIT_AUTHOR_NAME="test",
+        GIT_AUTHOR_EMAIL="test@example.com",
+        GIT_COMMITTER_NAME="test",
+        GIT_COMMITTER_EMAIL="test@example.com",
+        # S3 remotes: fail fast instead of probing the EC2 metadata address when credentials are missing.
+        AWS_EC2_METADATA_DISABLED="true",
+    )
     e.pop("PYTHONPATH", None)
     e.update(extra or {})
     return e
 
 
-def run(cmd: list[str] | str, cwd: Path, check: bool = True, timeout: float = 900,
-        extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run(
+    cmd: list[str] | str, cwd: Path, check: bool = True, timeout: float = 900, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run a command in ``cwd`` (environment: env(extra_env)); on failure show its output in the assertion message."""
-    proc = subprocess.run(cmd, cwd=cwd, env=env(extra_env), capture_output=True, text=True, timeout=timeout,
-                          shell=isinstance(cmd, str))
+    proc = subprocess.run(
+        cmd, cwd=cwd, env=env(extra_env), capture_output=True, text=True, timeout=timeout, shell=isinstance(cmd, str)
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
@@ -46,8 +55,9 @@ def run(cmd: list[str] | str, cwd: Path, check: bool = True, timeout: float = 90
 
 def copy_project(dest: Path) -> Path:
     """Copy the project's tracked and untracked-but-not-ignored files (not data, models or caches)."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     for rel in files:
         src = ROOT / rel
         if src.is_file():

@@ -51,9 +51,18 @@ CASES = [
 ]
 
 
+@pytest.fixture(params=["cpu_flash", "generic"])
+def middle_path(request, monkeypatch):
+    """Run a test on both middle-block implementations: the CPU flash kernel on strided slabs, and the generic
+    unfold + SDPA path (what CUDA uses when FlexAttention is unavailable)."""
+    if request.param == "generic":
+        monkeypatch.setattr(A, "_cpu_slabs_supported", lambda query: False)
+    return request.param
+
+
 @pytest.mark.parametrize("B,H,T,window,sinks", CASES)
 @pytest.mark.parametrize("block", [None, 4, 16])
-def test_blocked_matches_reference_fp64(B, H, T, window, sinks, block):
+def test_blocked_matches_reference_fp64(B, H, T, window, sinks, block, middle_path):
     q, k, v = qkv(B, H, T)
     got = outputs_and_grads(lambda *x: blocked_attention(*x, window, sinks, block=block), q, k, v)
     want = outputs_and_grads(lambda *x: reference(*x, window, sinks), q, k, v)
@@ -62,7 +71,7 @@ def test_blocked_matches_reference_fp64(B, H, T, window, sinks, block):
 
 
 @pytest.mark.parametrize("T,window,sinks", [(1000, 64, 0), (777, 256, 4), (1500, 1024, 1)])
-def test_blocked_matches_masked_sdpa_fp32(T, window, sinks):
+def test_blocked_matches_masked_sdpa_fp32(T, window, sinks, middle_path):
     """The issue's tolerance: fp32 max abs diff <= 1e-5 against masked SDPA, outputs and grads of q, k, v."""
     q, k, v = qkv(1, 4, T, D=64, dtype=torch.float32)
     got = outputs_and_grads(lambda *x: blocked_attention(*x, window, sinks), q, k, v)
@@ -135,19 +144,42 @@ def test_path_selection():
         select_path(q, k, 16, backend="dense")
 
 
-def test_blocked_never_builds_a_full_score_matrix(monkeypatch):
-    """Every SDPA call of the blocked path sees at most b queries × (sinks + P + b) keys per block."""
+def test_blocked_never_builds_a_full_score_matrix(monkeypatch, middle_path):
+    """Every attention call of the blocked path sees at most b queries × (sinks + P + b) keys per block, forward and
+    backward, and the CPU path hands the kernel views of q/k/v (no copies) when there are no sinks."""
     seen = []
-    real = F.scaled_dot_product_attention
 
-    def spy(q, k, v, **kw):
-        seen.append((q.shape[-2], k.shape[-2]))
-        return real(q, k, v, **kw)
+    def spy(real):
+        def call(q, k, v, *args, **kw):
+            seen.append((real.__name__, q.shape[-2], k.shape[-2]))
+            return real(q, k, v, *args, **kw)
 
-    monkeypatch.setattr(A.F, "scaled_dot_product_attention", spy)
+        call.__name__ = real.__name__
+        return call
+
+    def spy_backward(go, q, k, v, *args, **kw):
+        seen.append(("backward", q.shape[-2], k.shape[-2], k.data_ptr()))
+        return real_backward(go, q, k, v, *args, **kw)
+
+    real_backward = A._CPU_FLASH_BACKWARD
+    monkeypatch.setattr(A.F, "scaled_dot_product_attention", spy(F.scaled_dot_product_attention))
+    monkeypatch.setattr(A, "_CPU_FLASH", spy(A._CPU_FLASH))
+    monkeypatch.setattr(A, "_CPU_FLASH_BACKWARD", spy_backward)
     q, k, v = qkv(1, 2, 1000, dtype=torch.float32)
-    blocked_attention(q, k, v, 64, sinks=4)
-    assert seen == [(64, 64), (32, 4 + 96), (8, 4 + 72)]  # head, middle blocks (b=32), tail
+    out = blocked_attention(q, k, v, 64, sinks=4)
+    middle = "scaled_dot_product_attention" if middle_path == "generic" else A._CPU_FLASH.__name__
+    assert [s[:3] for s in seen] == [
+        ("scaled_dot_product_attention", 64, 64),  # head: queries < P=64, plain causal
+        (middle, 32, 4 + 96),  # middle blocks (b=32): sinks + P + b keys each
+        ("scaled_dot_product_attention", 8, 4 + 72),  # tail
+    ]
+    seen.clear()
+    out.sum().backward()
+    if middle_path == "cpu_flash":
+        assert [s[:3] for s in seen] == [("backward", 32, 4 + 96)]
+        seen.clear()
+        blocked_attention(q, k, v, 64, sinks=0).sum().backward()
+        assert seen[-1][3] == k.data_ptr()  # the key slabs are views of k itself
 
 
 @pytest.mark.parametrize("window,sinks", [(1, 0), (5, 0), (5, 3), (40, 1)])

@@ -27,8 +27,14 @@ TEXT = "The quick brown fox jumps over the lazy dog. " * 20
 
 def test_wiki_markup_becomes_wikitext_style():
     text = wiki_markup_to_text("Fox", "'''Fox''' is an ''animal''.\n\n==Habitat==\nForests.\n===Europe===\nYes.")
-    assert text.splitlines() == [" = Fox = ", "Fox is an animal.", " = = Habitat = = ", "Forests.",
-                                 " = = = Europe = = = ", "Yes."]
+    assert text.splitlines() == [
+        " = Fox = ",
+        "Fox is an animal.",
+        " = = Habitat = = ",
+        "Forests.",
+        " = = = Europe = = = ",
+        "Yes.",
+    ]
 
 
 def test_split_by_article_is_deterministic_and_disjoint():

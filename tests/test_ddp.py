@@ -58,8 +58,13 @@ def project(tmp_path_factory) -> Path:
     set_train(repo, **OVERRIDES)
     params = load_params(repo / "params.yaml")
     download(params.data, repo / "data/raw")
-    tokenize_splits(repo / "data/raw", params.tokenizer, params.data.context_length, repo / "data/tokenizer",
-                    repo / "data/tokenized")
+    tokenize_splits(
+        repo / "data/raw",
+        params.tokenizer,
+        params.data.context_length,
+        repo / "data/tokenizer",
+        repo / "data/tokenized",
+    )
     shrink_validation(repo / "data/tokenized")
     return repo
 
@@ -103,8 +108,9 @@ def test_two_processes_follow_the_one_process_trajectory(one_proc, two_proc_resu
     ref, got = curve(one_proc), curve(two)
     print("\nstep  1-proc train/val      2-proc train/val")
     for a, b in zip(ref, got):
-        print(f"{a['step']:4.0f}  {a['train_loss']:.5f} {a['val_loss']:.5f}   "
-              f"{b['train_loss']:.5f} {b['val_loss']:.5f}")
+        print(
+            f"{a['step']:4.0f}  {a['train_loss']:.5f} {a['val_loss']:.5f}   {b['train_loss']:.5f} {b['val_loss']:.5f}"
+        )
     assert [r["step"] for r in got] == [r["step"] for r in ref] == [1, 2, 3, 4, 5, 6]
     for a, b in zip(ref, got):
         assert b["train_loss"] == pytest.approx(a["train_loss"], abs=2e-4)
@@ -134,4 +140,3 @@ def test_ddp_resume_is_exact(project, two_proc_resumed, tmp_path):
     b = load_file(straight / "models/baseline/model.safetensors")
     assert a.keys() == b.keys()
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
-

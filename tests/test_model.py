@@ -34,8 +34,9 @@ AttentionMaskInterface.register("test_reference", sdpa_mask)
 
 
 def tiny_model(n_layer=3, seed=0):
-    config = scratch_config(vocab_size=50, n_layer=n_layer, n_embd=16, n_head=2, n_positions=64, dropout=0.0,
-                            bos_token_id=0, eos_token_id=0)
+    config = scratch_config(
+        vocab_size=50, n_layer=n_layer, n_embd=16, n_head=2, n_positions=64, dropout=0.0, bos_token_id=0, eos_token_id=0
+    )
     return new_model(config, seed).eval()
 
 
@@ -140,8 +141,9 @@ def test_full_windows_are_plain_gpt2():
     torch.testing.assert_close(ours, eager, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("windows, sinks, message", [([1, 1], 0, "n_layer=3"), ([1, 0, 1], 0, r"windows\[1\]"),
-                                                     ([1, 1, 1], -1, "sinks")])
+@pytest.mark.parametrize(
+    "windows, sinks, message", [([1, 1], 0, "n_layer=3"), ([1, 0, 1], 0, r"windows\[1\]"), ([1, 1, 1], -1, "sinks")]
+)
 def test_apply_windows_rejects_bad_input(windows, sinks, message):
     with pytest.raises(ValueError, match=message):
         apply_windows(tiny_model(), windows, sinks)

@@ -74,8 +74,13 @@ def test_stage_fails_fast_naming_the_field(raw, tmp_path):
     """A typo in a schedule stops a training stage in seconds, before data or model work."""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_change(raw, "schedules.half.end_windw", 16)))
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "stages.train_masked", "half"], cwd=tmp_path, capture_output=True,
-                          text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "stages.train_masked", "half"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
     assert proc.returncode != 0
     assert "schedules.half.end_windw" in proc.stderr
     assert time.perf_counter() - start < 60

@@ -42,8 +42,13 @@ def test_every_stage_runs_and_writes_its_outputs(tiny_pipeline):
     assert set(metrics) >= {"baseline", *schedules}
     for name in schedules:
         row = metrics[name]
-        for key in ("test_ppl", "val_ppl", "zero_shot_test_ppl", "test_ppl_change_vs_baseline_pct",
-                    "test_ppl_change_vs_full_pct"):
+        for key in (
+            "test_ppl",
+            "val_ppl",
+            "zero_shot_test_ppl",
+            "test_ppl_change_vs_baseline_pct",
+            "test_ppl_change_vs_full_pct",
+        ):
             assert math.isfinite(row[key]), (name, key)
     context = params["data"]["context_length"]
     aggressive = layer_windows(params["schedules"]["aggressive"], params["model"]["n_layer"])

@@ -71,7 +71,7 @@ def test_windowed_model_cannot_see_beyond_its_receptive_field():
     d = 24
     x, second = make_probe(d, CFG, POOL, seed=3)
     y = x.copy()
-    y[:, CFG.min_prefix : CFG.min_prefix + CFG.span] = POOL[:CFG.span]  # replace the first copy
+    y[:, CFG.min_prefix : CFG.min_prefix + CFG.span] = POOL[: CFG.span]  # replace the first copy
     torch.manual_seed(0)
     model = tiny_gpt2(windows)
     with torch.no_grad():

@@ -28,8 +28,12 @@ UP_TO_DATE = "Data and pipelines are up to date."
 
 def md5_tree(repo: Path) -> dict[str, str]:
     """md5 of every file under data/ and models/ (the DVC-tracked outputs), by path relative to repo."""
-    return {str(p.relative_to(repo)): hashlib.md5(p.read_bytes()).hexdigest()
-            for top in ("data", "models") for p in sorted((repo / top).rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(repo)): hashlib.md5(p.read_bytes()).hexdigest()
+        for top in ("data", "models")
+        for p in sorted((repo / top).rglob("*"))
+        if p.is_file()
+    }
 
 
 def clone(origin: Path, dest: Path) -> Path:
@@ -60,8 +64,7 @@ def home_env(tmp_path: Path) -> dict[str, str]:
 def cache_object(repo: Path, out: str, relpath: str) -> Path:
     """The .dvc/cache file holding ``relpath`` inside directory output ``out`` (looked up through dvc.lock)."""
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    dir_md5 = next(o["md5"] for stage in lock["stages"].values() for o in stage.get("outs", [])
-                   if o["path"] == out)
+    dir_md5 = next(o["md5"] for stage in lock["stages"].values() for o in stage.get("outs", []) if o["path"] == out)
     cache = repo / ".dvc" / "cache" / "files" / "md5"
     entries = json.loads((cache / dir_md5[:2] / dir_md5[2:]).read_text())
     md5 = next(e["md5"] for e in entries if e["relpath"] == relpath)

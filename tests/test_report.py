@@ -31,11 +31,28 @@ ROOT = Path(__file__).resolve().parents[1]
 def chromium(args: list[str], tmp: Path, timeout: float = 120) -> subprocess.CompletedProcess:
     """Headless chromium with networking disabled; returns the finished process (stdout = --dump-dom output)."""
     profile = tmp / "chromium-profile"
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-dev-shm-usage",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--disable-default-apps", "--disable-extensions", "--mute-audio", f"--user-data-dir={profile}",
-           "--proxy-server=127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND", "--enable-logging=stderr",
-           "--v=0", "--virtual-time-budget=15000", "--window-size=1280,2400", *args]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-default-apps",
+        "--disable-extensions",
+        "--mute-audio",
+        f"--user-data-dir={profile}",
+        "--proxy-server=127.0.0.1:9",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--virtual-time-budget=15000",
+        "--window-size=1280,2400",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
@@ -66,36 +83,79 @@ def fake_eval_outputs(repo: Path) -> None:
     rng = np.random.default_rng(0)
     metrics = {}
     for i, name in enumerate(names):
-        row = {"test_ppl": 50.0 + i, "val_ppl": 51.0 + i, "attention_pairs": 1.0 - 0.05 * i,
-               "receptive_field": 256, "probe": {"mean_accuracy": 0.1, "accuracy_by_distance": {"8": 0.2}},
-               "generation": {"bleu_greedy": 1.5}, "attention": {"sink_mass": 0.3}}
+        row = {
+            "test_ppl": 50.0 + i,
+            "val_ppl": 51.0 + i,
+            "attention_pairs": 1.0 - 0.05 * i,
+            "receptive_field": 256,
+            "probe": {"mean_accuracy": 0.1, "accuracy_by_distance": {"8": 0.2}},
+            "generation": {"bleu_greedy": 1.5},
+            "attention": {"sink_mass": 0.3},
+        }
         if name != "baseline":
-            row.update(zero_shot_test_ppl=60.0 + i, test_ppl_change_vs_baseline_pct=2.0 * i,
-                       zero_shot_change_vs_baseline_pct=20.0 + i, test_ppl_change_vs_full_pct=1.0 * i)
+            row.update(
+                zero_shot_test_ppl=60.0 + i,
+                test_ppl_change_vs_baseline_pct=2.0 * i,
+                zero_shot_change_vs_baseline_pct=20.0 + i,
+                test_ppl_change_vs_full_pct=1.0 * i,
+            )
         metrics[name] = row
     (repo / "metrics").mkdir(exist_ok=True)
     (repo / "metrics/eval.json").write_text(json.dumps(metrics))
     ev = repo / "plots/eval"
     ev.mkdir(parents=True, exist_ok=True)
     pd.DataFrame([{"position": p, "model": n, "loss": 5 - p / 100} for n in names for p in range(1, 20)]).to_csv(
-        ev / "loss_by_position.csv", index=False)
-    pd.DataFrame([{"step": s, "model": n, "train_loss": 6 - s / 10, "val_loss": 6 - s / 12} for n in names
-                  for s in range(0, 30, 5)]).to_csv(ev / "train_curves.csv", index=False)
-    pd.DataFrame([{"distance": d, "model": n, "accuracy": rng.random() / 3, "chance": 0.001} for n in names
-                  for d in (8, 32, 128)]).to_csv(ev / "probe_accuracy.csv", index=False)
-    pd.DataFrame([{"model": n, "layer": ly, "head": h, "entropy": rng.random(), "mean_distance": rng.random() * 9,
-                   "sink_mass": rng.random()} for n in names for ly in range(12) for h in range(4)]).to_csv(
-        ev / "attention_heads.csv", index=False)
-    pd.DataFrame([{"model": n, "speedup": 1 + 0.02 * i, "flops_ceiling": 1 + 0.03 * i,
-                   "kv_cache_bytes": 1e6 * (1 - 0.05 * i)} for i, n in enumerate(names)]).to_csv(
-        ev / "efficiency.csv", index=False)
+        ev / "loss_by_position.csv", index=False
+    )
+    pd.DataFrame(
+        [
+            {"step": s, "model": n, "train_loss": 6 - s / 10, "val_loss": 6 - s / 12}
+            for n in names
+            for s in range(0, 30, 5)
+        ]
+    ).to_csv(ev / "train_curves.csv", index=False)
+    pd.DataFrame(
+        [
+            {"distance": d, "model": n, "accuracy": rng.random() / 3, "chance": 0.001}
+            for n in names
+            for d in (8, 32, 128)
+        ]
+    ).to_csv(ev / "probe_accuracy.csv", index=False)
+    pd.DataFrame(
+        [
+            {
+                "model": n,
+                "layer": ly,
+                "head": h,
+                "entropy": rng.random(),
+                "mean_distance": rng.random() * 9,
+                "sink_mass": rng.random(),
+            }
+            for n in names
+            for ly in range(12)
+            for h in range(4)
+        ]
+    ).to_csv(ev / "attention_heads.csv", index=False)
+    pd.DataFrame(
+        [
+            {"model": n, "speedup": 1 + 0.02 * i, "flops_ceiling": 1 + 0.03 * i, "kv_cache_bytes": 1e6 * (1 - 0.05 * i)}
+            for i, n in enumerate(names)
+        ]
+    ).to_csv(ev / "efficiency.csv", index=False)
     prompts = ["The cat <b>sat</b>", "Once upon a time"]
-    (ev / "generations.json").write_text(json.dumps({
-        "prompts": prompts, "references": ["on the mat.", "there was"],
-        "models": {n: {"greedy": ["on a mat", "a king"], "sampled": ["near", "the"]} for n in names}}))
+    (ev / "generations.json").write_text(
+        json.dumps(
+            {
+                "prompts": prompts,
+                "references": ["on the mat.", "there was"],
+                "models": {n: {"greedy": ["on a mat", "a king"], "sampled": ["near", "the"]} for n in names},
+            }
+        )
+    )
     heat = np.tril(np.ones((8, 8))) / np.arange(1, 9)[:, None]
-    (ev / "attention_heatmaps.json").write_text(json.dumps({n: {"0": heat.tolist(), "11": heat.tolist()}
-                                                            for n in names}))
+    (ev / "attention_heatmaps.json").write_text(
+        json.dumps({n: {"0": heat.tolist(), "11": heat.tolist()} for n in names})
+    )
 
 
 @pytest.fixture
@@ -132,8 +192,14 @@ def test_report_is_self_contained_and_complete(fake_repo):
     assert "&lt;b&gt;sat&lt;/b&gt;" in page  # generated text is escaped
     for claim in SEED_CLAIMS.values():
         assert claim["speedup"] in page
-    for q in ("1. Can deeper", "2. What is the optimal", "3. How do different", "4. Which language",
-              "5. Does the direction", "6. Do attention sinks"):
+    for q in (
+        "1. Can deeper",
+        "2. What is the optimal",
+        "3. How do different",
+        "4. Which language",
+        "5. Does the direction",
+        "6. Do attention sinks",
+    ):
         assert q in page
     summary = (fake_repo / "metrics/summary.md").read_text()
     assert summary.count("\n| ") >= len(MODELS) and "aggressive_sinks" in summary
@@ -244,13 +310,22 @@ def test_dvc_offline_template_is_configured_and_inline():
 @needs_chromium
 def test_dvc_offline_template_renders_a_vega_lite_plot(tmp_path):
     """Fill the template the way dvc-render does (a div plus vegaEmbed) and check vega drew it with no network."""
-    spec = {"$schema": "https://vega.github.io/schema/vega-lite/v5.json", "data": {"values": [
-        {"x": 1, "y": 2, "model": "a"}, {"x": 2, "y": 3, "model": "a"}, {"x": 1, "y": 1, "model": "b"}]},
-        "mark": "line", "encoding": {"x": {"field": "x", "type": "quantitative"},
-                                     "y": {"field": "y", "type": "quantitative"},
-                                     "color": {"field": "model", "type": "nominal"}}}
-    div = (f"<div id='plot1'><script type='text/javascript'>var spec = {json.dumps(spec)};"
-           "vegaEmbed('#plot1', spec, {renderer: 'svg'});</script></div>")
+    spec = {
+        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "data": {
+            "values": [{"x": 1, "y": 2, "model": "a"}, {"x": 2, "y": 3, "model": "a"}, {"x": 1, "y": 1, "model": "b"}]
+        },
+        "mark": "line",
+        "encoding": {
+            "x": {"field": "x", "type": "quantitative"},
+            "y": {"field": "y", "type": "quantitative"},
+            "color": {"field": "model", "type": "nominal"},
+        },
+    }
+    div = (
+        f"<div id='plot1'><script type='text/javascript'>var spec = {json.dumps(spec)};"
+        "vegaEmbed('#plot1', spec, {renderer: 'svg'});</script></div>"
+    )
     page = tmp_path / "plots.html"
     page.write_text(TEMPLATE.read_text().replace("{plot_divs}", div).replace("{refresh_tag}", ""))
     proc = chromium(["--dump-dom", page.as_uri()], tmp_path)

@@ -74,10 +74,14 @@ def test_explicit_and_interleaved():
         ({"type": "progressive", "start_layer": -1, "start_window": 8, "end_window": 4}, "start_layer"),
         ({"type": "progressive", "start_layer": 1, "start_window": 0, "end_window": 4}, "start_window"),
         ({"type": "progressive", "start_layer": 1, "start_window": 8}, "end_window"),
-        ({"type": "progressive", "start_layer": 1, "start_window": 8, "end_window": 4, "interpolation": "cubic"},
-         "interpolation"),
-        ({"type": "progressive", "start_layer": 1, "start_window": 4, "end_window": 8, "interpolation": "halving"},
-         "halving"),
+        (
+            {"type": "progressive", "start_layer": 1, "start_window": 8, "end_window": 4, "interpolation": "cubic"},
+            "interpolation",
+        ),
+        (
+            {"type": "progressive", "start_layer": 1, "start_window": 4, "end_window": 8, "interpolation": "halving"},
+            "halving",
+        ),
         ({"type": "explicit", "windows": [1, 2]}, "windows"),
         ({"type": "explicit", "windows": [1] * 11 + [0]}, "windows[11]"),
         ({"type": "interleaved", "global_every": 0, "window": 8}, "global_every"),

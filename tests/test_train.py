@@ -40,8 +40,13 @@ def tiny_data(tmp_path_factory) -> Path:
     apply_preset("tiny", root / "params.yaml")
     params = load_params(root / "params.yaml")
     download(params.data, root / "data/raw")
-    tokenize_splits(root / "data/raw", params.tokenizer, params.data.context_length, root / "data/tokenizer",
-                    root / "data/tokenized")
+    tokenize_splits(
+        root / "data/raw",
+        params.tokenizer,
+        params.data.context_length,
+        root / "data/tokenizer",
+        root / "data/tokenized",
+    )
     shrink_validation(root / "data/tokenized")
     return root
 
