@@ -344,3 +344,45 @@ def test_readme_results_block_is_the_generated_summary():
     assert readme_with_summary(readme, summary) == readme
     block = readme[readme.index(README_START) + len(README_START) : readme.index(README_END)]
     assert block.strip() == summary.strip()
+
+
+def test_readme_benchmark_block_is_generated_from_the_benchmark_json():
+    """README's benchmark tables and target verdicts are rendered from metrics/benchmark.json, never typed."""
+    from lmask.report import BENCH_END, BENCH_START, benchmark_markdown, readme_with_summary
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    block = benchmark_markdown(json.loads((root / "metrics/benchmark.json").read_text()))
+    assert readme_with_summary(readme, block, BENCH_START, BENCH_END) == readme
+
+
+def test_benchmark_targets_verdicts():
+    from lmask.report import benchmark_targets
+
+    def rec(schedule, mode, T, speedup, ceiling, window=None):
+        return dict(
+            schedule=schedule,
+            mode=mode,
+            seq_len=T,
+            speedup=speedup,
+            ceiling=ceiling,
+            efficiency=speedup / ceiling,
+            window=window,
+        )
+
+    records = [
+        rec("full", "fwd_bwd", 4096, 1.0, 1.0),
+        rec("half", "fwd_bwd", 4096, 1.10, 1.12),
+        rec("quarter", "fwd_bwd", 4096, 1.19, 1.19),
+        rec("aggressive", "fwd_bwd", 4096, 1.15, 1.25),  # 0.92 < 0.95
+        rec("w64", "kernel", 4096, 30.0, 32.3, 64),
+        rec("w64", "kernel", 1024, 1.0, 8.3, 64),  # T < 2048: not part of the kernel target
+        rec("half", "fwd", 1024, 0.96, 1.03),
+    ]
+    (model, held_model, ev_model), (_, held_kernel, _), (_, held_short, ev_short) = benchmark_targets(records)
+    assert held_model is False and "aggressive 0.92" in ev_model
+    assert held_kernel is True
+    assert held_short is True and "half fwd 0.960x" in ev_short
+    records.append(rec("quarter", "fwd", 1024, 0.94, 1.04))
+    assert benchmark_targets(records)[2][1] is False
+    assert benchmark_targets(records[:1])[0][1] is None  # not measured
