@@ -241,7 +241,7 @@ class _CpuSlabAttention(torch.autograd.Function):
         gq = q.new_empty(B, Tq, H, D)
         gk, gv = q.new_zeros(B, T, H, D), q.new_zeros(B, T, H, D)
         for i in range(B):
-            go = grad_out[i].view(n, b, H, D).transpose(1, 2)
+            go = grad_out[i].reshape(n, b, H, D).transpose(1, 2)  # reshape: the incoming grad may be strided
             o, lse = saved[2 * i], saved[2 * i + 1]
             gqs, gks, gvs = _CPU_FLASH_BACKWARD(
                 go, *_CpuSlabAttention._slabs(q, k, v, i, b, sinks), o, lse, 0.0, False, attn_mask=bias, scale=scale

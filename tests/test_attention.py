@@ -187,3 +187,13 @@ def test_flex_mask_mod_equals_window_mask(window, sinks):
     flex = pytest.importorskip("torch.nn.attention.flex_attention")
     mask = flex.create_mask(A.flex_mask_mod(window, sinks), None, None, 48, 48, device="cpu")
     assert torch.equal(mask[0, 0], window_mask(48, 48, window, sinks))
+
+
+def test_blocked_backward_takes_a_strided_gradient(middle_path):
+    """The gradient reaching the kernel need not be contiguous (here it is a transpose)."""
+    q, k, v = qkv(2, 3, 150, seed=8)
+    w = torch.randn(2, 3, 150, 8, dtype=torch.float64)  # [B, H, T, D]: the loss sees the output transposed
+    got = torch.autograd.grad((blocked_attention(q, k, v, 20, 1).transpose(1, 2) * w).sum(), (q, k, v))
+    want = torch.autograd.grad((reference(q, k, v, 20, 1).transpose(1, 2) * w).sum(), (q, k, v))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
