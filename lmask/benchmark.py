@@ -5,9 +5,10 @@
 
 Modes:
 - ``fwd`` / ``fwd_bwd``: the whole model (random weights, GPT-2-small dims by default, positions extended to the
-  longest T). Each round times full attention then every schedule, so a schedule and its baseline share the same
-  machine state; the reported time is the median of the rounds after warm-up. ``speedup`` = t(full) / t(schedule),
-  ``ceiling`` = FLOP ratio (``lmask.flops``), ``efficiency`` = speedup / ceiling.
+  longest T). Each round times full attention and every schedule in the same process, full first in one round and
+  last in the next, after ``warmup`` untimed rounds. ``time_s`` is the median over rounds; ``speedup`` is the median
+  over rounds of t(full) / t(schedule) within the round (``round_speedups``); ``ceiling`` = FLOP ratio
+  (``lmask.flops``), ``efficiency`` = speedup / ceiling.
 - ``kernel``: one layer's attention alone at each window vs causal SDPA; ``ceiling`` = causal pairs / window pairs.
 
 Memory: on CUDA ``peak_mem_bytes`` is ``torch.cuda.max_memory_allocated`` during the timed call. On CPU it is the
@@ -52,7 +53,7 @@ class BenchmarkParams:
     vocab_size: int = 50257
     batch_size: int = 1
     warmup: int = 1  # untimed rounds (every schedule once) per T and mode before the timed rounds
-    repeats: int = 2  # timed rounds per T and mode (median); order alternates, so use an even number
+    repeats: int = 3  # timed rounds per T and mode (median); the order alternates between rounds
     kernel_repeats: int = 3
     device: str = "auto"  # auto | cpu | cuda
     threads: int | None = None  # torch.set_num_threads on CPU; None = torch's default
@@ -208,12 +209,17 @@ def bench_model(
             for name in names:
                 w, sinks = windows[name]
                 t = statistics.median(times[name])
+                # Speedup per round (full and the schedule a few calls apart), then the median over rounds: on a
+                # shared machine whose speed drifts by 10-20% over minutes this pairs each call with its nearest
+                # baseline, where a ratio of medians would compare calls from different minutes.
+                round_speedups = [f / s for f, s in zip(times["full"], times[name], strict=True)]
                 records.append(
                     _record(
                         schedule=name,
                         seq_len=T,
                         mode=mode,
-                        speedup=t_full / t,
+                        speedup=statistics.median(round_speedups),
+                        round_speedups=round_speedups,
                         ceiling=flops_ceiling(w, T, p.n_embd, p.vocab_size, sinks),
                         device=device.type,
                         time_s=t,
