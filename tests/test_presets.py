@@ -68,3 +68,30 @@ def test_gpu_smoke_script_prepares_valid_params(tmp_path):
     assert (p.data.source, p.model.init, p.tokenizer.kind) == ("embedded", "scratch", "gpt2")
     assert (p.model.n_embd, p.model.n_head, p.data.context_length) == (768, 12, 1024)
     assert (p.train.steps, p.masked.steps, p.train.nproc, p.train.micro_batch_size) == (50, 50, 2, 8)
+
+
+def test_gpu_benchmark_script_runs_on_cpu_with_tiny_shapes(tmp_path):
+    """scripts/gpu_benchmark.sh end to end (BENCH_DEVICE=cpu, tiny dims): every schedule, fwd+bwd at every T."""
+    import json
+
+    overrides = {
+        "seq_lens": [64],
+        "kernel_windows": [16],
+        "n_embd": 32,
+        "n_head": 2,
+        "vocab_size": 64,
+        "warmup": 0,
+        "repeats": 1,
+        "kernel_repeats": 1,
+    }
+    proc = run(
+        f"bash scripts/gpu_benchmark.sh {tmp_path}",
+        ROOT,
+        extra_env={"BENCH_DEVICE": "cpu", "BENCH_OVERRIDES": json.dumps(overrides)},
+    )
+    assert "device: cpu" in proc.stdout
+    records = json.loads((tmp_path / "benchmark_cpu.json").read_text())
+    schedules = set(load_params(ROOT / "params.yaml").schedules)
+    model_rows = {(r["schedule"], r["mode"]) for r in records if r["mode"] != "kernel"}
+    assert model_rows == {(s, m) for s in schedules for m in ("fwd", "fwd_bwd")}
+    assert all(r["device_name"] == "cpu" for r in records)
