@@ -9,7 +9,8 @@ Modes:
   last in the next, after ``warmup`` untimed rounds. ``time_s`` is the median over rounds; ``speedup`` is the median
   over rounds of t(full) / t(schedule) within the round (``round_speedups``); ``ceiling`` = FLOP ratio
   (``lmask.flops``), ``efficiency`` = speedup / ceiling.
-- ``kernel``: one layer's attention alone at each window vs causal SDPA; ``ceiling`` = causal pairs / window pairs.
+- ``kernel``: one layer's attention alone at each window vs causal SDPA; ``ceiling`` = causal pairs / window pairs
+  (the ideal), ``attainable`` = that ideal capped by a measured memory floor (see ``bench_kernel``).
 
 Memory: on CUDA ``peak_mem_bytes`` is ``torch.cuda.max_memory_allocated`` during the timed call. On CPU it is the
 rise of the process's peak RSS (VmHWM, reset through /proc/self/clear_refs) over the RSS before the call: real
@@ -32,10 +33,10 @@ import torch
 from tqdm import tqdm
 
 from lmask.attention import causal_attention, windowed_attention
-from lmask.flops import attention_ceiling, flops_ceiling
+from lmask.flops import attention_ceiling, blocked_pairs, flops_ceiling
 from lmask.kv_cache import kv_cache_bytes
 from lmask.model import apply_windows, new_model, scratch_config
-from lmask.schedule import validate_schedules
+from lmask.schedule import attention_pairs, validate_schedules
 
 MODES = ("fwd", "fwd_bwd", "kernel")
 
@@ -54,7 +55,7 @@ class BenchmarkParams:
     batch_size: int = 1
     warmup: int = 1  # untimed rounds (every schedule once) per T and mode before the timed rounds
     repeats: int = 3  # timed rounds per T and mode (median); the order alternates between rounds
-    kernel_repeats: int = 3
+    kernel_repeats: int = 5  # timed rounds of mode kernel (milliseconds each, so more are cheap)
     device: str = "auto"  # auto | cpu | cuda
     threads: int | None = None  # torch.set_num_threads on CPU; None = torch's default
     output: str = "metrics/benchmark.json"  # list of records
@@ -236,12 +237,19 @@ def bench_model(
 
 
 def bench_kernel(p: BenchmarkParams, seq_lens: list[int], device: torch.device, progress: Any) -> list[dict]:
-    """One layer's attention (forward) at each window against causal SDPA, beside the ideal pair ratio."""
+    """One layer's attention (forward) at each window against causal SDPA, beside the ideal pair ratio.
+
+    Also times a memory floor: one elementwise op that reads q, k and v and writes an output of the same shape, the
+    traffic every attention kernel has at least. No kernel beats it, so ``attainable`` = min(ideal, causal / floor)
+    bounds the speedup from above on this machine: where w is small, moving the tensors costs more than the pairs.
+    """
     H, D = p.n_head, p.n_embd // p.n_head
     records = []
     for T in seq_lens:
         q, k, v = (torch.randn(p.batch_size, T, H, D, device=device).transpose(1, 2) for _ in range(3))
-        fns = {None: lambda q=q, k=k, v=v: causal_attention(q, k, v)}
+        out = torch.empty_like(q)
+        fns: dict[Any, Any] = {None: lambda q=q, k=k, v=v: causal_attention(q, k, v)}
+        fns["floor"] = lambda q=q, k=k, v=v, out=out: torch.addcmul(q, k, v, out=out)
         for w in p.kernel_windows:
             if w < T:
                 fns[w] = lambda q=q, k=k, v=v, w=w: windowed_attention(q, k, v, w)
@@ -249,28 +257,37 @@ def bench_kernel(p: BenchmarkParams, seq_lens: list[int], device: torch.device, 
         with torch.no_grad():
             for fn in fns.values():  # warm-up
                 fn()
-            for _ in range(p.kernel_repeats):
-                for w, fn in fns.items():
-                    times[w].append(_timed(fn, device)[0])
+            for r in range(p.kernel_repeats):  # order alternates, as in bench_model
+                for w in list(fns) if r % 2 == 0 else list(fns)[::-1]:
+                    times[w].append(_timed(fns[w], device)[0])
         progress.update(1)
-        t_causal = statistics.median(times[None])
+        t_causal, t_floor = statistics.median(times[None]), statistics.median(times["floor"])
         for w in fns:
-            if w is None:
+            if w is None or w == "floor":
                 continue
-            t = statistics.median(times[w])
+            round_speedups = [c / t for c, t in zip(times[None], times[w], strict=True)]
+            ideal = attention_ceiling(w, T)
+            speedup = statistics.median(round_speedups)
+            # fraction of ideal = (needed / computed pairs) x (speed per computed pair relative to causal SDPA)
+            computed = blocked_pairs(w, T) if device.type == "cpu" else None  # CUDA runs FlexAttention
             records.append(
                 _record(
                     schedule=f"w{w}",
                     window=w,
                     seq_len=T,
                     mode="kernel",
-                    speedup=t_causal / t,
-                    ceiling=attention_ceiling(w, T),
+                    speedup=speedup,
+                    round_speedups=round_speedups,
+                    ceiling=ideal,
+                    pair_overhead=None if computed is None else computed / attention_pairs(w, T),
+                    pair_rate_vs_causal=None if computed is None else speedup * computed / attention_pairs(None, T),
+                    floor_time_s=t_floor,
+                    attainable=min(ideal, t_causal / t_floor),
                     device=device.type,
-                    time_s=t,
+                    time_s=statistics.median(times[w]),
                     full_time_s=t_causal,
                     times_s=times[w],
-                    tokens_per_s=p.batch_size * T / t,
+                    tokens_per_s=p.batch_size * T / statistics.median(times[w]),
                     peak_mem_bytes=None,
                     kv_cache_bytes=kv_cache_bytes([w], T, 0, H, D),
                 )

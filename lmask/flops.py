@@ -10,6 +10,7 @@ is the same ratio.
 
 from __future__ import annotations
 
+from lmask.attention import block_size
 from lmask.schedule import attention_pairs
 
 Windows = list[int | None]
@@ -33,6 +34,27 @@ def attention_ceiling(window: int | None, seq_len: int, sinks: int = 0) -> float
     return attention_pairs(None, seq_len) / attention_pairs(window, seq_len, sinks)
 
 
+def blocked_pairs(window: int, seq_len: int, sinks: int = 0, block: int | None = None) -> int:
+    """(query, key) scores the blocked path (``lmask.attention.blocked_attention``) computes, masked ones included.
+
+    It mirrors that function's three pieces: the first P queries (causal when P <= window: half the square; else
+    dense), n full blocks of b queries against sinks + P + b keys each, and the last < b queries against the keys
+    from their window's edge plus the sinks before it. blocked_pairs / attention_pairs is the work the blocking adds
+    over an exact sliding window; the benchmark reports it beside the kernel's speed.
+    """
+    T, b = seq_len, block or block_size(window)
+    P = -(-(window - 1) // b) * b
+    head = min(P, T)
+    pairs = head * (head + 1) // 2 if head <= window else head * head
+    n_mid = max(0, (T - P) // b)
+    pairs += n_mid * b * (sinks + P + b)
+    start = P + n_mid * b
+    if start < T:
+        k0 = max(0, start - P)
+        pairs += (T - start) * (T - k0 + min(sinks, k0))
+    return pairs
+
+
 def attention_share(n_layer: int, seq_len: int, n_embd: int, vocab_size: int) -> float:
     """Fraction of a full model's forward FLOPs spent on attention scores (QKᵀ and PV)."""
     d = n_embd
@@ -40,4 +62,4 @@ def attention_share(n_layer: int, seq_len: int, n_embd: int, vocab_size: int) ->
     return attn / forward_flops_per_token([None] * n_layer, seq_len, d, vocab_size)
 
 
-__all__ = ["attention_ceiling", "attention_share", "flops_ceiling", "forward_flops_per_token"]
+__all__ = ["attention_ceiling", "attention_share", "blocked_pairs", "flops_ceiling", "forward_flops_per_token"]

@@ -72,6 +72,12 @@ def test_rounds_alternate_and_warmup_is_not_timed(tmp_path, monkeypatch, capsys)
     # w=64 is not a window at T=32 or T=64 (it covers every key), so only w=8 is timed.
     assert [(r["window"], r["seq_len"]) for r in kernel] == [(8, 32), (8, 64)]
     assert kernel[1]["ceiling"] == pytest.approx(attention_ceiling(8, 64))
+    for r in kernel:
+        assert len(r["times_s"]) == len(r["round_speedups"]) == p.kernel_repeats
+        assert r["speedup"] == pytest.approx(statistics.median(r["round_speedups"]))
+        # The memory floor caps the ideal: attainable = min(ideal, causal / floor).
+        assert r["floor_time_s"] > 0
+        assert r["attainable"] == pytest.approx(min(r["ceiling"], r["full_time_s"] / r["floor_time_s"]))
 
     on_disk = json.loads((tmp_path / "metrics/benchmark.json").read_text())
     assert len(on_disk) == len(records)

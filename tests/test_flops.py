@@ -1,9 +1,11 @@
 """FLOP ceilings: exact values for GPT-2 small (d=768, 12 layers, V=50257)."""
 
 import pytest
+import torch
 
-from lmask.flops import attention_ceiling, attention_share, flops_ceiling, forward_flops_per_token
-from lmask.schedule import layer_windows
+import lmask.attention as A
+from lmask.flops import attention_ceiling, attention_share, blocked_pairs, flops_ceiling, forward_flops_per_token
+from lmask.schedule import attention_pairs, layer_windows
 
 HALF = [None] * 6 + [512, 256, 128, 64, 32, 16]
 QUARTER = [None] * 3 + [1024, 512, 256, 128, 64, 32, 16, 8, 4]
@@ -61,3 +63,42 @@ def test_attention_ceiling_is_pair_ratio():
 def test_attention_share_matches_findings():
     assert round(attention_share(12, 1024, 768, 50257), 3) == 0.071
     assert round(attention_share(12, 4096, 768, 50257), 3) == 0.234
+
+
+@pytest.mark.parametrize(
+    "T,window,sinks,block",
+    [
+        (1000, 64, 0, None),
+        (1000, 64, 4, None),
+        (777, 256, 3, None),
+        (300, 16, 0, None),
+        (100, 5, 2, 4),
+        (200, 5, 1, 16),
+        (50, 64, 0, 16),
+    ],
+)
+def test_blocked_pairs_counts_the_scores_the_kernel_is_given(monkeypatch, T, window, sinks, block):
+    """blocked_pairs equals the scores of the attention calls blocked_attention makes (a causal call: half the square
+    with the diagonal; the others: every query × key of every block)."""
+    scores = []
+
+    def count(real):
+        def call(q, k, v, *args, **kw):
+            n_q, n_k = q.shape[-2], k.shape[-2]
+            scores.append(n_q * (n_q + 1) // 2 if kw.get("is_causal") else q.shape[0] * n_q * n_k)
+            return real(q, k, v, *args, **kw)
+
+        return call
+
+    monkeypatch.setattr(A.F, "scaled_dot_product_attention", count(torch.nn.functional.scaled_dot_product_attention))
+    monkeypatch.setattr(A, "_CPU_FLASH", count(A._CPU_FLASH))
+    q, k, v = (torch.randn(1, T, 1, 8).transpose(1, 2) for _ in range(3))
+    A.blocked_attention(q, k, v, window, sinks, block=block)
+    assert sum(scores) == blocked_pairs(window, T, sinks, block)
+    assert blocked_pairs(window, T, sinks, block) >= attention_pairs(window, T, sinks)
+
+
+def test_blocked_pairs_overhead_at_the_default_blocks():
+    # w=64 uses b=32: each middle query computes P + b = 96 keys for 64 needed, so the overhead tends to 1.5.
+    assert blocked_pairs(64, 4096) / attention_pairs(64, 4096) == pytest.approx(1.5, abs=0.01)
+    assert blocked_pairs(256, 4096) / attention_pairs(256, 4096) == pytest.approx(320 / 256, abs=0.01)

@@ -356,6 +356,36 @@ def test_readme_benchmark_block_is_generated_from_the_benchmark_json():
     assert readme_with_summary(readme, block, BENCH_START, BENCH_END) == readme
 
 
+def test_benchmark_markdown_kernel_row_decomposes_the_fraction_of_ideal():
+    from lmask.report import benchmark_markdown
+
+    kernel = dict(
+        schedule="w64",
+        mode="kernel",
+        window=64,
+        seq_len=4096,
+        time_s=0.02,
+        full_time_s=0.2,
+        speedup=10.0,
+        ceiling=32.3,
+        efficiency=10.0 / 32.3,
+        pair_overhead=1.5,
+        pair_rate_vs_causal=0.46,
+        floor_time_s=0.0025,
+        attainable=32.3,
+        device="cpu",
+    )
+    old = {k: v for k, v in kernel.items() if k not in ("pair_overhead", "pair_rate_vs_causal", "attainable")}
+    model = dict(schedule="half", mode="fwd", seq_len=4096, time_s=1.0, full_time_s=1.1, speedup=1.1, ceiling=1.12)
+    model.update(efficiency=1.1 / 1.12, times_s=[1.0], kv_cache_bytes=2**20, full_kv_cache_bytes=2**21, device="cpu")
+    text = benchmark_markdown([model, kernel])
+    assert "| 4096 | 64 | 20.0 | 200.0 | 10.00x | 32.3x | 0.31 | 1.50 | 0.46 | 2.50 | 32.3x |" in text
+    # Records written before the decomposition was measured still render.
+    assert "| 4096 | 64 | 20.0 | 200.0 | 10.00x | 32.3x | 0.31 | n/a | n/a | n/a | n/a |" in benchmark_markdown(
+        [model, old]
+    )
+
+
 def test_benchmark_targets_verdicts():
     from lmask.report import benchmark_targets
 
@@ -385,4 +415,9 @@ def test_benchmark_targets_verdicts():
     assert held_short is True and "half fwd 0.960x" in ev_short
     records.append(rec("quarter", "fwd", 1024, 0.94, 1.04))
     assert benchmark_targets(records)[2][1] is False
+    # A window whose 0.9 x ideal is above the memory-floor bound is named in the evidence.
+    records.append(dict(rec("w16", "kernel", 4096, 12.0, 128.3, 16), attainable=83.0))
+    held_kernel, ev_kernel = benchmark_targets(records)[1][1:]
+    assert held_kernel is False and "exceeds the memory-floor bound at T=4096 w=16 (83x)" in ev_kernel
+    assert "w=64 (" not in ev_kernel
     assert benchmark_targets(records[:1])[0][1] is None  # not measured
