@@ -20,10 +20,7 @@ generation cache after T tokens (batch 1, fp32; ``lmask.kv_cache``).
 
 from __future__ import annotations
 
-import json
-import os
 import statistics
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from lmask.attention import causal_attention, windowed_attention
+from lmask.data import write_json, write_text
 from lmask.flops import attention_ceiling, blocked_pairs, flops_ceiling
 from lmask.kv_cache import kv_cache_bytes
 from lmask.model import apply_windows, new_model, scratch_config
@@ -299,19 +297,6 @@ def bench_kernel(p: BenchmarkParams, seq_lens: list[int], device: torch.device, 
 # Output
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write through a temp file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def plot_csv(records: list[dict[str, Any]]) -> str:
     """CSV for ``dvc plots``: speedup and FLOP ceiling vs T, one row per schedule × mode × T."""
     lines = ["schedule,mode,seq_len,speedup,ceiling,efficiency"]
@@ -375,9 +360,9 @@ def run(p: BenchmarkParams, schedules: dict[str, dict[str, Any]]) -> list[dict[s
     info = {"device": device.type, "threads": torch.get_num_threads(), "elapsed_s": elapsed}
     for r in records:
         r.update(info)
-    _write_atomic(Path(p.output), json.dumps(records, indent=1) + "\n")
-    _write_atomic(Path(p.summary), json.dumps(summary(records), indent=1) + "\n")
-    _write_atomic(Path(p.plot), plot_csv(records))
+    write_json(Path(p.output), records, indent=1)
+    write_json(Path(p.summary), summary(records), indent=1)
+    write_text(Path(p.plot), plot_csv(records))
     print(table(records))
     print(f"{device.type}, {torch.get_num_threads()} threads, {elapsed:.0f} s; wrote {p.output}, {p.summary}, {p.plot}")
     return records

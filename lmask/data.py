@@ -38,7 +38,11 @@ EMBEDDED_DUMP = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortene
 def atomic_dir(final: Path) -> Path:
     """A fresh temp folder beside ``final``; ``commit_dir`` renames it into place when the work is complete."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private (0700); the output should get the usual permissions
+    return tmp
 
 
 def commit_dir(tmp: Path, final: Path) -> None:
@@ -47,12 +51,16 @@ def commit_dir(tmp: Path, final: Path) -> None:
     tmp.rename(final)
 
 
-def write_json(path: Path, obj: object) -> None:
-    """Write JSON via a temp file + rename, so a killed stage never leaves half a file."""
+def write_text(path: Path, text: str) -> None:
+    """Write via a temp file beside ``path`` + rename, so a killed stage never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
+
+
+def write_json(path: Path, obj: object, indent: int = 2) -> None:
+    write_text(path, json.dumps(obj, indent=indent) + "\n")
 
 
 # --------------------------------------------------------------------------------------------- hub access

@@ -20,6 +20,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from lmask.data import write_text
 from lmask.flops import attention_share
 from lmask.params import section_from_dict
 from lmask.schedule import layer_windows, schedule_sinks
@@ -662,21 +663,14 @@ def build_summary(inp: Inputs, cfg: ReportParams) -> str:
     return "\n".join(lines)
 
 
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def write_report(
     params, out_html: Path = Path("plots/report.html"), out_summary: Path = Path("metrics/summary.md")
 ) -> None:
     """Build plots/report.html and metrics/summary.md from the evaluate stage's outputs."""
     cfg = report_params(params.extra.get("report"))  # validate before reading anything
     inp = load_inputs(params)
-    _write_text(out_html, build_html(inp, cfg))
-    _write_text(out_summary, build_summary(inp, cfg))
+    write_text(out_html, build_html(inp, cfg))
+    write_text(out_summary, build_summary(inp, cfg))
 
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
@@ -790,7 +784,7 @@ def update_readme(
     """Refresh README's generated blocks: results (metrics/summary.md) and benchmark (metrics/benchmark.json)."""
     readme = readme_with_summary(readme_path.read_text(), summary_path.read_text())
     bench = benchmark_markdown(json.loads(benchmark_path.read_text()))
-    _write_text(readme_path, readme_with_summary(readme, bench, BENCH_START, BENCH_END))
+    write_text(readme_path, readme_with_summary(readme, bench, BENCH_START, BENCH_END))
 
 
 # ------------------------------------------------------------------------------------------------- DVC template
@@ -818,7 +812,7 @@ def offline_dvc_template(npm_dir: Path) -> str:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--dvc-template":
         out = Path(".dvc/plots/offline.html")
-        _write_text(out, offline_dvc_template(Path(sys.argv[2])))
+        write_text(out, offline_dvc_template(Path(sys.argv[2])))
         print(f"wrote {out}; enable with: dvc config plots.html_template plots/offline.html")
     elif sys.argv[1:] == ["--readme"]:
         update_readme()

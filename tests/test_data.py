@@ -1,6 +1,8 @@
 """Data: corpus cleaning and splitting, tokenizer round trip, blocks with EOS, offline behaviour."""
 
 import json
+import os
+import stat
 import time
 
 import numpy as np
@@ -9,6 +11,8 @@ from transformers import AutoTokenizer
 
 from lmask.data import (
     EOS,
+    atomic_dir,
+    commit_dir,
     download,
     hub_reachable,
     local_gpt2_tokenizer,
@@ -19,6 +23,7 @@ from lmask.data import (
     unigram_perplexity,
     wiki_markup_to_text,
     wikitext_articles,
+    write_text,
 )
 from lmask.params import DataParams, TokenizerParams
 
@@ -111,3 +116,19 @@ def test_hf_source_offline_fails_fast_naming_the_field(tmp_path):
         download(DataParams(source="hf"), tmp_path / "raw")
     assert time.perf_counter() - start < 5
     assert not (tmp_path / "raw").exists()
+
+
+def test_atomic_outputs_get_the_usual_permissions(tmp_path):
+    """mkdtemp makes private (0700) folders; a committed output must look like any other file under the umask."""
+    old = os.umask(0o022)
+    try:
+        tmp = atomic_dir(tmp_path / "out")
+        (tmp / "weights.bin").write_bytes(b"x")
+        commit_dir(tmp, tmp_path / "out")
+        write_text(tmp_path / "metrics.json", "{}\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "metrics.json").stat().st_mode) == 0o644
+    assert (tmp_path / "metrics.json").read_text() == "{}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "out"]  # no temp leftovers
