@@ -92,9 +92,14 @@ class S3Server:
         return f"s3://{self.bucket}/{path}"
 
     def dvc_commands(self, name: str = "s3", path: str = "lmask") -> list[str]:
-        """The commands that point a DVC repo at this server; credentials go to .dvc/config.local (git-ignored)."""
+        """The commands that point a DVC repo at this server; credentials go to .dvc/config.local (git-ignored).
+
+        ``verify true`` makes `dvc pull`/`dvc fetch` rehash each download and reject one that does not match its
+        name; without it a corrupted object on the server is checked out silently.
+        """
         return [
             f"dvc remote add {name} {self.remote_url(path)}",
+            f"dvc remote modify {name} verify true",
             f"dvc remote modify {name} endpointurl {self.endpoint}",
             f"dvc remote modify --local {name} access_key_id {self.access_key}",
             f"dvc remote modify --local {name} secret_access_key {self.secret_key}",
@@ -236,6 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     print("Point this repo at it (credentials go to the git-ignored .dvc/config.local):\n")
     print("\n".join(f"  {c}" for c in server.dvc_commands(args.remote)))
     print(f"\nthen: dvc push -r {args.remote}   (set AWS_EC2_METADATA_DISABLED=true to fail fast on bad credentials)")
+    print(f"check the objects on it any time: python -m lmask.remote verify -r {args.remote} [--repair]")
     print("Ctrl+C stops the server.", flush=True)
     try:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

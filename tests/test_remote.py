@@ -2,6 +2,7 @@
 
 Remotes: the committed default (a local folder under ``~``; HOME points at a temp folder here) and S3 (SeaweedFS from
 the ``s3_server`` fixture). A pulled clone must match the original byte for byte and have nothing to reproduce.
+Corrupted objects on a remote: caught by `dvc pull` only with verify = true, found and repaired by lmask.remote.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import run
+from tests.conftest import ROOT, run
 
 # The committed default remote (.dvc/config); "~" is expanded by DVC when it reads the config, so it lands in the
 # HOME of whoever runs dvc.
@@ -89,10 +91,11 @@ def flip_byte(path: Path, bit_rot: bool) -> None:
 
 
 def configure_s3(repo: Path, server, path: str, keys: bool = True) -> None:
-    """Add an S3 remote for ``server`` under s3://bucket/path (committed); keys, if asked, in .dvc/config.local."""
-    add, endpoint, *key_cmds = server.dvc_commands("s3", path)
-    for cmd in [add, endpoint, *(key_cmds if keys else [])]:
-        run(cmd.split(), repo)
+    """Add an S3 remote for ``server`` under s3://bucket/path the way scripts/s3_server.py prints it (committed, with
+    verify = true); keys, if asked, in .dvc/config.local."""
+    for cmd in server.dvc_commands("s3", path):
+        if keys or " --local " not in cmd:
+            run(cmd.split(), repo)
     run(["git", "commit", "-qam", "s3 remote"], repo)
 
 
@@ -242,3 +245,250 @@ def test_s3_server_binds_loopback_only(s3_server):
     local = [line.split()[3] for line in mine]
     assert all(addr.startswith("127.0.0.1:") for addr in local), local
     assert s3_server.endpoint.rsplit(":", 1)[1] in " ".join(local)
+
+
+# --- Corrupted objects on a remote: `verify = true` on pull, and `python -m lmask.remote verify [--repair]` ---------
+
+
+@pytest.fixture
+def outs_repo(tmp_path) -> Path:
+    """A git + DVC repo (no pipeline) tracking two files and a folder of three, committed, not pushed. Default remote
+    ``local``: the folder tmp_path/remote, with verify = true. Six objects: three files, the .dir and two more files."""
+    repo = tmp_path / "repo"
+    (repo / "data" / "shards").mkdir(parents=True)
+    (repo / "models").mkdir()
+    for i in range(3):
+        (repo / "data" / "shards" / f"s{i}.bin").write_bytes(os.urandom(4096))
+    (repo / "models" / "model.bin").write_bytes(os.urandom(65536))
+    (repo / "notes.txt").write_text("a small text output\n")
+    run(["git", "init", "-q", "-b", "main"], repo)
+    run(["dvc", "init", "-q"], repo)
+    run(["dvc", "config", "core.analytics", "false"], repo)
+    run(["dvc", "add", "-q", "data/shards", "models/model.bin", "notes.txt"], repo)
+    run(["dvc", "remote", "add", "-d", "local", str(tmp_path / "remote")], repo)
+    run(["dvc", "remote", "modify", "local", "verify", "true"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "data"], repo)
+    return repo
+
+
+OUTS_FILES = ("notes.txt", "models/model.bin", "data/shards/s0.bin", "data/shards/s1.bin", "data/shards/s2.bin")
+
+
+def sha256_outs(repo: Path) -> dict[str, str | None]:
+    """SHA-256 of each tracked file in an outs_repo workspace (None: absent)."""
+    return {f: hashlib.sha256((repo / f).read_bytes()).hexdigest() if (repo / f).exists() else None for f in OUTS_FILES}
+
+
+def md5_of(path: Path) -> str:
+    """The DVC object name of a file: the md5 of its bytes."""
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def dir_md5(repo: Path) -> str:
+    """The .dir object name of data/shards, from its .dvc file."""
+    return yaml.safe_load((repo / "data" / "shards.dvc").read_text())["outs"][0]["md5"]
+
+
+def local_object(root: Path, md5: str) -> Path:
+    """An object's file in a local remote or cache root (files/md5 layout)."""
+    return root / "files" / "md5" / md5[:2] / md5[2:]
+
+
+def flip16(data: bytes) -> bytes:
+    """The bytes with 16 of them (in the middle) inverted."""
+    out = bytearray(data)
+    start = max(0, len(out) // 2 - 8)
+    for i in range(start, min(start + 16, len(out))):
+        out[i] ^= 0xFF
+    return bytes(out)
+
+
+def s3_filesystem(server):
+    import s3fs
+
+    return s3fs.S3FileSystem(
+        key=server.access_key, secret=server.secret_key, client_kwargs={"endpoint_url": server.endpoint}
+    )
+
+
+def s3_key(server, prefix: str, md5: str) -> str:
+    return f"{server.bucket}/{prefix}/files/md5/{md5[:2]}/{md5[2:]}"
+
+
+def corrupt_s3_object(server, prefix: str, md5: str) -> None:
+    """Flip 16 bytes of an object on the S3 server (rewritten in place through the S3 API: same key, same size)."""
+    fs = s3_filesystem(server)
+    key = s3_key(server, prefix, md5)
+    data = fs.cat_file(key)
+    fs.pipe_file(key, flip16(data))
+    assert hashlib.md5(fs.cat_file(key)).hexdigest() != md5 and fs.size(key) == len(data)
+
+
+def verify(repo: Path, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m lmask.remote verify ARGS` in repo (lmask from this checkout); exit status not checked."""
+    env = {"PYTHONPATH": str(ROOT), **(extra_env or {})}
+    return run([sys.executable, "-m", "lmask.remote", "verify", *args], repo, check=False, timeout=300, extra_env=env)
+
+
+def test_s3_corruption_is_caught_on_pull_only_with_verify(outs_repo, s3_server, tmp_path):
+    """16 bytes flipped in an object on the S3 server. With the remote set up as scripts/s3_server.py prints it
+    (verify = true) `dvc pull` fails and the corrupted bytes never reach the workspace; with verify = false the pull
+    "succeeds", writes them and `dvc status` stays clean."""
+    prefix = f"pull-{uuid.uuid4().hex[:8]}"
+    assert "dvc remote modify s3 verify true" in s3_server.dvc_commands("s3", prefix)
+    configure_s3(outs_repo, s3_server, prefix)
+    assert run(["dvc", "config", "remote.s3.verify"], outs_repo).stdout.strip() == "true"
+    run(["dvc", "push", "-r", "s3"], outs_repo)
+    original = sha256_outs(outs_repo)
+    corrupt_s3_object(s3_server, prefix, md5_of(outs_repo / "models" / "model.bin"))
+    creds = s3_server.credentials_env()
+
+    verified = clone(outs_repo, tmp_path / "verified")
+    pull = run(["dvc", "pull", "-r", "s3"], verified, check=False, timeout=300, extra_env=creds)
+    assert pull.returncode != 0, pull
+    assert "Checkout failed for following targets:\nmodels/model.bin" in pull.stderr, pull.stderr
+    pulled = sha256_outs(verified)
+    assert pulled["models/model.bin"] is None, "the corrupted file reached the workspace"
+    assert {f: h for f, h in pulled.items() if f != "models/model.bin"} == {
+        f: h for f, h in original.items() if f != "models/model.bin"
+    }, "the intact outputs should still be pulled"
+
+    unverified = clone(outs_repo, tmp_path / "unverified")
+    run(["dvc", "remote", "modify", "--local", "s3", "verify", "false"], unverified)
+    run(["dvc", "pull", "-r", "s3"], unverified, timeout=300, extra_env=creds)
+    assert sha256_outs(unverified)["models/model.bin"] != original["models/model.bin"]
+    assert UP_TO_DATE in run(["dvc", "status"], unverified).stdout
+
+
+def test_verify_finds_and_repairs_corruption_on_a_local_remote(outs_repo, tmp_path):
+    """Two objects on the local remote rot (a file and a member of the folder). DVC notices nothing (`dvc status -c`
+    in sync, `dvc push` skips them); verify names both outputs and exits 1; --repair re-uploads the intact cache
+    copies; verify then exits 0 and a fresh clone pulls every file with its original SHA-256."""
+    remote = tmp_path / "remote"
+    nothing = verify(outs_repo)  # not pushed yet: every referenced object is missing, nothing is corrupted
+    assert nothing.returncode == 0, nothing
+    assert nothing.stdout.splitlines()[-1] == (
+        "0 objects checked, 0 corrupted, 0 repaired; 6 referenced objects not on the remote (dvc push)"
+    )
+    assert f"missing: {md5_of(outs_repo / 'notes.txt')}  notes.txt" in nothing.stdout.splitlines()
+    bad_remote = verify(outs_repo, "-r", "nosuch")
+    assert bad_remote.returncode == 2 and "ERROR:" in bad_remote.stderr and "nosuch" in bad_remote.stderr
+
+    run(["dvc", "push"], outs_repo)
+    original = sha256_outs(outs_repo)
+    clean = verify(outs_repo)
+    assert (clean.returncode, clean.stdout) == (0, "6 objects checked, 0 corrupted, 0 repaired\n"), clean
+
+    model, member = md5_of(outs_repo / "models" / "model.bin"), md5_of(outs_repo / "data" / "shards" / "s1.bin")
+    for md5 in (model, member):
+        flip_byte(local_object(remote, md5), bit_rot=True)
+    assert "Cache and remote 'local' are in sync." in run(["dvc", "status", "-c"], outs_repo).stdout
+    assert "Everything is up to date." in run(["dvc", "push"], outs_repo).stdout
+
+    found = verify(outs_repo)
+    assert found.returncode == 1, found
+    *lines, last = found.stdout.splitlines()  # one line per object, in object-name order
+    assert sorted(lines) == sorted(
+        [
+            f"corrupted: {member}  data/shards/s1.bin",
+            f"corrupted: {model}  models/model.bin",
+        ]
+    )
+    assert last == "6 objects checked, 2 corrupted, 0 repaired"
+    records = {r["oid"]: r for r in json.loads(verify(outs_repo, "--json").stdout)}
+    assert len(records) == 6
+    assert records[model]["status"] == "corrupted" and records[model]["paths"] == ["models/model.bin"]
+    assert records[model]["md5"] == md5_of(local_object(remote, model))
+    assert records[dir_md5(outs_repo)] | {"md5": None} == {
+        "oid": dir_md5(outs_repo),
+        "status": "ok",
+        "paths": ["data/shards"],
+        "md5": None,
+        "note": "",
+    }
+    assert sorted(oid for oid, r in records.items() if r["status"] != "ok") == sorted([model, member])
+
+    repaired = verify(outs_repo, "--repair")
+    assert repaired.returncode == 0, repaired
+    *lines, last = repaired.stdout.splitlines()  # one line per object, in object-name order
+    assert sorted(lines) == sorted(
+        [
+            f"repaired: {member}  data/shards/s1.bin  (re-uploaded from the local cache)",
+            f"repaired: {model}  models/model.bin  (re-uploaded from the local cache)",
+        ]
+    )
+    assert last == "6 objects checked, 2 corrupted, 2 repaired"
+    assert oct(local_object(remote, model).stat().st_mode & 0o777) == "0o444"  # read-only, as DVC leaves objects
+    after = verify(outs_repo)
+    assert (after.returncode, after.stdout) == (0, "6 objects checked, 0 corrupted, 0 repaired\n"), after
+
+    other = clone(outs_repo, tmp_path / "clone")
+    run(["dvc", "pull"], other)
+    assert sha256_outs(other) == original
+
+
+def test_verify_repairs_corruption_on_s3(outs_repo, s3_server, tmp_path):
+    """The folder's .dir listing and a file rot on the S3 server: verify -r s3 names them (folder members still
+    named, from the local cache's listing), --repair uploads the cache copies over them through S3, a fresh clone
+    then pulls every file with its original SHA-256."""
+    prefix = f"repair-{uuid.uuid4().hex[:8]}"
+    configure_s3(outs_repo, s3_server, prefix)
+    run(["dvc", "push", "-r", "s3"], outs_repo)
+    original = sha256_outs(outs_repo)
+    model, listing = md5_of(outs_repo / "models" / "model.bin"), dir_md5(outs_repo)
+    for md5 in (model, listing):
+        corrupt_s3_object(s3_server, prefix, md5)
+
+    found = verify(outs_repo, "-r", "s3")
+    assert found.returncode == 1, found
+    *lines, last = found.stdout.splitlines()  # one line per object, in object-name order
+    assert sorted(lines) == sorted(
+        [
+            f"corrupted: {model}  models/model.bin",
+            f"corrupted: {listing}  data/shards",
+        ]
+    )
+    assert last == "6 objects checked, 2 corrupted, 0 repaired"
+    repaired = verify(outs_repo, "-r", "s3", "--repair")
+    assert repaired.returncode == 0, repaired
+    assert repaired.stdout.splitlines()[-1] == "6 objects checked, 2 corrupted, 2 repaired"
+    assert f"repaired: {listing}  data/shards  (re-uploaded from the local cache)" in repaired.stdout.splitlines()
+    fs = s3_filesystem(s3_server)
+    assert hashlib.md5(fs.cat_file(s3_key(s3_server, prefix, listing))).hexdigest() == listing.removesuffix(".dir")
+    after = verify(outs_repo, "-r", "s3")
+    assert (after.returncode, after.stdout) == (0, "6 objects checked, 0 corrupted, 0 repaired\n"), after
+
+    other = clone(outs_repo, tmp_path / "clone")
+    run(["dvc", "pull", "-r", "s3"], other, timeout=300, extra_env=s3_server.credentials_env())
+    assert sha256_outs(other) == original
+
+
+def test_verify_cannot_repair_without_an_intact_local_copy(outs_repo, tmp_path):
+    """Corrupted on the remote and absent from the local cache, or corrupted in both: reported, not repaired, the
+    remote bytes left as they were, exit 1. An object deleted from the remote is reported missing."""
+    remote, cache = tmp_path / "remote", outs_repo / ".dvc" / "cache"
+    run(["dvc", "push"], outs_repo)
+    notes, model = md5_of(outs_repo / "notes.txt"), md5_of(outs_repo / "models" / "model.bin")
+    gone = md5_of(outs_repo / "data" / "shards" / "s0.bin")
+    for md5 in (notes, model):
+        flip_byte(local_object(remote, md5), bit_rot=True)
+    local_object(cache, notes).unlink()
+    flip_byte(local_object(cache, model), bit_rot=True)
+    local_object(remote, gone).unlink()
+    damaged = {md5: local_object(remote, md5).read_bytes() for md5 in (notes, model)}
+
+    result = verify(outs_repo, "--repair")
+    assert result.returncode == 1, result
+    *lines, last = result.stdout.splitlines()  # one line per object, in object-name order
+    assert sorted(lines) == sorted(
+        [
+            f"corrupted: {notes}  notes.txt  (not repaired: no copy in the local cache)",
+            f"corrupted: {model}  models/model.bin  (not repaired: the local cache copy is corrupted too)",
+            f"missing: {gone}  data/shards/s0.bin",
+        ]
+    )
+    assert last == "5 objects checked, 2 corrupted, 0 repaired; 1 referenced objects not on the remote (dvc push)"
+    assert {md5: local_object(remote, md5).read_bytes() for md5 in damaged} == damaged
+    again = verify(outs_repo)
+    assert again.returncode == 1 and again.stdout.splitlines()[-1].startswith("5 objects checked, 2 corrupted, 0 r")
