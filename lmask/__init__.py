@@ -1,18 +1,21 @@
 """lmask: layer-wise attention windows for GPT-2, as a reproducible DVC pipeline.
 
-Importing lmask registers the "lmask" attention with transformers (see lmask.model).
+Importing the package is cheap (no torch): stages that only read params or write reports stay fast. The model API is
+loaded on first use: ``lmask.apply_windows``, ``lmask.load_model`` (lmask.model), ``lmask.layer_windows``
+(lmask.schedule).
 """
 
-from lmask.model import apply_windows, load_model
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {"apply_windows": "lmask.model", "load_model": "lmask.model", "layer_windows": "lmask.schedule"}
 
 
 def __getattr__(name: str):
-    # Lazy, so `python -m lmask.schedule` does not import the module twice.
-    if name == "layer_windows":
-        from lmask.schedule import layer_windows
-
-        return layer_windows
-    raise AttributeError(name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'lmask' has no attribute {name!r}")
 
 
-__all__ = ["apply_windows", "layer_windows", "load_model"]
+__all__ = list(_LAZY)

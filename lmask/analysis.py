@@ -1,7 +1,5 @@
 """Attention analysis: per-layer, per-head entropy, mean attention distance and sink mass, plus heatmaps.
 
-(The section also sizes the efficiency timing at the eval context, which lmask.evaluate runs via lmask.benchmark.)
-
 The fast paths never materialise attention weights, so this analysis swaps in an explicit path for one forward on a
 fixed test batch: softmax(Q K^T * scale) under the same ``lmask.attention.window_mask`` (window and sinks from the
 model config), then weights @ V. Its output equals the fast path's to rounding, so what we measure is the model
@@ -11,7 +9,6 @@ the other metrics score.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -20,44 +17,11 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from lmask.attention import window_mask
 from lmask.model import ATTN_NAME
-from lmask.params import section_from_dict
+from lmask.params import AnalysisParams
 
 EXPLICIT_NAME = "lmask_explicit"
 SINK_POSITIONS = 4  # attention mass on the first 4 tokens: StreamingLLM's "attention sink" measure
 HEATMAP_MAX = 256  # largest heatmap side kept per layer
-
-
-@dataclass
-class AnalysisParams:
-    batch_size: int = 4  # test blocks in the analysed batch
-    heatmap_layers: list[int] | None = None  # None: first, middle and last layer
-    heatmap_tokens: int = 64  # heatmaps show the first N queries x keys of the first block
-    timing_batch_size: int = 8  # efficiency at the eval context (lmask.benchmark): sequences per timed forward
-    timing_repeats: int = 3  # timed rounds (median); each round times full attention and every schedule
-
-    def check(self, n_layer: int | None = None) -> None:
-        for name in ("batch_size", "heatmap_tokens", "timing_batch_size", "timing_repeats"):
-            value = getattr(self, name)
-            if value < 1:
-                raise ValueError(f"analysis.{name} must be a positive integer, got {value!r}")
-        for layer in self.heatmap_layers or []:
-            if (
-                isinstance(layer, bool)
-                or not isinstance(layer, int)
-                or layer < 0
-                or (n_layer is not None and layer >= n_layer)
-            ):
-                raise ValueError(f"analysis.heatmap_layers: {layer!r} is not a layer index (model.n_layer={n_layer})")
-
-    def layers(self, n_layer: int) -> list[int]:
-        return self.heatmap_layers if self.heatmap_layers else sorted({0, n_layer // 2, n_layer - 1})
-
-
-def analysis_params(raw: object, n_layer: int | None = None) -> AnalysisParams:
-    """Validate params.yaml's ``analysis`` section (unknown keys raise naming ``analysis.<key>``)."""
-    cfg = section_from_dict(AnalysisParams, raw, "analysis")
-    cfg.check(n_layer)
-    return cfg
 
 
 def explicit_attention(
@@ -139,4 +103,4 @@ def analyse(model: torch.nn.Module, batch: np.ndarray, cfg: AnalysisParams) -> t
     return rows, heatmaps
 
 
-__all__ = ["AnalysisParams", "analyse", "analysis_params", "explicit_weights", "weight_stats"]
+__all__ = ["analyse", "explicit_weights", "weight_stats"]

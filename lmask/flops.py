@@ -10,7 +10,7 @@ is the same ratio.
 
 from __future__ import annotations
 
-from lmask.attention import block_size
+from lmask.blocking import blocked_layout
 from lmask.schedule import attention_pairs
 
 Windows = list[int | None]
@@ -42,16 +42,13 @@ def blocked_pairs(window: int, seq_len: int, sinks: int = 0, block: int | None =
     from their window's edge plus the sinks before it. blocked_pairs / attention_pairs is the work the blocking adds
     over an exact sliding window; the benchmark reports it beside the kernel's speed.
     """
-    T, b = seq_len, block or block_size(window)
-    P = -(-(window - 1) // b) * b
-    head = min(P, T)
-    pairs = head * (head + 1) // 2 if head <= window else head * head
-    n_mid = max(0, (T - P) // b)
-    pairs += n_mid * b * (sinks + P + b)
-    start = P + n_mid * b
-    if start < T:
-        k0 = max(0, start - P)
-        pairs += (T - start) * (T - k0 + min(sinks, k0))
+    layout = blocked_layout(window, seq_len, sinks, block)
+    head, b, T = layout.head, layout.block, seq_len
+    pairs = head * (head + 1) // 2 if layout.head_is_causal else head * head
+    pairs += layout.n_mid * b * (sinks + layout.slab)
+    if layout.tail_start < T:
+        k0 = layout.tail_key_start
+        pairs += (T - layout.tail_start) * (T - k0 + min(sinks, k0))
     return pairs
 
 

@@ -7,51 +7,22 @@ saved so people can read them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import sacrebleu
 import torch
 
 from lmask.kv_cache import windowed_cache
-from lmask.params import section_from_dict
+from lmask.params import GenerationParams
+
+DEGENERATE_DISTINCT2 = 0.5  # an output whose bigrams are less than half distinct is flagged as degenerate
 
 
-@dataclass
-class GenerationParams:
-    n_prompts: int = 8
-    prompt_tokens: int = 64
-    new_tokens: int = 32
-    temperature: float = 1.0
-    top_k: int = 50
-
-    def check(self, context: int | None = None) -> None:
-        for name in ("n_prompts", "prompt_tokens", "new_tokens", "top_k"):
-            value = getattr(self, name)
-            if value < 1:
-                raise ValueError(f"generation.{name} must be a positive integer, got {value!r}")
-        if self.temperature <= 0:
-            raise ValueError(f"generation.temperature must be > 0, got {self.temperature}")
-        if context is not None and self.prompt_tokens + self.new_tokens > context:
-            raise ValueError(
-                f"generation.prompt_tokens + generation.new_tokens ({self.prompt_tokens + self.new_tokens}) must be "
-                f"<= data.context_length ({context}): the reference continuation comes from one test block"
-            )
-
-
-def generation_params(raw: object, context: int | None = None) -> GenerationParams:
-    """Validate params.yaml's ``generation`` section (unknown keys raise naming ``generation.<key>``)."""
-    cfg = section_from_dict(GenerationParams, raw, "generation")
-    cfg.check(context)
-    return cfg
-
-
-def prompts_from_blocks(blocks: np.ndarray, cfg: GenerationParams) -> tuple[np.ndarray, np.ndarray]:
-    """(prompts [n, prompt_tokens], references [n, new_tokens]) from evenly spaced test blocks."""
+def prompts_from_blocks(blocks: np.ndarray, cfg: GenerationParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(prompts [n, prompt_tokens], references [n, new_tokens], block indices) from evenly spaced test blocks."""
     n = min(cfg.n_prompts, len(blocks))
     idx = np.linspace(0, len(blocks) - 1, n).round().astype(int)
     chosen = blocks[idx]
-    return chosen[:, : cfg.prompt_tokens], chosen[:, cfg.prompt_tokens : cfg.prompt_tokens + cfg.new_tokens]
+    return chosen[:, : cfg.prompt_tokens], chosen[:, cfg.prompt_tokens : cfg.prompt_tokens + cfg.new_tokens], idx
 
 
 @torch.no_grad()
@@ -101,18 +72,32 @@ def bleu(hypotheses: list[str], references: list[str]) -> float:
 def generation_report(
     model: torch.nn.Module, tokenizer, prompts: np.ndarray, references: np.ndarray, cfg: GenerationParams, seed: int
 ) -> tuple[dict, dict]:
-    """(metrics, texts) for one model: BLEU of greedy text, distinct-1/2 of greedy and sampled token ids."""
+    """(metrics, texts) for one model's greedy and sampled continuations of the prompts.
+
+    BLEU (sacrebleu) is computed per prompt as well as over the corpus, so the report can put an interval over
+    prompts on it. Each greedy output's distinct-2 is kept and outputs below ``DEGENERATE_DISTINCT2`` (loops such as
+    "the the the") are counted, instead of being scored silently: at this model size greedy text is often
+    degenerate, and BLEU between loops and a reference means little.
+    """
     greedy = generate_ids(model, prompts, cfg.new_tokens, True, seed)
     sampled = generate_ids(model, prompts, cfg.new_tokens, False, seed, cfg.temperature, cfg.top_k)
     decode = tokenizer.decode
     ref_text = [decode(r) for r in references]
     greedy_text = [decode(g) for g in greedy]
+    per_prompt_distinct2 = np.array([distinct_n([g], 2) for g in greedy.tolist()])
+    per_prompt_bleu = np.array([sacrebleu.sentence_bleu(h, [r]).score for h, r in zip(greedy_text, ref_text)])
     metrics = {
         "bleu_greedy": round(bleu(greedy_text, ref_text), 3),
-        "distinct_1_greedy": round(distinct_n(greedy.tolist(), 1), 4),
         "distinct_2_greedy": round(distinct_n(greedy.tolist(), 2), 4),
-        "distinct_1_sampled": round(distinct_n(sampled.tolist(), 1), 4),
         "distinct_2_sampled": round(distinct_n(sampled.tolist(), 2), 4),
+        "degenerate_fraction": round(float((per_prompt_distinct2 < DEGENERATE_DISTINCT2).mean()), 4),
+        "per_prompt_bleu": per_prompt_bleu,
+        "per_prompt_distinct2": per_prompt_distinct2,
     }
-    texts = {"greedy": greedy_text, "sampled": [decode(s) for s in sampled]}
+    texts = {
+        "references": ref_text,
+        "greedy": greedy_text,
+        "sampled": [decode(s) for s in sampled],
+        "degenerate": (per_prompt_distinct2 < DEGENERATE_DISTINCT2).tolist(),
+    }
     return metrics, texts

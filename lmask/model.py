@@ -99,10 +99,34 @@ def scratch_config(
     )
 
 
-def new_model(config: GPT2Config, seed: int) -> GPT2LMHeadModel:
-    """A randomly initialised GPT-2 (seeded), with full-attention windows registered."""
+def sinusoidal_positions(n_positions: int, n_embd: int, scale: float = 0.1) -> torch.Tensor:
+    """The Transformer's sin/cos position table [n_positions, n_embd], times ``scale`` (token embeddings are ~0.02).
+
+    Used as the *initial* value of GPT-2's learned position embeddings (they still train): position i - 1 is a fixed
+    rotation of position i in every frequency pair, so a previous-token head, the first half of an induction
+    (copying) circuit, is one linear map away instead of something to learn for every position separately.
+    """
+    pos = torch.arange(n_positions, dtype=torch.float64)[:, None]
+    freq = 10000.0 ** (-torch.arange(0, n_embd, 2, dtype=torch.float64) / n_embd)
+    table = torch.zeros(n_positions, n_embd, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq[: n_embd // 2])
+    return (scale * table).float()
+
+
+def new_model(config: GPT2Config, seed: int, position_init: str = "default") -> GPT2LMHeadModel:
+    """A randomly initialised GPT-2 (seeded), with full-attention windows registered.
+
+    ``position_init``: ``default`` keeps GPT-2's random init of the position embeddings, ``sinusoidal`` starts them
+    from ``sinusoidal_positions``.
+    """
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(config)
+    if position_init == "sinusoidal":
+        with torch.no_grad():
+            model.transformer.wpe.weight.copy_(sinusoidal_positions(config.n_positions, config.n_embd))
+    elif position_init != "default":
+        raise ValueError(f"position_init must be 'default' or 'sinusoidal', got {position_init!r}")
     return apply_windows(model, [None] * config.n_layer)
 
 

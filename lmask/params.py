@@ -1,28 +1,40 @@
-"""params.yaml, read into dataclasses and validated before any stage does real work.
+"""params.yaml as one typed tree, validated in full before any stage does real work.
 
-Every section is a dataclass; unknown keys, wrong types and out-of-range values raise ``ValueError`` naming the
-field (``train.lr``, ``schedules.half.end_windw``), so a typo fails in a second instead of after an hour.
+``load_params`` reads the file once and returns ``Params``: a dataclass per section, and ``schedules`` resolved to
+``Schedule(windows, sinks)``. Unknown keys, wrong types and out-of-range values raise ``ParamsError`` naming the field
+(``schedules.half.end_windw``, ``train.batch_size``); every cross-field check (windows and sinks against the model and
+the context, probe distances against the context, benchmark schedules against ``schedules``) runs here too, so a
+stage never finds a bad value after an hour of work. Pure Python: no torch import.
+
+    python -m lmask.params            # validate params.yaml and print the resolved schedules
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
 
-from lmask.schedule import validate_schedules
+from lmask.schedule import Windows, describe, layer_windows, schedule_sinks
 
 DATA_SOURCES = ("embedded", "hf", "text")
 TOKENIZER_KINDS = ("bpe", "gpt2")
 MODEL_INITS = ("scratch", "pretrained")
+POSITION_INITS = ("default", "sinusoidal")
 BACKENDS = ("auto", "blocked", "flex", "masked")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SPLITS = ("train", "validation", "test")
+RESERVED_NAMES = ("baseline",)
+
+
+class ParamsError(ValueError):
+    """A bad value in params.yaml; the message names the field."""
 
 
 @dataclass
@@ -31,11 +43,13 @@ class DataParams:
     hf_path: str = "Salesforce/wikitext"
     hf_name: str | None = "wikitext-103-raw-v1"
     hf_text_field: str = "text"
-    text_files: dict[str, str] = field(default_factory=dict)  # split -> path, for source: text
+    text_dir: str = "corpus"  # source: text reads text_files from here (a DVC dependency of download)
+    text_files: dict[str, str] = field(default_factory=dict)  # split -> file name inside text_dir
     validation_fraction: float = 0.05  # embedded/text: share of characters per held-out split
     test_fraction: float = 0.05
     max_train_docs: int | None = None  # cap for quick runs (None = all)
-    context_length: int = 256
+    context_length: int = 1024
+    code_package: str = "tqdm"  # held-out code domain: the .py files of this installed (pinned) package
 
     def check(self) -> None:
         _choice("data.source", self.source, DATA_SOURCES)
@@ -43,19 +57,41 @@ class DataParams:
         for name in ("validation_fraction", "test_fraction"):
             value = getattr(self, name)
             if not 0 < value < 0.5:
-                raise ValueError(f"data.{name} must be in (0, 0.5), got {value}")
-        if self.source == "text":
-            missing = [s for s in SPLITS if s not in self.text_files]
-            extra = sorted(set(self.text_files) - set(SPLITS))
-            if extra:
-                raise ValueError(f"data.text_files.{extra[0]} is not a split (use {list(SPLITS)})")
-            if len(missing) == 3:
-                raise ValueError("data.text_files must map at least 'train' to a text file for source: text")
-            for split, path in self.text_files.items():
-                if not Path(path).is_file():
-                    raise ValueError(f"data.text_files.{split}: file not found: {path}")
+                raise ParamsError(f"data.{name} must be in (0, 0.5), got {value}")
         if self.max_train_docs is not None:
             _positive("data.max_train_docs", self.max_train_docs)
+        extra = sorted(set(self.text_files) - set(SPLITS))
+        if extra:
+            raise ParamsError(f"data.text_files.{extra[0]} is not a split (use {list(SPLITS)})")
+        for split, name in self.text_files.items():
+            if not isinstance(name, str) or PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
+                raise ParamsError(f"data.text_files.{split} must be a file name inside data.text_dir, got {name!r}")
+        if self.source == "text":
+            if "train" not in self.text_files:
+                raise ParamsError("data.text_files.train must name a text file in data.text_dir for source: text")
+            for split, name in self.text_files.items():
+                if not (Path(self.text_dir) / name).is_file():
+                    raise ParamsError(f"data.text_files.{split}: file not found: {Path(self.text_dir) / name}")
+
+
+@dataclass
+class MixParams:
+    """Synthetic copy sequences mixed into every training batch (baseline and fine-tuning alike)."""
+
+    fraction: float = 0.0  # share of training sequences that are synthetic
+    min_period: int = 16  # a synthetic sequence repeats a random token segment of this many tokens ...
+    max_period: int = 512  # ... up to this many, to fill the context
+
+    def check(self, context: int) -> None:
+        if not 0 <= self.fraction <= 1:
+            raise ParamsError(f"mix.fraction must be in [0, 1], got {self.fraction}")
+        _positive("mix.min_period", self.min_period)
+        _positive("mix.max_period", self.max_period)
+        if self.min_period > self.max_period or self.max_period >= context:
+            raise ParamsError(
+                f"mix: need min_period <= max_period < data.context_length ({self.min_period}, {self.max_period}, "
+                f"{context})"
+            )
 
 
 @dataclass
@@ -65,8 +101,8 @@ class TokenizerParams:
 
     def check(self) -> None:
         _choice("tokenizer.kind", self.kind, TOKENIZER_KINDS)
-        if self.vocab_size < 260:
-            raise ValueError(f"tokenizer.vocab_size must be >= 260 (256 bytes + specials), got {self.vocab_size}")
+        if isinstance(self.vocab_size, bool) or self.vocab_size < 260:
+            raise ParamsError(f"tokenizer.vocab_size must be >= 260 (256 bytes + specials), got {self.vocab_size}")
 
 
 @dataclass
@@ -76,17 +112,19 @@ class ModelParams:
     n_layer: int = 12
     n_embd: int = 128
     n_head: int = 4
-    n_positions: int = 256
+    n_positions: int = 1024
     dropout: float = 0.0
+    position_init: str = "default"  # default (GPT-2's random init) | sinusoidal (scratch only)
 
     def check(self) -> None:
         _choice("model.init", self.init, MODEL_INITS)
+        _choice("model.position_init", self.position_init, POSITION_INITS)
         for name in ("n_layer", "n_embd", "n_head", "n_positions"):
             _positive(f"model.{name}", getattr(self, name))
         if self.n_embd % self.n_head:
-            raise ValueError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
+            raise ParamsError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
         if not 0 <= self.dropout < 1:
-            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+            raise ParamsError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
 
 @dataclass
@@ -111,18 +149,18 @@ class TrainParams:
     eval_batches: int = 8
     checkpoint_every: int = 50
     device: str = "auto"  # auto | cpu | cuda | mps
-    nproc: int = 1  # processes for torchrun (DDP); 1 = plain python
+    nproc: int = 1  # processes (DDP under torchrun); 1 = plain python
 
-    def check(self, section: str = "train") -> None:
+    def check(self, section: str) -> None:
         for name in ("steps", "batch_size", "micro_batch_size", "eval_every", "eval_batches", "checkpoint_every"):
             _positive(f"{section}.{name}", getattr(self, name))
         _positive(f"{section}.nproc", self.nproc)
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
-            raise ValueError(f"{section}.lr must be > 0 and {section}.min_lr in [0, lr]")
+            raise ParamsError(f"{section}.lr must be > 0 and {section}.min_lr in [0, lr], got {self.lr}, {self.min_lr}")
         if self.warmup_steps < 0:
-            raise ValueError(f"{section}.warmup_steps must be >= 0")
+            raise ParamsError(f"{section}.warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.batch_size % (self.micro_batch_size * self.nproc):
-            raise ValueError(
+            raise ParamsError(
                 f"{section}.batch_size ({self.batch_size}) must be a multiple of "
                 f"{section}.micro_batch_size × {section}.nproc ({self.micro_batch_size} × {self.nproc})"
             )
@@ -131,54 +169,229 @@ class TrainParams:
 
 @dataclass
 class EvaluateParams:
-    max_batches: int | None = None  # cap on test/validation blocks (None = all)
-    batch_size: int = 16
+    batch_size: int = 8
+    max_blocks: int | None = None  # cap on test blocks per domain (None = all)
+    chunk_blocks: int = 4  # bootstrap unit: contiguous runs of this many test blocks
 
     def check(self) -> None:
         _positive("evaluate.batch_size", self.batch_size)
-        if self.max_batches is not None:
-            _positive("evaluate.max_batches", self.max_batches)
+        _positive("evaluate.chunk_blocks", self.chunk_blocks)
+        if self.max_blocks is not None:
+            _positive("evaluate.max_blocks", self.max_blocks)
+
+
+@dataclass
+class CopyParams:
+    """Copy gain: the loss drop on a span's second occurrence that its first occurrence buys (lmask.copy)."""
+
+    distances: list[int] = field(default_factory=lambda: [8, 32, 128, 512, 960])
+    span: int = 8  # tokens per span; the gain is measured on tokens 2..span of the second occurrence
+    offset: int = 16  # first occurrence starts here (clear of sink tokens)
+    n_sequences: int = 16  # pairs of sequences per distance
+    batch_size: int = 8
+
+    def check(self, context: int) -> None:
+        for name in ("span", "n_sequences", "batch_size"):
+            _positive(f"copy.{name}", getattr(self, name))
+        if isinstance(self.offset, bool) or not isinstance(self.offset, int) or self.offset < 0:
+            raise ParamsError(f"copy.offset must be an integer >= 0, got {self.offset!r}")
+        if self.span < 2:
+            raise ParamsError(f"copy.span must be >= 2 (the first token of a span cannot be copied), got {self.span}")
+        if not self.distances:
+            raise ParamsError("copy.distances must be a non-empty list of distances")
+        for d in self.distances:
+            _positive("copy.distances", d)
+            if d < self.span:
+                raise ParamsError(f"copy.distances: {d} is shorter than copy.span ({self.span}); the copies overlap")
+            if self.offset + d + self.span > context:
+                raise ParamsError(
+                    f"copy.distances: {d} does not fit: copy.offset + distance + copy.span = "
+                    f"{self.offset + d + self.span} > data.context_length ({context})"
+                )
+
+
+@dataclass
+class GenerationParams:
+    n_prompts: int = 16
+    prompt_tokens: int = 64
+    new_tokens: int = 32
+    temperature: float = 1.0
+    top_k: int = 50
+
+    def check(self, context: int) -> None:
+        for name in ("n_prompts", "prompt_tokens", "new_tokens", "top_k"):
+            _positive(f"generation.{name}", getattr(self, name))
+        if self.temperature <= 0:
+            raise ParamsError(f"generation.temperature must be > 0, got {self.temperature}")
+        if self.prompt_tokens + self.new_tokens > context:
+            raise ParamsError(
+                f"generation.prompt_tokens + generation.new_tokens ({self.prompt_tokens + self.new_tokens}) must be "
+                f"<= data.context_length ({context}): the reference continuation comes from one test block"
+            )
+
+
+@dataclass
+class AnalysisParams:
+    batch_size: int = 2  # test blocks in the analysed batch
+    heatmap_layers: list[int] | None = None  # None: first, middle and last layer
+    heatmap_tokens: int = 64  # heatmaps show the first N queries x keys of the first block
+
+    def check(self, n_layer: int) -> None:
+        _positive("analysis.batch_size", self.batch_size)
+        _positive("analysis.heatmap_tokens", self.heatmap_tokens)
+        for layer in self.heatmap_layers or []:
+            if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n_layer:
+                raise ParamsError(f"analysis.heatmap_layers: {layer!r} is not a layer index (model.n_layer={n_layer})")
+
+    def layers(self, n_layer: int) -> list[int]:
+        return self.heatmap_layers if self.heatmap_layers else sorted({0, n_layer // 2, n_layer - 1})
+
+
+@dataclass
+class ReportParams:
+    title: str = "Layer-wise attention windows in GPT-2"
+    max_samples: int = 4  # generation samples shown per model
+    bootstrap_samples: int = 2000  # paired bootstrap resamples per interval
+    confidence: float = 0.95
+
+    def check(self) -> None:
+        if isinstance(self.max_samples, bool) or self.max_samples < 0:
+            raise ParamsError(f"report.max_samples must be >= 0, got {self.max_samples}")
+        if self.bootstrap_samples < 100:
+            raise ParamsError(f"report.bootstrap_samples must be >= 100, got {self.bootstrap_samples}")
+        if not 0.5 < self.confidence < 1:
+            raise ParamsError(f"report.confidence must be in (0.5, 1), got {self.confidence}")
+
+
+@dataclass
+class BenchmarkParams:
+    seq_lens: list[int] = field(default_factory=lambda: [1024, 4096])  # CPU
+    gpu_seq_lens: list[int] = field(default_factory=lambda: [1024, 2048, 4096, 8192, 16384])
+    fwd_bwd_seq_lens: list[int] | None = None  # subset of the T above that also time fwd+bwd; None = all
+    kernel_windows: list[int] = field(default_factory=lambda: [16, 64, 256, 1024])
+    n_layer: int = 12
+    n_embd: int = 768
+    n_head: int = 12
+    vocab_size: int = 50257
+    batch_size: int = 1
+    warmup: int = 1  # untimed rounds per T and mode before the timed rounds
+    repeats: int = 3  # timed rounds per T and mode; the order alternates between rounds
+    kernel_repeats: int = 5  # timed rounds of the one-layer kernel comparison
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int | None = None  # torch threads on CPU (None = torch's default)
+
+    def check(self) -> None:
+        for name in ("seq_lens", "gpu_seq_lens", "kernel_windows"):
+            values = getattr(self, name)
+            if not values:
+                raise ParamsError(f"benchmark.{name} must be a non-empty list of positive integers")
+            for v in values:
+                _positive(f"benchmark.{name}", v)
+        for v in self.fwd_bwd_seq_lens or []:
+            _positive("benchmark.fwd_bwd_seq_lens", v)
+        for name in ("n_layer", "n_embd", "n_head", "vocab_size", "batch_size", "repeats", "kernel_repeats"):
+            _positive(f"benchmark.{name}", getattr(self, name))
+        if self.warmup < 0:
+            raise ParamsError(f"benchmark.warmup must be an integer >= 0, got {self.warmup!r}")
+        if self.n_embd % self.n_head:
+            raise ParamsError(f"benchmark.n_embd ({self.n_embd}) must be divisible by benchmark.n_head ({self.n_head})")
+        _choice("benchmark.device", self.device, ("auto", "cpu", "cuda"))
+        if self.threads is not None:
+            _positive("benchmark.threads", self.threads)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A resolved schedule: one window per layer (None = full attention) and its sink count."""
+
+    name: str
+    windows: Windows
+    sinks: int
+
+    @property
+    def is_full(self) -> bool:
+        return all(w is None for w in self.windows)
 
 
 @dataclass
 class Params:
     seed: int = 1337
+    finetune_seeds: list[int] = field(default_factory=lambda: [0, 1])
+    cpu_threads: int | None = 2  # torch threads in every CPU stage (fixed: results depend on it); None = default
     data: DataParams = field(default_factory=DataParams)
+    mix: MixParams = field(default_factory=MixParams)
     tokenizer: TokenizerParams = field(default_factory=TokenizerParams)
     model: ModelParams = field(default_factory=ModelParams)
     attention: AttentionParams = field(default_factory=AttentionParams)
     train: TrainParams = field(default_factory=TrainParams)
     masked: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
-    schedules: dict[str, dict] = field(default_factory=dict)
-    # Sections owned by other modules (benchmark, report, ...) are validated by them; kept raw here.
-    extra: dict[str, Any] = field(default_factory=dict)
+    copy: CopyParams = field(default_factory=CopyParams)
+    generation: GenerationParams = field(default_factory=GenerationParams)
+    analysis: AnalysisParams = field(default_factory=AnalysisParams)
+    report: ReportParams = field(default_factory=ReportParams)
+    benchmark: BenchmarkParams = field(default_factory=BenchmarkParams)
+    schedules: dict[str, Schedule] = field(default_factory=dict)
+
+    @property
+    def context(self) -> int:
+        return self.data.context_length
+
+    def schedule(self, name: str) -> Schedule:
+        if name not in self.schedules:
+            raise ParamsError(f"schedules.{name}: no such schedule in params.yaml (have {', '.join(self.schedules)})")
+        return self.schedules[name]
 
     def check(self) -> None:
-        for section in (self.data, self.tokenizer, self.model, self.attention, self.evaluate):
+        ctx, n_layer = self.context, self.model.n_layer
+        for section in (self.data, self.tokenizer, self.model, self.attention, self.evaluate, self.report):
             section.check()
+        self.benchmark.check()
+        self.mix.check(ctx)
         self.train.check("train")
         self.masked.check("masked")
-        if self.data.context_length > self.model.n_positions:
-            raise ValueError(
-                f"data.context_length ({self.data.context_length}) must be <= model.n_positions "
-                f"({self.model.n_positions})"
-            )
-        validate_schedules(self.schedules, self.model.n_layer)
+        self.copy.check(ctx)
+        self.generation.check(ctx)
+        self.analysis.check(n_layer)
+        if ctx > self.model.n_positions:
+            raise ParamsError(f"data.context_length ({ctx}) must be <= model.n_positions ({self.model.n_positions})")
+        if self.model.position_init != "default" and self.model.init != "scratch":
+            raise ParamsError("model.position_init applies to model.init: scratch only (pretrained keeps its own)")
+        if not self.finetune_seeds or len(set(self.finetune_seeds)) != len(self.finetune_seeds):
+            raise ParamsError(f"finetune_seeds must be a non-empty list of distinct seeds, got {self.finetune_seeds}")
+        for s in self.finetune_seeds:
+            if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+                raise ParamsError(f"finetune_seeds: {s!r} is not an integer >= 0")
+        for s in self.schedules.values():
+            if s.sinks >= ctx:
+                raise ParamsError(f"schedules.{s.name}.sinks ({s.sinks}) must be < data.context_length ({ctx})")
 
 
-# Top-level sections that other modules validate themselves.
-EXTRA_SECTIONS = ("benchmark", "report", "probe", "generation", "analysis")
+SECTIONS: dict[str, type] = {
+    "data": DataParams,
+    "mix": MixParams,
+    "tokenizer": TokenizerParams,
+    "model": ModelParams,
+    "attention": AttentionParams,
+    "train": TrainParams,
+    "masked": TrainParams,
+    "evaluate": EvaluateParams,
+    "copy": CopyParams,
+    "generation": GenerationParams,
+    "analysis": AnalysisParams,
+    "report": ReportParams,
+    "benchmark": BenchmarkParams,
+}
 
 
 def _choice(name: str, value: Any, choices: tuple) -> None:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+        raise ParamsError(f"{name} must be one of {list(choices)}, got {value!r}")
 
 
 def _positive(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise ParamsError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _matches(value: Any, tp: Any) -> bool:
@@ -196,7 +409,8 @@ def _matches(value: Any, tp: Any) -> bool:
     if origin is dict:
         return isinstance(value, dict)
     if origin is list:
-        return isinstance(value, list)
+        (item,) = typing.get_args(tp)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
     return isinstance(value, tp)
 
 
@@ -205,42 +419,65 @@ def section_from_dict(cls: type, raw: Any, section: str) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ValueError(f"{section} must be a mapping, got {type(raw).__name__}")
+        raise ParamsError(f"{section} must be a mapping, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     for key, value in raw.items():
         if key not in fields:
-            raise ValueError(f"{section}.{key} is not a known parameter (known: {', '.join(sorted(fields))})")
+            raise ParamsError(f"{section}.{key} is not a known parameter (known: {', '.join(sorted(fields))})")
         if not _matches(value, hints[key]):
-            raise ValueError(f"{section}.{key} must be {hints[key]}, got {value!r}")
+            raise ParamsError(f"{section}.{key} must be {_type_name(hints[key])}, got {value!r}")
     return cls(**{k: float(v) if hints[k] is float else v for k, v in raw.items()})
 
 
-def params_from_dict(raw: dict[str, Any]) -> Params:
+def _type_name(tp: Any) -> str:
+    return str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def resolve_schedules(raw: Any, n_layer: int) -> dict[str, Schedule]:
+    """Every schedule spec resolved once to (windows, sinks); names checked (they become paths and stage names)."""
+    if not isinstance(raw, dict) or not raw:
+        raise ParamsError("schedules must be a non-empty mapping of name -> schedule spec")
+    out = {}
+    for name, spec in raw.items():
+        if not isinstance(name, str) or not name.replace("_", "").isalnum():
+            raise ParamsError(f"schedules.{name}: names must be letters, digits or '_' (they become paths)")
+        if name in RESERVED_NAMES:
+            raise ParamsError(f"schedules.{name}: '{name}' is reserved for the unmasked model")
+        where = f"schedules.{name}"
+        try:
+            out[name] = Schedule(name, layer_windows(spec, n_layer, where), schedule_sinks(spec, where))
+        except ParamsError:
+            raise
+        except ValueError as err:
+            raise ParamsError(str(err)) from None
+    return out
+
+
+def params_from_dict(raw: Any) -> Params:
     """Validate a params.yaml mapping and return typed Params."""
     if not isinstance(raw, dict):
-        raise ValueError("params.yaml must be a mapping")
-    sections = {
-        "data": DataParams,
-        "tokenizer": TokenizerParams,
-        "model": ModelParams,
-        "attention": AttentionParams,
-        "train": TrainParams,
-        "masked": TrainParams,
-        "evaluate": EvaluateParams,
-    }
-    known = set(sections) | {"seed", "schedules"} | set(EXTRA_SECTIONS)
+        raise ParamsError("params.yaml must be a mapping of sections")
+    known = set(SECTIONS) | {"seed", "finetune_seeds", "cpu_threads", "schedules"}
     for key in raw:
         if key not in known:
-            raise ValueError(f"params.yaml: unknown top-level section '{key}' (known: {', '.join(sorted(known))})")
+            raise ParamsError(f"{key} is not a known section (known: {', '.join(sorted(known))})")
     seed = raw.get("seed", 1337)
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+        raise ParamsError(f"seed must be an integer, got {seed!r}")
+    seeds = raw.get("finetune_seeds", [0, 1])
+    if not isinstance(seeds, list):
+        raise ParamsError(f"finetune_seeds must be a list of integers, got {seeds!r}")
+    sections = {name: section_from_dict(cls, raw.get(name), name) for name, cls in SECTIONS.items()}
+    threads = raw.get("cpu_threads", 2)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ParamsError(f"cpu_threads must be a positive integer or null, got {threads!r}")
     params = Params(
         seed=seed,
-        schedules=raw.get("schedules") or {},
-        extra={k: raw[k] for k in EXTRA_SECTIONS if k in raw},
-        **{name: section_from_dict(cls, raw.get(name), name) for name, cls in sections.items()},
+        finetune_seeds=seeds,
+        cpu_threads=threads,
+        schedules=resolve_schedules(raw.get("schedules"), sections["model"].n_layer),
+        **sections,
     )
     params.check()
     return params
@@ -250,7 +487,22 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml (every stage calls this first)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: params file not found (run from the repository root)")
-    with path.open() as f:
-        raw = yaml.safe_load(f)
+        raise ParamsError(f"{path}: params file not found (run from the repository root)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
     return params_from_dict(raw or {})
+
+
+def main() -> None:
+    try:
+        params = load_params(sys.argv[1] if len(sys.argv) > 1 else "params.yaml")
+    except ParamsError as err:
+        raise SystemExit(f"params.yaml: {err}") from None
+    resolved = {n: (s.windows, s.sinks) for n, s in params.schedules.items()}
+    print(describe(resolved, params.context))
+
+
+if __name__ == "__main__":
+    main()

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
-from lmask.params import params_from_dict
+from lmask.io import write_text
+from lmask.params import ParamsError, params_from_dict
 
 
 def _merge(base, override) -> None:
@@ -32,7 +33,7 @@ def apply_preset(preset: str | Path, params_path: str | Path = "params.yaml") ->
     if not path.suffix:
         path = Path(params_path).parent / "presets" / f"{preset}.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such preset")
+        raise ParamsError(f"{path}: no such preset")
     yaml = YAML()
     yaml.preserve_quotes = True
     params_path = Path(params_path)
@@ -40,9 +41,7 @@ def apply_preset(preset: str | Path, params_path: str | Path = "params.yaml") ->
     _merge(params, yaml.load(path.read_text()) or {})
     # Round-trip types are dict subclasses, so the same validator as every stage applies.
     params_from_dict(YAML(typ="safe").load(_dump(yaml, params)))
-    tmp = params_path.with_name(f".{params_path.name}.tmp")
-    tmp.write_text(_dump(yaml, params))
-    tmp.replace(params_path)
+    write_text(params_path, _dump(yaml, params))
 
 
 def _dump(yaml: YAML, data) -> str:
@@ -54,5 +53,8 @@ def _dump(yaml: YAML, data) -> str:
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         raise SystemExit("usage: python -m lmask.preset <name under presets/ | path to a preset yaml>")
-    apply_preset(sys.argv[1])
+    try:
+        apply_preset(sys.argv[1])
+    except ParamsError as err:
+        raise SystemExit(f"error: preset {sys.argv[1]}: {err}") from None
     print(f"params.yaml: applied preset {sys.argv[1]}")

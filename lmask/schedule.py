@@ -1,11 +1,13 @@
-"""Per-layer attention-window schedules.
+"""Per-layer attention windows: the window rule, schedule specs, and what a schedule costs.
 
-A schedule is a small dict from params.yaml (``schedules.<name>``). ``layer_windows`` turns it into one window per
-layer: ``None`` is full causal attention, an int ``w`` means query i sees key j iff ``j <= i`` and
-(``i - j < w`` or ``j < sinks``); ``w = 1`` is the token itself.
+The rule, written once (``visible``) and used by every mask in lmask (the dense reference mask, the blocked kernel's
+slab mask, the FlexAttention ``mask_mod``, the KV cache's pruning and the pair counts):
 
-Run ``python -m lmask.schedule`` to print every schedule in params.yaml with its windows, receptive field and
-attention-pair fraction at the context length.
+    query i sees key j  iff  j <= i  and  (i - j < window  or  j < sinks)
+
+``window=None`` is full causal attention; ``window=1`` is the token itself. A schedule (``schedules.<name>`` in
+params.yaml) gives one window per layer; ``layer_windows`` turns a spec into that list. This module is pure Python
+(no torch), so validation and reports stay fast.
 """
 
 from __future__ import annotations
@@ -21,6 +23,14 @@ SCHEDULE_KEYS: dict[str, set[str]] = {
     "interleaved": {"type", "global_every", "window", "sinks"},
 }
 INTERPOLATIONS = ("geometric", "linear", "halving")
+
+
+def visible(q_pos: Any, k_pos: Any, window: int | None, sinks: Any = 0) -> Any:
+    """The window rule. Works elementwise on ints, numpy arrays and torch tensors (window/sinks may be 0-d tensors)."""
+    causal = k_pos <= q_pos
+    if window is None:
+        return causal
+    return causal & ((q_pos - k_pos < window) | (k_pos < sinks))
 
 
 def _int_field(spec: dict, key: str, where: str, minimum: int) -> int:
@@ -60,7 +70,7 @@ def layer_windows(spec: dict[str, Any], n_layer: int, where: str = "schedule") -
         if not isinstance(windows, list):
             raise ValueError(f"{where}.windows must be a list of {n_layer} windows (null = full)")
         if len(windows) != n_layer:
-            raise ValueError(f"{where}.windows has {len(windows)} entries but the model has n_layer={n_layer}")
+            raise ValueError(f"{where}.windows has {len(windows)} entries but model.n_layer is {n_layer}")
         for i, w in enumerate(windows):
             if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 1):
                 raise ValueError(f"{where}.windows[{i}] must be null or an integer >= 1, got {w!r}")
@@ -75,7 +85,7 @@ def layer_windows(spec: dict[str, Any], n_layer: int, where: str = "schedule") -
     # progressive
     start_layer = _int_field(spec, "start_layer", where, 0)
     if start_layer >= n_layer:
-        raise ValueError(f"{where}.start_layer must be < n_layer={n_layer}, got {start_layer}")
+        raise ValueError(f"{where}.start_layer must be < model.n_layer ({n_layer}), got {start_layer}")
     start = _int_field(spec, "start_window", where, 1)
     end = _int_field(spec, "end_window", where, 1)
     interpolation = spec.get("interpolation", "geometric")
@@ -98,33 +108,25 @@ def layer_windows(spec: dict[str, Any], n_layer: int, where: str = "schedule") -
     return windows
 
 
-def validate_schedules(schedules: Any, n_layer: int) -> dict[str, tuple[Windows, int]]:
-    """Check every schedule of params.yaml; returns name -> (windows, sinks)."""
-    if not isinstance(schedules, dict) or not schedules:
-        raise ValueError("schedules must be a non-empty mapping of name -> schedule spec")
-    out = {}
-    for name, spec in schedules.items():
-        if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
-            raise ValueError(f"schedules.{name}: names must be letters, digits, '_' or '-' (used in paths)")
-        if name == "baseline":
-            raise ValueError("schedules.baseline: 'baseline' is reserved for the unmasked model")
-        where = f"schedules.{name}"
-        out[name] = (layer_windows(spec, n_layer, where), schedule_sinks(spec, where))
-    return out
-
-
 def effective_window(window: int | None, seq_len: int) -> int:
     """A window of at least seq_len keys is full attention at this length."""
     return seq_len if window is None else min(window, seq_len)
 
 
+def visible_keys(q_pos: int, window: int | None, sinks: int = 0) -> int:
+    """How many keys query ``q_pos`` sees under ``visible`` (closed form; tests check it against the rule)."""
+    if window is None or window > q_pos:
+        return q_pos + 1
+    return window + min(sinks, q_pos - window + 1)
+
+
 def attention_pairs(window: int | None, seq_len: int, sinks: int = 0) -> int:
-    """Number of (query, key) pairs one layer computes for a causal sequence of seq_len tokens."""
+    """(query, key) pairs one layer attends to over a causal sequence of ``seq_len`` tokens."""
     w = effective_window(window, seq_len)
-    pairs = w * seq_len - w * (w - 1) // 2
-    # Sink key j < sinks is outside the window of query i exactly when i - j >= w.
-    for j in range(min(sinks, seq_len)):
-        pairs += max(0, seq_len - (j + w))
+    pairs = w * seq_len - w * (w - 1) // 2  # queries i < w see i + 1 keys, the rest w
+    if window is not None and sinks:
+        # Queries i >= w also see min(sinks, i - w + 1) sink keys outside their window.
+        pairs += sum(min(sinks, i - w + 1) for i in range(w, seq_len))
     return pairs
 
 
@@ -148,16 +150,21 @@ def receptive_field(windows: Windows, seq_len: int) -> int:
     return min(reach, seq_len)
 
 
-def describe(schedules: dict[str, Any], n_layer: int, seq_len: int) -> str:
-    """A table of every schedule: windows per layer, receptive field, attention-pair fraction."""
+def windowed_layers(windows: Windows, seq_len: int) -> list[int]:
+    """Layers whose window is smaller than the context, i.e. that really restrict attention at ``seq_len``."""
+    return [i for i, w in enumerate(windows) if w is not None and w < seq_len]
+
+
+def describe(schedules: dict[str, tuple[Windows, int]], seq_len: int) -> str:
+    """A table of resolved schedules: windows per layer, receptive field, attention-pair fraction."""
+    n_layer = len(next(iter(schedules.values()))[0]) if schedules else 0
     lines = [f"context {seq_len}, {n_layer} layers ('-' = full attention)"]
-    rows = validate_schedules(schedules, n_layer)
-    width = max(len(n) for n in rows)
-    for name, (windows, sinks) in rows.items():
+    width = max((len(n) for n in schedules), default=0)
+    for name, (windows, sinks) in schedules.items():
         shown = " ".join("-" if w is None else str(w) for w in windows)
         lines.append(
-            f"{name:<{width}}  [{shown}]  sinks={sinks}  receptive_field={receptive_field(windows, seq_len)}"
-            f"  pairs={pair_fraction(windows, seq_len, sinks):.3f}"
+            f"{name:<{width}}  [{shown}]  sinks={sinks}  windowed_layers={len(windowed_layers(windows, seq_len))}"
+            f"  receptive_field={receptive_field(windows, seq_len)}  pairs={pair_fraction(windows, seq_len, sinks):.3f}"
         )
     return "\n".join(lines)
 
@@ -170,11 +177,7 @@ __all__ = [
     "pair_fraction",
     "receptive_field",
     "schedule_sinks",
-    "validate_schedules",
+    "visible",
+    "visible_keys",
+    "windowed_layers",
 ]
-
-if __name__ == "__main__":
-    from lmask.params import load_params
-
-    p = load_params()
-    print(describe(p.schedules, p.model.n_layer, p.data.context_length))

@@ -1,9 +1,31 @@
-"""DVC stage ``benchmark``: speed of every schedule against full attention, beside its FLOP ceiling.
+"""Stage benchmark@<schedule> / benchmark_kernel: speed against full attention, beside the FLOP ceiling."""
 
-Thin wrapper: params.yaml is validated by ``lmask.params.load_params`` and ``benchmark:`` by ``lmask.benchmark``.
-"""
+from pathlib import Path
 
-from lmask.benchmark import main
+from stages import cli
+
+
+def main() -> None:
+    p = cli.parser(__doc__)
+    p.add_argument("--schedule", default=None, help="schedule to time against full; omit for the one-layer kernel")
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+    params = cli.params(args)
+    schedule = params.schedule(args.schedule) if args.schedule else None
+    if schedule is not None and schedule.is_full:
+        from lmask.io import write_json  # nothing to time: no torch import
+
+        note = f"{schedule.name} is full attention in every layer"
+        write_json(args.out, {"summary": {}, "run": {"note": note}, "records": []}, indent=1)
+        print(note)
+        return
+    from lmask import benchmark
+
+    if schedule is None:
+        benchmark.run_kernel(params.benchmark, args.out)
+    else:
+        benchmark.run_schedule(params.benchmark, schedule, args.out)
+
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -1,16 +1,20 @@
-"""Stage download: fetch the corpus named by data.source into data/raw/<split>.jsonl."""
+"""Stage download: fetch the corpus named by data.source into <out>/<split>.jsonl."""
 
 from pathlib import Path
 
-from lmask.data import download
-from lmask.params import load_params
+from stages import cli
 
 
 def main() -> None:
-    params = load_params()
-    counts = download(params.data, Path("data/raw"))
-    print(f"data/raw: {counts} documents (source: {params.data.source})")
+    p = cli.parser(__doc__)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+    params = cli.params(args)
+    from lmask.data import download
+
+    counts = download(params.data, args.out)
+    print(f"{args.out}: {counts} documents (source: {params.data.source})")
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -1,18 +1,24 @@
-"""Stage tokenize: train or load the tokenizer and cut every split into blocks of data.context_length."""
+"""Stage tokenize: train or load the tokenizer; cut every split and the code domain into context-length blocks."""
 
 from pathlib import Path
 
-from lmask.data import tokenize_splits
-from lmask.params import load_params
+from stages import cli
 
 
 def main() -> None:
-    params = load_params()
+    p = cli.parser(__doc__)
+    p.add_argument("--raw", type=Path, required=True)
+    p.add_argument("--tokenizer", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+    params = cli.params(args)
+    from lmask.data import tokenize_splits
+
     stats = tokenize_splits(
-        Path("data/raw"), params.tokenizer, params.data.context_length, Path("data/tokenizer"), Path("data/tokenized")
+        args.raw, params.tokenizer, params.context, params.data.code_package, args.tokenizer, args.out
     )
     print({k: round(v, 1) if isinstance(v, float) else v for k, v in stats.items()})
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -1,19 +1,29 @@
 """Stage train_baseline: GPT-2 with full attention (scratch or pretrained), per params `train` and `model`.
 
-dvc.yaml runs it under `torchrun --nproc_per_node=${train.nproc}`; every rank runs this same code (DDP).
+With train.nproc > 1 the stage relaunches itself under torchrun (DDP) after validating params.yaml.
 """
 
-import os
+from pathlib import Path
 
-from lmask.params import load_params
-from lmask.train import train_baseline
+from stages import cli
 
 
 def main() -> None:
-    metrics = train_baseline(load_params())
-    if int(os.environ.get("RANK", 0)) == 0:  # every rank returns the same metrics; print them once
+    p = cli.parser(__doc__)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--tokenizer", type=Path, required=True)
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--live", type=Path, required=True, help="dvclive folder for curves and metrics")
+    p.add_argument("--checkpoints", type=Path, default=Path("checkpoints/baseline"))
+    args = p.parse_args()
+    params = cli.params(args)
+    cli.relaunch_under_torchrun(params.train.nproc, "stages.train_baseline")
+    from lmask.train import train_baseline
+
+    metrics = train_baseline(params, args.data, args.tokenizer, args.model, args.live, args.checkpoints)
+    if cli.is_main_rank():
         print(metrics)
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -1,20 +1,35 @@
-"""Stage train_masked@<schedule>: fine-tune models/baseline under one schedule
-(`python -m stages.train_masked NAME`; dvc.yaml runs it under `torchrun --nproc_per_node=${masked.nproc}`)."""
+"""Stage train_masked@<schedule>-<seed>: fine-tune the baseline under one schedule with one fine-tuning seed.
 
-import os
-import sys
+With masked.nproc > 1 the stage relaunches itself under torchrun (DDP) after validating params.yaml.
+"""
 
-from lmask.params import load_params
-from lmask.train import train_masked
+from pathlib import Path
+
+from stages import cli
 
 
 def main() -> None:
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: python -m stages.train_masked <schedule name from params.yaml>")
-    metrics = train_masked(load_params(), sys.argv[1])
-    if int(os.environ.get("RANK", 0)) == 0:  # every rank returns the same metrics; print them once
+    p = cli.parser(__doc__)
+    p.add_argument("--schedule", required=True)
+    p.add_argument("--seed", type=int, required=True, help="fine-tuning seed (an entry of finetune_seeds)")
+    p.add_argument("--baseline", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--live", type=Path, required=True, help="dvclive folder for curves and metrics")
+    p.add_argument("--checkpoints", type=Path, default=None)
+    args = p.parse_args()
+    params = cli.params(args)
+    params.schedule(args.schedule)  # a removed or misspelt schedule fails here, before torchrun
+    cli.relaunch_under_torchrun(params.masked.nproc, "stages.train_masked")
+    from lmask.train import train_masked
+
+    checkpoints = args.checkpoints or Path("checkpoints") / f"{args.schedule}-s{args.seed}"
+    metrics = train_masked(
+        params, args.schedule, args.seed, args.baseline, args.data, args.model, args.live, checkpoints
+    )
+    if cli.is_main_rank():
         print(metrics)
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -69,7 +69,7 @@ def copy_project(dest: Path) -> Path:
 def make_tiny_repo(dest: Path) -> Path:
     """A fresh git repo holding the project with the tiny preset applied, committed."""
     copy_project(dest)
-    for stale in ("dvc.lock", "metrics", "plots/train", "plots/eval"):
+    for stale in ("dvc.lock", "metrics", "plots/report", "plots/train", "plots/eval", "plots/benchmark"):
         p = dest / stale
         if p.is_dir():
             shutil.rmtree(p)

@@ -1,12 +1,12 @@
 """DDP on CPU: 2 gloo processes under torchrun train like 1 process with the same global batch, and resume.
 
-The 1-process reference runs in-process; the 2-process runs go through torchrun exactly as dvc.yaml's cmd does
-(`torchrun --standalone --nproc_per_node=2 -m stages.train_baseline`), in a copy of the project on the tiny preset.
+The 1-process reference runs in-process; the 2-process runs go through the stage exactly as dvc.yaml's cmd does
+(`python -m stages.train_baseline ...` with train.nproc 2 relaunches itself under torchrun), in a copy of the project
+on the tiny preset.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from pathlib import Path
@@ -28,19 +28,38 @@ pytestmark = pytest.mark.slow  # launches torchrun (a few process starts, ~1-2 m
 
 # Global batch 8 = micro 4 × 2 processes, or micro 4 × 2 accumulation steps in one process. Logging every step
 # gives the whole trajectory; 2 eval batches give each rank one.
-OVERRIDES = {"eval_every": 1, "eval_batches": 2, "batch_size": 8, "micro_batch_size": 4}
-STOP_SCRIPT = """\
+OVERRIDES = {"eval_every": 1, "eval_batches": 2, "batch_size": 8, "micro_batch_size": 4, "steps": 6}
+ARGS = ["data/tokenized", "data/tokenizer", "models/baseline", "metrics/train/baseline", "checkpoints/baseline"]
+STAGE = [
+    "python",
+    "-m",
+    "stages.train_baseline",
+    "--data",
+    "data/tokenized",
+    "--tokenizer",
+    "data/tokenizer",
+    "--model",
+    "models/baseline",
+    "--live",
+    "metrics/train/baseline",
+]
+STOP_SCRIPT = (
+    f"""\
 import sys
+from pathlib import Path
 from lmask.params import load_params
 from lmask.train import train_baseline
-print(train_baseline(load_params(), stop_after=int(sys.argv[1])))
+args = [Path(a) for a in {ARGS!r}]
+print(train_baseline(load_params(), *args, stop_after=int(sys.argv[1])))
 """
+)
 
 
 def set_train(repo: Path, **values) -> None:
     path = repo / "params.yaml"
     raw = yaml.safe_load(path.read_text())
     raw["train"].update(values)
+    raw["cpu_threads"] = 1
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
@@ -61,7 +80,8 @@ def project(tmp_path_factory) -> Path:
     tokenize_splits(
         repo / "data/raw",
         params.tokenizer,
-        params.data.context_length,
+        params.context,
+        params.data.code_package,
         repo / "data/tokenizer",
         repo / "data/tokenized",
     )
@@ -76,8 +96,11 @@ def clone(project: Path, dest: Path, nproc: int) -> Path:
 
 
 def curve(repo: Path) -> list[dict[str, float]]:
-    with open(repo / "plots/train/baseline.csv") as f:
-        return [{k: float(row[k]) for k in ("step", "train_loss", "val_loss")} for row in csv.DictReader(f)]
+    import pandas as pd
+
+    live = repo / "metrics/train/baseline/plots/metrics"
+    df = pd.read_csv(live / "train_loss.tsv", sep="\t").merge(pd.read_csv(live / "val_loss.tsv", sep="\t"), on="step")
+    return df[["step", "train_loss", "val_loss"]].to_dict("records")
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +108,7 @@ def one_proc(project, tmp_path_factory) -> Path:
     repo = clone(project, tmp_path_factory.mktemp("one") / "repo", nproc=1)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(repo)
-        train_baseline(load_params())
+        train_baseline(load_params(), *(Path(a) for a in ARGS))
     return repo
 
 
@@ -98,7 +121,7 @@ def two_proc_resumed(project, tmp_path_factory) -> tuple[Path, str]:
     stopped = run([*torchrun, "stop_after.py", "3"], repo)
     assert "{'stopped_at': 3}" in stopped.stdout
     assert (repo / "checkpoints/baseline/state.pt").is_file()
-    resumed = run([*torchrun, "-m", "stages.train_baseline"], repo)
+    resumed = run(STAGE, repo)
     return repo, resumed.stdout + resumed.stderr
 
 
@@ -116,8 +139,8 @@ def test_two_processes_follow_the_one_process_trajectory(one_proc, two_proc_resu
         assert b["train_loss"] == pytest.approx(a["train_loss"], abs=2e-4)
         assert b["val_loss"] == pytest.approx(a["val_loss"], abs=2e-4)
 
-    metrics = json.loads((two / "metrics/train/baseline.json").read_text())
-    assert metrics["world_size"] == 2 and metrics["steps"] == 6
+    info = json.loads((two / "models/baseline/train_info.json").read_text())
+    assert info["world_size"] == 2 and info["metrics"]["steps"] == 6
     assert not (two / "checkpoints/baseline").exists()
     # Exactly one writer: rank 0 printed the resume line once.
     assert log.count("resuming from") == 1
@@ -127,15 +150,17 @@ def test_ddp_model_loads_and_matches_its_metrics(two_proc_resumed):
     two, _ = two_proc_resumed
     model = load_model(two / "models/baseline")
     val = load_blocks(two / "data/tokenized", "validation")
-    metrics = json.loads((two / "metrics/train/baseline.json").read_text())
-    assert mean_loss(model, val, 4, torch.device("cpu")) == pytest.approx(metrics["val_loss"], abs=1e-4)
+    metrics = json.loads((two / "metrics/train/baseline/metrics.json").read_text())
+    eval_batches = yaml.safe_load((two / "params.yaml").read_text())["train"]["eval_batches"]
+    got = mean_loss(model, val, 4, torch.device("cpu"), eval_batches)
+    assert got == pytest.approx(metrics["val_loss"], abs=1e-4)
 
 
 def test_ddp_resume_is_exact(project, two_proc_resumed, tmp_path):
     """An uninterrupted 2-process run ends with exactly the weights of the interrupted one."""
     two, _ = two_proc_resumed
     straight = clone(project, tmp_path / "repo", nproc=2)
-    run(["torchrun", "--standalone", "--nproc_per_node=2", "-m", "stages.train_baseline"], straight)
+    run(STAGE, straight)
     a = load_file(two / "models/baseline/model.safetensors")
     b = load_file(straight / "models/baseline/model.safetensors")
     assert a.keys() == b.keys()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
-from lmask.schedule import layer_windows, pair_fraction
+from lmask.params import load_params
 from tests.conftest import run
 
 pytestmark = pytest.mark.slow
@@ -15,49 +15,64 @@ pytestmark = pytest.mark.slow
 
 def test_every_stage_runs_and_writes_its_outputs(tiny_pipeline):
     repo = tiny_pipeline
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    schedules = list(params["schedules"])
-    stages = run(["dvc", "stage", "list", "--name-only"], repo).stdout.split()
-    for name in ["download", "tokenize", "train_baseline", "evaluate"] + [f"train_masked@{s}" for s in schedules]:
-        assert name in stages
+    params = load_params(repo / "params.yaml")
+    names, seeds = list(params.schedules), params.finetune_seeds
+    stages = set(run(["dvc", "stage", "list", "--name-only"], repo).stdout.split())
+    expected = {"validate", "download", "tokenize", "train_baseline", "evaluate_baseline", "summarize", "report"}
+    expected |= {"benchmark_kernel"} | {f"benchmark@{s}" for s in names} | {f"evaluate@{s}" for s in names}
+    expected |= {f"train_masked@{s}-{k}" for s in names for k in seeds}
+    assert stages == expected
 
-    for split in ("train", "validation", "test"):
-        assert (repo / "data/raw" / f"{split}.jsonl").stat().st_size > 0
+    for split in ("train", "validation", "test", "code"):
         blocks = np.load(repo / "data/tokenized" / f"{split}.npy")
-        assert blocks.shape[1] == params["data"]["context_length"]
-    assert (repo / "data/tokenizer/tokenizer.json").is_file()
+        assert blocks.ndim == 2 and blocks.shape[1] == params.context
+    for name in names:
+        for k in seeds:
+            model_dir = repo / "models/masked" / name / f"s{k}"
+            config = json.loads((model_dir / "config.json").read_text())
+            assert config["layer_windows"] == params.schedules[name].windows
+            assert config["attention_sinks"] == params.schedules[name].sinks
+            info = json.loads((model_dir / "train_info.json").read_text())
+            assert info["finetune_seed"] == k and info["threads"] == params.cpu_threads
+            live = repo / "metrics/train" / f"{name}-s{k}"
+            assert math.isfinite(json.loads((live / "metrics.json").read_text())["val_loss"])
+            assert (live / "plots/metrics/val_loss.tsv").read_text().startswith("step\tval_loss")
+        evaluated = json.loads((repo / "metrics/eval" / f"{name}.json").read_text())
+        assert set(evaluated) >= {"zero_shot", *(f"s{k}" for k in seeds)}
+        with np.load(repo / "eval" / name / "s0.npz") as arrays:
+            test_blocks = min(params.evaluate.max_blocks, len(np.load(repo / "data/tokenized/test.npy")))
+            assert arrays["nll_test"].shape == (test_blocks, params.context - 1)
+            assert arrays["copy_nll"].shape == (len(params.copy.distances), params.copy.n_sequences, 2)
+    assert not list(repo.glob("checkpoints/**/state*.pt"))  # finished runs clean their checkpoints
+    page = (repo / "plots/report.html").read_text()
+    assert all(name in page for name in names)
 
-    for name in ["baseline"] + schedules:
-        model_dir = repo / ("models/baseline" if name == "baseline" else f"models/masked/{name}")
-        assert (model_dir / "model.safetensors").is_file() and (model_dir / "tokenizer.json").is_file()
-        train = json.loads((repo / "metrics/train" / f"{name}.json").read_text())
-        assert math.isfinite(train["val_loss"]) and train["tokens_per_s"] > 0
-        curve = (repo / "plots/train" / f"{name}.csv").read_text().splitlines()
-        assert curve[0] == "step,train_loss,val_loss,lr,tokens_per_s" and len(curve) > 1
-        config = json.loads((model_dir / "config.json").read_text())
-        if name != "baseline":
-            assert config["layer_windows"] == layer_windows(params["schedules"][name], params["model"]["n_layer"])
 
-    metrics = json.loads((repo / "metrics/eval.json").read_text())
-    assert set(metrics) >= {"baseline", *schedules}
-    for name in schedules:
-        row = metrics[name]
-        for key in (
-            "test_ppl",
-            "val_ppl",
-            "zero_shot_test_ppl",
-            "test_ppl_change_vs_baseline_pct",
-            "test_ppl_change_vs_full_pct",
-        ):
-            assert math.isfinite(row[key]), (name, key)
-    context = params["data"]["context_length"]
-    aggressive = layer_windows(params["schedules"]["aggressive"], params["model"]["n_layer"])
-    assert metrics["full"]["attention_pairs"] == 1.0
-    assert metrics["aggressive"]["attention_pairs"] == round(pair_fraction(aggressive, context), 4) < 1.0
-    positions = (repo / "plots/eval/loss_by_position.csv").read_text().splitlines()
-    assert positions[0] == "position,model,loss"
-    assert len(positions) == 1 + (params["data"]["context_length"] - 1) * (1 + len(schedules))
-    assert not list(repo.glob("checkpoints/**/state.pt"))  # finished runs clean their checkpoints
+def test_summary_contract(tiny_pipeline):
+    summary = json.loads((tiny_pipeline / "metrics/summary.json").read_text())
+    params = load_params(tiny_pipeline / "params.yaml")
+    assert set(summary) == {"baseline", *params.schedules}
+    for name, s in params.schedules.items():
+        rec = summary[name]
+        assert rec["n_seeds"] == len(params.finetune_seeds)
+        assert len(rec["zero_shot_vs_baseline_pct_ci95"]) == 2
+        lo, hi = rec["zero_shot_vs_baseline_pct_ci95"]
+        assert lo <= rec["zero_shot_vs_baseline_pct"] <= hi
+        if not s.is_full:
+            lo, hi = rec["vs_full_pct_ci95"]
+            assert lo <= rec["vs_full_pct"] <= hi
+            assert rec["vs_full"] in ("better", "worse", "no clear difference")
+    # zero-shot `full` is the baseline itself: exactly no change, and a zero-width interval
+    assert summary["full"]["zero_shot_vs_baseline_pct"] == 0.0
+    assert summary["full"]["zero_shot_vs_baseline_pct_ci95"] == [0.0, 0.0]
+    drop = summary["baseline"]["copy_loss_drop"]
+    assert set(drop) == {str(d) for d in params.copy.distances}
+    assert all(len(e["ci95"]) == 2 for e in drop.values())
+
+
+def test_tiny_baseline_beats_its_unigram_model(tiny_pipeline):
+    summary = json.loads((tiny_pipeline / "metrics/summary.json").read_text())
+    assert summary["baseline"]["test_ppl"] < summary["baseline"]["test_unigram_ppl"]
 
 
 def test_second_repro_is_a_no_op(tiny_repo):
@@ -67,5 +82,21 @@ def test_second_repro_is_a_no_op(tiny_repo):
 
 
 def test_metrics_show_works_from_git_alone(tiny_repo):
-    out = run(["dvc", "metrics", "show", "--json"], tiny_repo).stdout
-    assert "test_ppl" in out and "baseline" in out
+    out = json.loads(run(["dvc", "metrics", "show", "--json"], tiny_repo).stdout)
+    data = out[""]["data"]
+    assert "test_ppl" in json.dumps(data["metrics/eval/baseline.json"])
+    assert "vs_full_pct" in json.dumps(data["metrics/summary.json"])
+
+
+def test_readme_blocks_are_the_generated_markdown(tiny_pipeline):
+    """`python -m lmask.readme` puts the summary and benchmark markdown between README's markers."""
+    from lmask.readme import BENCH_END, BENCH_START, README_END, README_START
+
+    run(["python", "-m", "lmask.readme"], tiny_pipeline)
+    readme = (tiny_pipeline / "README.md").read_text()
+    results = readme[readme.index(README_START) + len(README_START) : readme.index(README_END)]
+    bench = readme[readme.index(BENCH_START) + len(BENCH_START) : readme.index(BENCH_END)]
+    assert results.strip() == (tiny_pipeline / "metrics/summary.md").read_text().strip()
+    assert bench.strip() == (tiny_pipeline / "metrics/benchmark.md").read_text().strip()
+    run(["git", "checkout", "README.md"], tiny_pipeline)
+    assert yaml.safe_load((tiny_pipeline / "params.yaml").read_text())["data"]["context_length"] == 64

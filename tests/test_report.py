@@ -1,4 +1,5 @@
-"""The report: built from evaluate's outputs, self-contained, and rendered by a real headless browser offline.
+"""The report: built from the pipeline's outputs, self-contained, rendered by a real headless browser offline; the
+benchmark tables and README blocks are generated, never typed.
 
 The browser tests use Debian's ``chromium`` (apt-get install -y chromium) and skip, saying so, only when it is absent.
 Networking is off in the browser (a dead proxy and a resolver that fails every name), so any CDN reference fails.
@@ -10,16 +11,13 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 import yaml
 
+from lmask.bench_tables import benchmark_markdown, benchmark_targets
 from lmask.params import load_params
-from lmask.report import SEED_CLAIMS, build_summary, load_inputs, report_params, research_answers, write_report
 from tests.conftest import run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -72,177 +70,41 @@ def screenshot(page_uri: str, tmp: Path, name: str) -> int:
     return len(data)
 
 
-# ------------------------------------------------------------------------------------------------- fixtures
-MODELS = ["baseline", "full", "half", "quarter", "aggressive", "increasing", "interleaved", "aggressive_sinks"]
+# ------------------------------------------------------------------------------------------------- the page
+FIGURES = 9  # lmask.report.build_html
 
 
-def fake_eval_outputs(repo: Path) -> None:
-    """Plausible evaluate outputs for the repo's params, so the report can be tested without training."""
-    params = load_params(repo / "params.yaml")
-    names = ["baseline", *params.schedules]
-    rng = np.random.default_rng(0)
-    metrics = {}
-    for i, name in enumerate(names):
-        row = {
-            "test_ppl": 50.0 + i,
-            "val_ppl": 51.0 + i,
-            "attention_pairs": 1.0 - 0.05 * i,
-            "receptive_field": 256,
-            "probe": {"mean_accuracy": 0.1, "accuracy_by_distance": {"8": 0.2}},
-            "generation": {"bleu_greedy": 1.5},
-            "attention": {"sink_mass": 0.3},
-        }
-        if name != "baseline":
-            row.update(
-                zero_shot_test_ppl=60.0 + i,
-                test_ppl_change_vs_baseline_pct=2.0 * i,
-                zero_shot_change_vs_baseline_pct=20.0 + i,
-                test_ppl_change_vs_full_pct=1.0 * i,
-            )
-        metrics[name] = row
-    (repo / "metrics").mkdir(exist_ok=True)
-    (repo / "metrics/eval.json").write_text(json.dumps(metrics))
-    ev = repo / "plots/eval"
-    ev.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame([{"position": p, "model": n, "loss": 5 - p / 100} for n in names for p in range(1, 20)]).to_csv(
-        ev / "loss_by_position.csv", index=False
-    )
-    pd.DataFrame(
-        [
-            {"step": s, "model": n, "train_loss": 6 - s / 10, "val_loss": 6 - s / 12}
-            for n in names
-            for s in range(0, 30, 5)
-        ]
-    ).to_csv(ev / "train_curves.csv", index=False)
-    pd.DataFrame(
-        [
-            {"distance": d, "model": n, "accuracy": rng.random() / 3, "chance": 0.001}
-            for n in names
-            for d in (8, 32, 128)
-        ]
-    ).to_csv(ev / "probe_accuracy.csv", index=False)
-    pd.DataFrame(
-        [
-            {
-                "model": n,
-                "layer": ly,
-                "head": h,
-                "entropy": rng.random(),
-                "mean_distance": rng.random() * 9,
-                "sink_mass": rng.random(),
-            }
-            for n in names
-            for ly in range(12)
-            for h in range(4)
-        ]
-    ).to_csv(ev / "attention_heads.csv", index=False)
-    pd.DataFrame(
-        [
-            {"model": n, "speedup": 1 + 0.02 * i, "flops_ceiling": 1 + 0.03 * i, "kv_cache_bytes": 1e6 * (1 - 0.05 * i)}
-            for i, n in enumerate(names)
-        ]
-    ).to_csv(ev / "efficiency.csv", index=False)
-    prompts = ["The cat <b>sat</b>", "Once upon a time"]
-    (ev / "generations.json").write_text(
-        json.dumps(
-            {
-                "prompts": prompts,
-                "references": ["on the mat.", "there was"],
-                "models": {n: {"greedy": ["on a mat", "a king"], "sampled": ["near", "the"]} for n in names},
-            }
-        )
-    )
-    heat = np.tril(np.ones((8, 8))) / np.arange(1, 9)[:, None]
-    (ev / "attention_heatmaps.json").write_text(
-        json.dumps({n: {"0": heat.tolist(), "11": heat.tolist()} for n in names})
-    )
-
-
-@pytest.fixture
-def fake_repo(tmp_path) -> Path:
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    shutil.copy(ROOT / "params.yaml", repo / "params.yaml")
-    fake_eval_outputs(repo)
-    return repo
-
-
-def build(repo: Path) -> Path:
-    run([sys.executable, "-m", "stages.report"], repo) if (repo / "stages").is_dir() else _build_here(repo)
-    return repo / "plots/report.html"
-
-
-def _build_here(repo: Path) -> None:
-    import os
-
-    cwd = os.getcwd()
-    os.chdir(repo)
-    try:
-        write_report(load_params())
-    finally:
-        os.chdir(cwd)
-
-
-# ------------------------------------------------------------------------------------------------- tests
-def test_report_is_self_contained_and_complete(fake_repo):
-    page = build(fake_repo).read_text()
+@pytest.mark.slow
+def test_report_is_self_contained_and_complete(tiny_pipeline):
+    page = (tiny_pipeline / "plots/report.html").read_text()
     assert not re.search(r"<script[^>]+src=", page), "every script must be inline"
     assert not re.search(r"<link[^>]+href=[\"']https?:", page)
-    assert page.count("Plotly.newPlot") == 7
-    assert "&lt;b&gt;sat&lt;/b&gt;" in page  # generated text is escaped
-    for claim in SEED_CLAIMS.values():
-        assert claim["speedup"] in page
-    for q in (
-        "1. Can deeper",
-        "2. What is the optimal",
-        "3. How do different",
-        "4. Which language",
-        "5. Does the direction",
-        "6. Do attention sinks",
-    ):
+    assert page.count("Plotly.newPlot") == FIGURES
+    for q in ("Q1. ", "Q2. ", "Q3. ", "Q4. "):
         assert q in page
-    summary = (fake_repo / "metrics/summary.md").read_text()
-    assert summary.count("\n| ") >= len(MODELS) and "aggressive_sinks" in summary
+    params = load_params(tiny_pipeline / "params.yaml")
+    summary = json.loads((tiny_pipeline / "metrics/summary.json").read_text())
+    for name in params.schedules:
+        assert name in page
+    half = summary["half"]
+    shown = f"{half['vs_full_pct']:+.2f}% [{half['vs_full_pct_ci95'][0]:+.2f}, {half['vs_full_pct_ci95'][1]:+.2f}]"
+    assert shown in page and shown in (tiny_pipeline / "metrics/summary.md").read_text()
+    for name in ("loss_by_position", "copy_gain", "train_curves", "gaps", "speedup"):
+        assert (tiny_pipeline / "plots/report" / f"{name}.csv").stat().st_size > 0
 
 
-def test_report_answers_use_the_numbers(fake_repo):
-    params = load_params(fake_repo / "params.yaml")
-    inp = load_inputs(params, fake_repo / "plots/eval", fake_repo / "metrics/eval.json")
-    answers = dict(research_answers(inp, report_params({})))
-    q6 = next(v for k, v in answers.items() if k.startswith("6."))
-    zs = json.loads((fake_repo / "metrics/eval.json").read_text())["aggressive_sinks"]["zero_shot_test_ppl"]
-    assert f"{zs:.2f}" in q6
-    assert "Scale:" in build_summary(inp, report_params({}))
-
-
-def test_report_ignores_stale_models_and_requires_listed_ones(fake_repo):
-    metrics = json.loads((fake_repo / "metrics/eval.json").read_text())
-    metrics["old_schedule"] = metrics["half"]
-    (fake_repo / "metrics/eval.json").write_text(json.dumps(metrics))
-    assert "old_schedule" not in build(fake_repo).read_text()
-    params = yaml.safe_load((fake_repo / "params.yaml").read_text())
-    params["schedules"]["brand_new"] = {"type": "none"}
-    (fake_repo / "params.yaml").write_text(yaml.safe_dump(params))
-    with pytest.raises(ValueError, match="brand_new"):
-        build(fake_repo)
-
-
-def test_report_params_validation():
-    with pytest.raises(ValueError, match=r"report\.colour"):
-        report_params({"colour": "red"})
-
-
+@pytest.mark.slow
 @needs_chromium
-def test_report_renders_offline_in_chromium(fake_repo, tmp_path):
-    page = build(fake_repo)
+def test_report_renders_offline_in_chromium(tiny_pipeline, tmp_path):
+    page = tiny_pipeline / "plots/report.html"
     dom_proc = chromium(["--dump-dom", page.as_uri()], tmp_path)
     assert dom_proc.returncode == 0, dom_proc.stderr[-3000:]
     dom = dom_proc.stdout
     divs = re.findall(r'<div id="(fig-\d+)"[^>]*class="([^"]*)"', dom)
-    assert len(divs) == 7, dom[:2000]
+    assert len(divs) == FIGURES, dom[:2000]
     for div_id, cls in divs:
         assert "js-plotly-plot" in cls, f"{div_id} was not drawn by plotly"
-        body = dom.split(f'id="{div_id}"', 1)[1][:200_000]
+        body = dom.split(f'id="{div_id}"', 1)[1][:400_000]
         assert "<svg" in body.split('<div id="fig-', 1)[0], f"{div_id} has no svg"
     assert not console_errors(dom_proc.stderr), console_errors(dom_proc.stderr)
     blank = tmp_path / "blank.html"
@@ -253,43 +115,24 @@ def test_report_renders_offline_in_chromium(fake_repo, tmp_path):
 
 
 @pytest.mark.slow
-def test_pipeline_metrics_and_report(tiny_repo, tmp_path):
-    """End to end on the tiny pipeline: every listed schedule evaluated, none stale, report renders offline."""
-    params = load_params(tiny_repo / "params.yaml")
-    metrics = json.loads((tiny_repo / "metrics/eval.json").read_text())
-    assert set(metrics) == {"baseline", *params.schedules}
-    for name, row in metrics.items():
-        for key in ("test_ppl", "val_ppl", "probe", "generation", "attention", "efficiency"):
-            assert key in row, f"{name} lacks {key}"
-        assert row["probe"]["beyond_receptive_field_at_chance"], f"{name}: probe beats chance beyond its reach"
-        assert set(row["probe"]["accuracy_by_distance"]) == {str(d) for d in params.extra["probe"]["distances"]}
-        assert 0 <= row["generation"]["bleu_greedy"] <= 100
-    gens = json.loads((tiny_repo / "plots/eval/generations.json").read_text())
-    assert set(gens["models"]) == set(metrics) and all(gens["models"]["baseline"]["greedy"])
-    page = (tiny_repo / "plots/report.html").read_text()
-    assert not re.search(r"<script[^>]+src=", page)
-    assert (tiny_repo / "metrics/summary.md").read_text().count("\n| ") >= len(metrics)
-
-    # Drop a schedule: evaluate and report must forget it (its old model files stay on disk).
+def test_dropping_a_schedule_forgets_it_and_dvc_plots_render_offline(tiny_repo, tmp_path):
     raw = yaml.safe_load((tiny_repo / "params.yaml").read_text())
     del raw["schedules"]["interleaved"]
     (tiny_repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    run(["dvc", "repro", "report"], tiny_repo)
-    metrics = json.loads((tiny_repo / "metrics/eval.json").read_text())
-    assert "interleaved" not in metrics and "interleaved" not in (tiny_repo / "metrics/summary.md").read_text()
+    out = run(["dvc", "repro", "report"], tiny_repo).stdout
+    assert set(re.findall(r"Running stage '([^']+)'", out)) == {"validate", "summarize", "report"}, out
+    summary = json.loads((tiny_repo / "metrics/summary.json").read_text())
+    assert "interleaved" not in summary and "interleaved" not in (tiny_repo / "plots/report.html").read_text()
 
-    # dvc plots show works with the offline template (no CDN) and the declared plots.
-    out = tmp_path / "dvc_plots"
-    run(["dvc", "plots", "show", "-o", str(out)], tiny_repo)
-    index = (out / "index.html").read_text()
+    plots = tmp_path / "dvc_plots"
+    run(["dvc", "plots", "show", "-o", str(plots)], tiny_repo)
+    index = (plots / "index.html").read_text()
     assert "cdn.jsdelivr" not in index and "vegaEmbed" in index
-    for name in ("probe_accuracy_by_distance", "attention_entropy_by_layer", "speedup_vs_flop_ceiling"):
+    for name in ("test_loss_by_position", "copy_gain_by_distance", "gap_vs_full_by_pairs"):
         assert name in index
     if CHROMIUM:
-        dom = chromium(["--dump-dom", (tiny_repo / "plots/report.html").as_uri()], tmp_path)
-        assert dom.stdout.count("js-plotly-plot") >= 7 and not console_errors(dom.stderr)
-        dom = chromium(["--dump-dom", (out / "index.html").as_uri()], tmp_path)
-        assert dom.stdout.count("<canvas") + dom.stdout.count('class="marks"') >= 6, "vega did not draw"
+        dom = chromium(["--dump-dom", (plots / "index.html").as_uri()], tmp_path)
+        assert dom.stdout.count("<canvas") + dom.stdout.count('class="marks"') >= 4, "vega did not draw"
         assert not console_errors(dom.stderr), console_errors(dom.stderr)
 
 
@@ -334,31 +177,20 @@ def test_dvc_offline_template_renders_a_vega_lite_plot(tmp_path):
     assert not console_errors(proc.stderr), console_errors(proc.stderr)
 
 
-def test_readme_results_block_is_the_generated_summary():
-    """README's result table is metrics/summary.md verbatim (python -m lmask.report --readme), never typed."""
-    from lmask.report import README_END, README_START, readme_with_summary
+def test_readme_blocks_are_the_committed_markdown():
+    """README's results and benchmark blocks are metrics/summary.md and metrics/benchmark.md verbatim (written by
+    `python -m lmask.readme` after `dvc repro`), never typed."""
+    from lmask.readme import BENCH_END, BENCH_START, README_END, README_START, replace_block
 
-    root = Path(__file__).resolve().parents[1]
-    readme = (root / "README.md").read_text()
-    summary = (root / "metrics/summary.md").read_text()
-    assert readme_with_summary(readme, summary) == readme
+    readme = (ROOT / "README.md").read_text()
+    summary = (ROOT / "metrics/summary.md").read_text()
+    bench = (ROOT / "metrics/benchmark.md").read_text()
+    assert replace_block(replace_block(readme, summary), bench, BENCH_START, BENCH_END) == readme
     block = readme[readme.index(README_START) + len(README_START) : readme.index(README_END)]
     assert block.strip() == summary.strip()
 
 
-def test_readme_benchmark_block_is_generated_from_the_benchmark_json():
-    """README's benchmark tables and target verdicts are rendered from metrics/benchmark.json, never typed."""
-    from lmask.report import BENCH_END, BENCH_START, benchmark_markdown, readme_with_summary
-
-    root = Path(__file__).resolve().parents[1]
-    readme = (root / "README.md").read_text()
-    block = benchmark_markdown(json.loads((root / "metrics/benchmark.json").read_text()))
-    assert readme_with_summary(readme, block, BENCH_START, BENCH_END) == readme
-
-
 def test_benchmark_markdown_kernel_row_decomposes_the_fraction_of_ideal():
-    from lmask.report import benchmark_markdown
-
     kernel = dict(
         schedule="w64",
         mode="kernel",
@@ -378,17 +210,20 @@ def test_benchmark_markdown_kernel_row_decomposes_the_fraction_of_ideal():
     old = {k: v for k, v in kernel.items() if k not in ("pair_overhead", "pair_rate_vs_causal", "attainable")}
     model = dict(schedule="half", mode="fwd", seq_len=4096, time_s=1.0, full_time_s=1.1, speedup=1.1, ceiling=1.12)
     model.update(efficiency=1.1 / 1.12, times_s=[1.0], kv_cache_bytes=2**20, full_kv_cache_bytes=2**21, device="cpu")
-    text = benchmark_markdown([model, kernel])
+
+    def files(*records):
+        run = {"device": "cpu", "threads": "2", "elapsed": "10 s"}
+        return {"x": {"summary": {}, "run": run, "records": list(records)}}
+
+    text = benchmark_markdown(files(model, kernel))
     assert "| 4096 | 64 | 20.0 | 200.0 | 10.00x | 32.3x | 0.31 | 1.50 | 0.46 | 2.50 | 32.3x |" in text
     # Records written before the decomposition was measured still render.
     assert "| 4096 | 64 | 20.0 | 200.0 | 10.00x | 32.3x | 0.31 | n/a | n/a | n/a | n/a |" in benchmark_markdown(
-        [model, old]
+        files(model, old)
     )
 
 
 def test_benchmark_targets_verdicts():
-    from lmask.report import benchmark_targets
-
     def rec(schedule, mode, T, speedup, ceiling, window=None):
         return dict(
             schedule=schedule,

@@ -1,0 +1,62 @@
+"""What every stage entry point shares: argument parsing, one-line errors, and the torchrun launch.
+
+A stage reads params.yaml once (``lmask.params.load_params`` validates the whole file), takes its paths from the
+command line (dvc.yaml declares them once), and hands plain values to lmask. A bad param or input file ends the
+stage with one line naming the field or file and exit code 2, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from lmask.determinism import pin_cpu
+from lmask.io import DataError
+from lmask.params import Params, ParamsError, load_params
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
+    return p
+
+
+def params(args: argparse.Namespace) -> Params:
+    """The validated params; also pins CPU numerics (threads, kernels) before any torch import, for reproducible
+    results (lmask.determinism)."""
+    p = load_params(args.params)
+    if "torch" not in sys.modules:
+        pin_cpu(p.cpu_threads)
+    return p
+
+
+def run(main: Callable[[], object]) -> None:
+    """Run a stage's main; known input errors become one line on stderr and exit code 2."""
+    try:
+        main()
+    except ParamsError as err:
+        print(f"error: params.yaml: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def is_main_rank() -> bool:
+    return int(os.environ.get("RANK", 0)) == 0
+
+
+def relaunch_under_torchrun(nproc: int, module: str) -> None:
+    """With nproc > 1, replace this process by torchrun running the same stage on nproc ranks.
+
+    Called after params.yaml is validated, so a bad value fails here in one line and no worker ever starts. With
+    nproc 1 (or already under torchrun) it returns and the stage runs in this process: no launcher, no second
+    torch import.
+    """
+    if nproc <= 1 or "LOCAL_RANK" in os.environ:
+        return
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    os.execv(sys.executable, [*argv, "-m", module, *sys.argv[1:]])
