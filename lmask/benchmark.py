@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from lmask import attention
 from lmask.attention import causal_attention, windowed_attention
+from lmask.device import autocast
 from lmask.flops import attention_ceiling, blocked_pairs, flops_ceiling
 from lmask.io import write_json
 from lmask.kv_cache import kv_cache_bytes
@@ -94,11 +95,14 @@ def _timed(fn: Any, device: torch.device) -> tuple[float, int | None]:
 
 
 def _model_step(model: torch.nn.Module, ids: torch.Tensor, mode: str) -> None:
+    """One timed call, in the precision training uses (bf16 autocast on CUDA, fp32 on CPU)."""
     if mode == "fwd":
-        with torch.no_grad():
+        with torch.no_grad(), autocast(ids.device):
             model(ids)
     else:
-        model(ids, labels=ids).loss.backward()
+        with autocast(ids.device):
+            loss = model(ids, labels=ids).loss
+        loss.backward()
         model.zero_grad(set_to_none=True)  # free the gradients before the next timed call
 
 
@@ -114,8 +118,9 @@ def bench_model(
     config = scratch_config(p.vocab_size, p.n_layer, p.n_embd, p.n_head, max(seq_lens), 0.0, 0, 0)
     model = new_model(config, seed=0).to(device)
     full = [None] * p.n_layer
-    names = ["full", schedule.name]
-    windows = {"full": (full, 0), schedule.name: (schedule.windows, schedule.sinks)}
+    ref = "<full attention>"  # the reference's key: not a valid schedule name, so it cannot collide with one
+    names = [ref, schedule.name]
+    windows = {ref: (full, 0), schedule.name: (schedule.windows, schedule.sinks)}
     fwd_bwd = set(seq_lens if p.fwd_bwd_seq_lens is None else p.fwd_bwd_seq_lens)
     records = []
     for T in seq_lens:
@@ -125,10 +130,10 @@ def bench_model(
             peaks: dict[str, list[int]] = {n: [] for n in names}
             paths: dict[str, collections.Counter] = {n: collections.Counter() for n in names}
             model.train(mode == "fwd_bwd")  # dropout is 0: train() only matters for autograd bookkeeping
-            # Warm-up rounds run every schedule once, untimed: the first call of a schedule at a new T and mode pays
-            # one-off costs (allocator growth, first touch of its buffers, cached masks). Timed rounds alternate
-            # order (full first, then full last), so a linear drift in machine speed cancels in the median of an
-            # even number of rounds.
+            # Warm-up rounds run both once, untimed: the first call of a schedule at a new T and mode pays one-off
+            # costs (allocator growth, first touch of its buffers, cached masks). Timed rounds alternate order (full
+            # first, then full last), so a linear drift in machine speed cancels exactly over an even number of
+            # rounds (and nearly over an odd one).
             for r in range(p.warmup + p.repeats):
                 for name in names if (r - p.warmup) % 2 == 0 else names[::-1]:
                     apply_windows(model, *windows[name])
@@ -140,14 +145,14 @@ def bench_model(
                         if peak is not None:
                             peaks[name].append(peak)
                     progress.update(1)
-            t_full = statistics.median(times["full"])
-            for name in names:
+            t_full = statistics.median(times[ref])
+            for name in names[1:]:  # the reference's own times are each record's full_time_s
                 w, sinks = windows[name]
                 t = statistics.median(times[name])
                 # Speedup per round (full and the schedule a few calls apart), then the median over rounds: on a
                 # shared machine whose speed drifts by 10-20% over minutes this pairs each call with its nearest
                 # baseline, where a ratio of medians would compare calls from different minutes.
-                round_speedups = [f / s for f, s in zip(times["full"], times[name], strict=True)]
+                round_speedups = [f / s for f, s in zip(times[ref], times[name], strict=True)]
                 records.append(
                     _record(
                         schedule=name,
@@ -205,7 +210,9 @@ def bench_kernel(p: BenchmarkParams, seq_lens: list[int], device: torch.device, 
             ideal = attention_ceiling(w, T)
             speedup = statistics.median(round_speedups)
             # fraction of ideal = (needed / computed pairs) x (speed per computed pair relative to causal SDPA)
-            computed = blocked_pairs(w, T) if device.type == "cpu" else None  # CUDA runs FlexAttention
+            ran = attention.PATH_COUNTS - before
+            blocked = "blocked" in ran or "flex_fallback" in ran  # else FlexAttention, whose tiling differs
+            computed = blocked_pairs(w, T) if blocked else None
             records.append(
                 _record(
                     schedule=f"w{w}",

@@ -38,7 +38,7 @@ EMBEDDED_DUMP = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortene
 # --------------------------------------------------------------------------------------------- hub access
 def hub_reachable(timeout: float = 3.0) -> bool:
     """True if the HuggingFace hub answers a TCP connect; False offline (answers in milliseconds here)."""
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         return False
     try:
         with socket.create_connection((HUB_HOST, 443), timeout=timeout):

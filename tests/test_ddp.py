@@ -43,8 +43,7 @@ STAGE = [
     "--live",
     "metrics/train/baseline",
 ]
-STOP_SCRIPT = (
-    f"""\
+STOP_SCRIPT = f"""\
 import sys
 from pathlib import Path
 from lmask.params import load_params
@@ -52,7 +51,6 @@ from lmask.train import train_baseline
 args = [Path(a) for a in {ARGS!r}]
 print(train_baseline(load_params(), *args, stop_after=int(sys.argv[1])))
 """
-)
 
 
 def set_train(repo: Path, **values) -> None:

@@ -8,9 +8,20 @@ import numpy as np
 import pytest
 import torch
 
-from lmask.analysis import AnalysisParams, analyse, analysis_params, explicit_weights, weight_stats
-from lmask.generation import GenerationParams, bleu, distinct_n, generate_ids, generation_params, prompts_from_blocks
-from lmask.model import apply_windows, new_model, scratch_config
+from lmask.analysis import analyse, explicit_weights, weight_stats
+from lmask.evaluate import token_nll
+from lmask.generation import (
+    DEGENERATE_DISTINCT2,
+    bleu,
+    distinct_n,
+    generate_ids,
+    generation_report,
+    prompts_from_blocks,
+)
+from lmask.model import apply_windows, load_model, new_model, scratch_config
+from lmask.params import AnalysisParams, GenerationParams, ParamsError
+
+CPU = torch.device("cpu")
 
 WINDOWS = [None, 4, 2, None]
 
@@ -33,13 +44,13 @@ def test_bleu_and_distinct_on_known_strings():
 def test_prompts_and_references_come_from_the_same_blocks():
     blocks = np.arange(10 * 20).reshape(10, 20)
     cfg = GenerationParams(n_prompts=3, prompt_tokens=5, new_tokens=4)
-    prompts, refs = prompts_from_blocks(blocks, cfg)
+    prompts, refs, idx = prompts_from_blocks(blocks, cfg)
     assert prompts.shape == (3, 5) and refs.shape == (3, 4)
+    assert idx[0] == 0 and idx[-1] == 9 and 3 <= idx[1] <= 6  # spread over the blocks, first and last included
+    assert np.array_equal(prompts, blocks[idx, :5]) and np.array_equal(refs, blocks[idx, 5:9])
     assert np.array_equal(refs[:, 0], prompts[:, -1] + 1)  # the reference continues the prompt
-    with pytest.raises(ValueError, match=r"generation\.prompt_tokens \+ generation\.new_tokens"):
-        generation_params({"prompt_tokens": 60, "new_tokens": 10}, context=64)
-    with pytest.raises(ValueError, match=r"generation\.beams"):
-        generation_params({"beams": 2})
+    with pytest.raises(ParamsError, match=r"generation\.prompt_tokens \+ generation\.new_tokens"):
+        GenerationParams(prompt_tokens=60, new_tokens=10).check(64)
 
 
 @torch.no_grad()
@@ -96,5 +107,79 @@ def test_analyse_rows_and_heatmaps():
     assert np.array(heatmaps["0"]).shape == (8, 8)
     windowed = [r for r in rows if r["layer"] == 2]
     assert all(r["mean_distance"] <= 1.0 + 1e-6 for r in windowed)  # window 2: distance 0 or 1
-    with pytest.raises(ValueError, match=r"analysis\.heatmap_layers"):
-        analysis_params({"heatmap_layers": [9]}, n_layer=4)
+    with pytest.raises(ParamsError, match=r"analysis\.heatmap_layers"):
+        AnalysisParams(heatmap_layers=[9]).check(n_layer=4)
+
+
+def test_token_nll_averages_to_the_transformers_loss():
+    model = tiny_gpt2(WINDOWS, sinks=1)
+    blocks = np.random.default_rng(2).integers(0, 200, size=(5, 33))
+    nll = token_nll(model, blocks, batch_size=2, device=CPU)  # batches of 2, 2 and 1
+    assert nll.shape == (5, 32) and nll.dtype == np.float32
+    with torch.no_grad():
+        x = torch.from_numpy(blocks)
+        loss = model(x, labels=x).loss.item()
+        per_block = [model(x[i : i + 1], labels=x[i : i + 1]).loss.item() for i in range(5)]
+    assert float(nll.mean()) == pytest.approx(loss, abs=1e-5)
+    np.testing.assert_allclose(nll.mean(1), per_block, atol=1e-5)
+
+
+def test_zero_shot_full_schedule_is_exactly_the_baseline(tmp_path):
+    model = tiny_gpt2([None] * 4)
+    model.save_pretrained(tmp_path)
+    blocks = np.random.default_rng(3).integers(0, 200, size=(3, 40))
+    baseline = token_nll(load_model(tmp_path), blocks, 2, CPU)
+    zero_shot = token_nll(apply_windows(load_model(tmp_path), [None] * 4), blocks, 2, CPU)
+    assert np.array_equal(zero_shot, baseline)
+    windowed = token_nll(apply_windows(load_model(tmp_path), [2] * 4), blocks, 2, CPU)
+    assert not np.array_equal(windowed, baseline)  # the comparison can tell schedules apart
+
+
+class IdTokenizer:
+    """Decodes token ids to words w<id> (enough for BLEU and the texts)."""
+
+    def decode(self, ids):
+        return " ".join(f"w{int(i)}" for i in ids)
+
+
+def one_hot_gpt2(vocab: int, successor: bool) -> torch.nn.Module:
+    """A 1-layer GPT-2 whose residual stream is the current token's one-hot (attention and MLP write nothing).
+
+    successor=True (untied head): greedy continues t, t+1, t+2, ... ; False: ln_f outputs a constant, so greedy
+    repeats one token forever.
+    """
+    config = scratch_config(vocab, 1, vocab, 1, 64, 0.0, 0, 0)
+    config.tie_word_embeddings = not successor
+    model = new_model(config, seed=0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        for ln in (model.transformer.h[0].ln_1, model.transformer.h[0].ln_2, model.transformer.ln_f):
+            ln.weight.fill_(1.0)
+        model.transformer.wte.weight.copy_(torch.eye(vocab))
+        if successor:
+            model.lm_head.weight.copy_(torch.diag(torch.ones(vocab - 1), -1))  # logit of j reads coordinate j-1
+        else:
+            model.transformer.ln_f.weight.zero_()
+            model.transformer.ln_f.bias[7] = 1.0  # every position's logits are wte @ e_7: token 7 wins
+    return apply_windows(model, [3]).eval()
+
+
+def test_generation_report_flags_looping_output():
+    blocks = np.stack([np.arange(40) + 10 * r for r in range(6)])  # each block counts up by one
+    cfg = GenerationParams(n_prompts=3, prompt_tokens=8, new_tokens=10, temperature=1.0, top_k=5)
+    prompts, refs, _ = prompts_from_blocks(blocks, cfg)
+
+    counting, texts = generation_report(one_hot_gpt2(100, True), IdTokenizer(), prompts, refs, cfg, seed=0)
+    assert texts["greedy"] == texts["references"]  # the successor model continues the count exactly
+    assert texts["degenerate"] == [False, False, False] and counting["degenerate_fraction"] == 0.0
+    np.testing.assert_allclose(counting["per_prompt_distinct2"], 1.0)
+    np.testing.assert_allclose(counting["per_prompt_bleu"], 100.0)
+
+    looping, texts = generation_report(one_hot_gpt2(100, False), IdTokenizer(), prompts, refs, cfg, seed=0)
+    assert texts["greedy"] == [" ".join(["w7"] * 10)] * 3
+    assert texts["degenerate"] == [True, True, True] and looping["degenerate_fraction"] == 1.0
+    # One distinct bigram out of nine, below the threshold.
+    np.testing.assert_allclose(looping["per_prompt_distinct2"], 1 / 9)
+    assert DEGENERATE_DISTINCT2 > 1 / 9
+    np.testing.assert_allclose(looping["per_prompt_bleu"], 0.0)

@@ -56,8 +56,13 @@ def test_one_schedule_change_reruns_exactly_its_chain(tiny_repo):
     original = params.read_text()
     params.write_text(original.replace("    end_window: 16\n", "    end_window: 32\n", 1))
     status = json.loads(run(["dvc", "status", "--json"], tiny_repo).stdout)
-    assert set(status) == {*(f"train_masked@half-{k}" for k in seeds), "benchmark@half", "validate", "summarize",
-                           "report"}, status
+    assert set(status) == {
+        *(f"train_masked@half-{k}" for k in seeds),
+        "benchmark@half",
+        "validate",
+        "summarize",
+        "report",
+    }, status
     params.write_text(original)
 
     out = run(["dvc", "exp", "run", "-n", "half-w32", "-S", "schedules.half.end_window=32"], tiny_repo).stdout

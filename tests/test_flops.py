@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import lmask.attention as A
+from lmask.blocking import block_size, blocked_layout
 from lmask.flops import attention_ceiling, attention_share, blocked_pairs, flops_ceiling, forward_flops_per_token
 from lmask.schedule import attention_pairs, layer_windows
 
@@ -102,3 +103,28 @@ def test_blocked_pairs_overhead_at_the_default_blocks():
     # w=64 uses b=32: each middle query computes P + b = 96 keys for 64 needed, so the overhead tends to 1.5.
     assert blocked_pairs(64, 4096) / attention_pairs(64, 4096) == pytest.approx(1.5, abs=0.01)
     assert blocked_pairs(256, 4096) / attention_pairs(256, 4096) == pytest.approx(320 / 256, abs=0.01)
+
+
+def test_block_size_thresholds():
+    assert [block_size(w) for w in (1, 64, 128, 129, 256, 257, 512, 4096)] == [32, 32, 32, 64, 64, 128, 128, 128]
+
+
+@pytest.mark.parametrize(
+    "T,window,sinks,block", [(1000, 64, 0, None), (777, 256, 3, None), (100, 5, 2, 4), (50, 64, 0, 16)]
+)
+def test_blocked_layout_slabs_cover_every_visible_key(T, window, sinks, block):
+    """Each middle block's slab holds every non-sink key its queries may see under the window rule, and the pieces
+    partition the queries."""
+    lay = blocked_layout(window, T, sinks, block)
+    b, P = lay.block, lay.prev
+    assert P % b == 0 and window - 1 <= P < window - 1 + b
+    assert lay.head + lay.n_mid * b + max(0, T - lay.tail_start) == T  # head, middle and tail partition T
+    for m in range(lay.n_mid):
+        first = P + m * b
+        slab = range(first - P, first + b)
+        assert len(slab) == lay.slab
+        for i in range(first, first + b):
+            needed = [j for j in range(i + 1) if i - j < window]
+            assert needed[0] >= slab[0] and needed[-1] < slab[-1] + 1
+    for i in range(lay.tail_start, T):
+        assert max(0, i - window + 1) >= lay.tail_key_start

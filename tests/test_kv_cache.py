@@ -30,7 +30,7 @@ def greedy(model: torch.nn.Module, ids: torch.Tensor, cache: DynamicCache, mask:
     return out.sequences, torch.stack(out.scores)
 
 
-@pytest.mark.parametrize("sinks", [0, 2])
+@pytest.mark.parametrize("sinks", [0, 2, 7])  # 7: more sinks than any window
 def test_generation_equals_full_cache(sinks):
     model = tiny_model(WINDOWS, sinks)
     ids = torch.randint(2, 64, (2, 9), generator=torch.Generator().manual_seed(1))
@@ -87,6 +87,15 @@ def test_layer_prunes_to_sinks_and_suffix():
     assert keys.flatten().tolist() == [0, 1, 8, 9, 10]
     assert layer.get_seq_length() == 11
     assert layer.get_mask_sizes(1) == (12, 0)
+
+
+def test_layer_with_more_sinks_than_window():
+    layer = WindowedLayer(window=2, sinks=5)
+    x = torch.arange(9.0).view(1, 1, 9, 1)
+    layer.update(x, x)
+    assert layer.keys.flatten().tolist() == [0, 1, 2, 3, 4, 8]  # 5 sinks + the last window - 1 = 1 key
+    assert kv_cache_entries([2], 9, sinks=5) == [6]
+    assert kv_cache_entries([2], 4, sinks=5) == [4]
 
 
 def test_cache_layers_follow_windows():

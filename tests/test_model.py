@@ -1,11 +1,12 @@
 """The masked GPT-2: equal to an independently written masked reference, receptive field respected, round trip."""
 
+import numpy as np
 import pytest
 import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from lmask.model import apply_windows, load_model, new_model, scratch_config
+from lmask.model import apply_windows, load_model, new_model, scratch_config, sinusoidal_positions
 
 torch.set_num_threads(1)
 
@@ -147,3 +148,45 @@ def test_full_windows_are_plain_gpt2():
 def test_apply_windows_rejects_bad_input(windows, sinks, message):
     with pytest.raises(ValueError, match=message):
         apply_windows(tiny_model(), windows, sinks)
+
+
+def test_sinusoidal_position_init():
+    config = scratch_config(
+        vocab_size=50, n_layer=2, n_embd=16, n_head=2, n_positions=64, dropout=0.0, bos_token_id=0, eos_token_id=0
+    )
+    sin = new_model(config, seed=3, position_init="sinusoidal")
+    default = new_model(config, seed=3)
+    wpe = sin.transformer.wpe.weight.detach()
+    assert torch.equal(wpe, sinusoidal_positions(64, 16))
+    assert not torch.allclose(default.transformer.wpe.weight, wpe)
+    # Only the position table differs: every other weight comes from the same seeded init.
+    others = {n: p for n, p in sin.named_parameters() if n != "transformer.wpe.weight"}
+    for name, p in default.named_parameters():
+        if name != "transformer.wpe.weight":
+            assert torch.equal(p, others[name]), name
+    with pytest.raises(ValueError, match="position_init"):
+        new_model(config, seed=3, position_init="rope")
+
+
+def test_sinusoidal_table_is_a_fixed_rotation_per_pair():
+    """Independent numpy check: in every (sin, cos) column pair, position i - 1 is one fixed rotation of position i."""
+    n_pos, d = 200, 24
+    table = sinusoidal_positions(n_pos, d).double().numpy()
+    assert table.shape == (n_pos, d)
+    for m in range(d // 2):
+        pair = table[:, 2 * m : 2 * m + 2]  # [n_pos, 2]
+        norms = np.linalg.norm(pair, axis=1)
+        np.testing.assert_allclose(norms, 0.1, rtol=1e-6)  # points on a circle of radius `scale`
+        # Least-squares fit of one 2x2 map R with pair[i - 1] = R @ pair[i] over all i.
+        cur, prev = pair[1:], pair[:-1]
+        r_t, *_ = np.linalg.lstsq(cur, prev, rcond=None)  # prev = cur @ R^T
+        R = r_t.T
+        np.testing.assert_allclose(cur @ r_t, prev, atol=1e-6)  # one map fits every position
+        np.testing.assert_allclose(R @ R.T, np.eye(2), atol=1e-5)  # it is orthogonal ...
+        assert np.linalg.det(R) == pytest.approx(1.0, abs=1e-5)  # ... and a rotation, not a reflection
+        # The angle is the pair's frequency 10000^(-2m/d) (a step back is a rotation by -freq in (sin, cos)).
+        angle = np.arctan2(R[1, 0], R[0, 0])
+        assert angle == pytest.approx(10000.0 ** (-2 * m / d), abs=1e-5)
+    # Position 0 is (sin 0, cos 0) = (0, scale) in every pair.
+    np.testing.assert_allclose(table[0, 0::2], 0.0, atol=1e-7)
+    np.testing.assert_allclose(table[0, 1::2], 0.1, atol=1e-7)

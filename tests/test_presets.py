@@ -1,16 +1,19 @@
-"""Presets merge into params.yaml and pass the same validation as every stage, without network access."""
+"""Presets merge into params.yaml and pass the same validation as every stage, without network access; the GPU
+scripts (scripts/gpu_smoke.sh, scripts/gpu_benchmark.sh) prepare valid params and run on a CPU at tiny shapes."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import statistics
 from pathlib import Path
 
 import pytest
 import yaml
 
-from lmask.params import load_params
+from lmask.params import ParamsError, load_params
 from lmask.preset import apply_preset
-from tests.conftest import run
+from tests.conftest import copy_project, run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,16 +32,36 @@ def test_gpu_preset_is_the_seed_setup(params_copy):
     assert (p.data.source, p.data.hf_path, p.data.hf_name) == ("hf", "Salesforce/wikitext", "wikitext-103-raw-v1")
     assert p.data.context_length == 1024 and p.data.max_train_docs is None
     assert p.tokenizer.kind == "gpt2"
-    assert (p.model.init, p.model.pretrained_name) == ("pretrained", "gpt2")
+    assert (p.model.init, p.model.pretrained_name, p.model.position_init) == ("pretrained", "gpt2", "default")
     assert (p.model.n_layer, p.model.n_embd, p.model.n_head, p.model.n_positions) == (12, 768, 12, 1024)
     assert p.attention.backend in ("auto", "flex")
+    assert p.mix.fraction == 0  # a pretrained GPT-2 already copies: no synthetic sequences
+    assert p.finetune_seeds == [0, 1]
     for cfg in (p.train, p.masked):
-        assert (cfg.batch_size, cfg.lr, cfg.warmup_steps) == (16, 5e-5, 1000)  # the seed's
-        assert isinstance(cfg.lr, float) and cfg.steps > cfg.warmup_steps
-        assert cfg.batch_size % (cfg.micro_batch_size * cfg.nproc) == 0
+        assert (cfg.steps, cfg.batch_size, cfg.lr, cfg.warmup_steps) == (4000, 16, 5e-5, 1000)  # the seed's
+        assert isinstance(cfg.lr, float) and (cfg.micro_batch_size, cfg.nproc) == (16, 1)
+    assert p.evaluate.max_blocks is None  # the whole test split
+    # Every copy distance fits context 1024, up to near the context.
+    assert max(p.copy.distances) >= 512
+    assert all(p.copy.offset + d + p.copy.span <= 1024 for d in p.copy.distances)
+    b = p.benchmark
+    assert (b.fwd_bwd_seq_lens, b.warmup, b.repeats) == (None, 1, 5)  # fwd+bwd at every T
+    assert b.gpu_seq_lens == [1024, 2048, 4096, 8192, 16384]
+    assert (b.n_layer, b.n_embd, b.n_head, b.vocab_size) == (12, 768, 12, 50257)  # GPT-2 small
     # Comments and untouched sections survive the merge.
     text = params_copy.read_text()
     assert "# Per-layer windows" in text and set(p.schedules) == set(yaml.safe_load(text)["schedules"])
+
+
+def test_gpu_preset_comments_state_the_token_budget_and_what_is_unmeasured(params_copy):
+    apply_preset("gpu", params_copy)
+    p = load_params(params_copy)
+    comments = (ROOT / "presets/gpu.yaml").read_text()
+    per_model = p.train.steps * p.train.batch_size * p.data.context_length
+    assert per_model == 65_536_000 and "65.5M tokens" in comments
+    models = 1 + len(p.schedules) * len(p.finetune_seeds)  # baseline + one fine-tune per schedule and seed
+    assert f"{models} × 65.5M ≈ {models * per_model / 1e6:.0f}M tokens" in comments
+    assert "NOT yet measured" in comments
 
 
 def test_gpu_preset_scales_to_two_gpus_by_halving_the_micro_batch(params_copy, tmp_path):
@@ -46,52 +69,154 @@ def test_gpu_preset_scales_to_two_gpus_by_halving_the_micro_batch(params_copy, t
     two = tmp_path / "two.yaml"
     two.write_text("train: {nproc: 2, micro_batch_size: 8}\nmasked: {nproc: 2, micro_batch_size: 8}\n")
     apply_preset(two, params_copy)
-    assert load_params(params_copy).train.nproc == 2
+    p = load_params(params_copy)
+    for cfg in (p.train, p.masked):
+        assert (cfg.nproc, cfg.micro_batch_size, cfg.batch_size) == (2, 8, 16)  # global batch unchanged
+    before = params_copy.read_text()
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: {nproc: 3}\n")
-    with pytest.raises(ValueError, match=r"train\.batch_size \(16\) must be a multiple"):
+    with pytest.raises(ParamsError, match=r"train\.batch_size \(16\) must be a multiple"):
         apply_preset(bad, params_copy)
+    assert params_copy.read_text() == before  # a bad preset leaves params.yaml untouched
 
 
 def test_tiny_preset_merges(params_copy):
     apply_preset("tiny", params_copy)
     p = load_params(params_copy)
-    assert p.train.steps == 6 and p.data.context_length == 64
+    assert (p.train.steps, p.masked.steps, p.data.context_length, p.model.n_positions) == (40, 2, 64, 64)
+    assert (p.model.n_embd, p.tokenizer.vocab_size, p.cpu_threads) == (32, 320, 1)
+    assert p.evaluate.max_blocks == 8 and p.copy.distances == [4, 16, 40]
+    assert (p.benchmark.seq_lens, p.benchmark.n_embd, p.benchmark.vocab_size) == ([64, 128], 32, 320)
+    assert p.model.position_init == "sinusoidal"  # untouched keys keep params.yaml's values
+    assert "# Per-layer windows" in params_copy.read_text()
+
+
+def test_missing_preset_is_named(params_copy):
+    with pytest.raises(ParamsError, match="no such preset"):
+        apply_preset("nope", params_copy)
 
 
 def test_gpu_smoke_script_prepares_valid_params(tmp_path):
     """scripts/gpu_smoke.sh's params (GPU preset, offline fallback, 50 steps) validate; CPU, no training."""
     out = tmp_path / "results"
-    proc = run(f"SMOKE_PREPARE_ONLY=1 NPROC=2 bash scripts/gpu_smoke.sh {out}", ROOT)
+    params_before = (ROOT / "params.yaml").read_text()
+    proc = run(f"SMOKE_PREPARE_ONLY=1 NPROC=2 BACKEND=flex bash scripts/gpu_smoke.sh {out}", ROOT, timeout=120)
     assert "variant: offline" in proc.stdout  # hub unreachable in CI (HF_HUB_OFFLINE=1 in conftest.env)
+    assert (ROOT / "params.yaml").read_text() == params_before  # worked in a temporary copy
     p = load_params(out / "params.yaml")
     assert (p.data.source, p.model.init, p.tokenizer.kind) == ("embedded", "scratch", "gpt2")
-    assert (p.model.n_embd, p.model.n_head, p.data.context_length) == (768, 12, 1024)
-    assert (p.train.steps, p.masked.steps, p.train.nproc, p.train.micro_batch_size) == (50, 50, 2, 8)
+    assert p.model.position_init == "default" and p.mix.fraction == 0
+    assert (p.model.n_layer, p.model.n_embd, p.model.n_head, p.data.context_length) == (12, 768, 12, 1024)
+    for cfg in (p.train, p.masked):
+        assert (cfg.steps, cfg.nproc, cfg.micro_batch_size, cfg.batch_size) == (50, 2, 8, 16)
+    assert p.attention.backend == "flex" and p.evaluate.max_blocks == 4
+    assert "variant: offline" in (out / "smoke.txt").read_text()
+    # The stages run with dvc.yaml's cmd lines (new flags; nproc handled by the stage itself, no torchrun here).
+    lines = proc.stdout.splitlines()
+    assert (
+        "train_masked@half-0: python -m stages.train_masked --schedule half --seed 0 --baseline models/baseline "
+        "--data data/tokenized --model models/masked/half/s0 --live metrics/train/half-s0"
+    ) in lines
+    assert [line.split(":")[0] for line in lines if ": python -m stages." in line] == [
+        "validate",
+        "download",
+        "tokenize",
+        "train_baseline",
+        "train_masked@half-0",
+    ]
+    assert "torchrun" not in proc.stdout
 
 
-def test_gpu_benchmark_script_runs_on_cpu_with_tiny_shapes(tmp_path):
-    """scripts/gpu_benchmark.sh end to end (BENCH_DEVICE=cpu, tiny dims): every schedule, fwd+bwd at every T."""
-    import json
+def test_gpu_smoke_script_rejects_an_nproc_that_does_not_divide_the_batch(tmp_path):
+    proc = run(f"SMOKE_PREPARE_ONLY=1 NPROC=3 bash scripts/gpu_smoke.sh {tmp_path}", ROOT, check=False, timeout=60)
+    assert proc.returncode == 2 and "NPROC must divide the global batch 16" in proc.stderr
 
-    overrides = {
-        "seq_lens": [64],
-        "kernel_windows": [16],
-        "n_embd": 32,
-        "n_head": 2,
-        "vocab_size": 64,
-        "warmup": 0,
-        "repeats": 1,
-        "kernel_repeats": 1,
-    }
+
+TINY_BENCH = {
+    "seq_lens": [64, 128],
+    "gpu_seq_lens": [64, 128],
+    "n_embd": 32,
+    "n_head": 2,
+    "vocab_size": 320,
+    "kernel_windows": [16],
+    "warmup": 0,
+    "repeats": 3,
+    "kernel_repeats": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_project(tmp_path_factory) -> Path:
+    """A copy of the project with the tiny preset applied (the repo's params.yaml is never touched)."""
+    dest = copy_project(tmp_path_factory.mktemp("project"))
+    apply_preset("tiny", dest / "params.yaml")
+    return dest
+
+
+def test_gpu_benchmark_script_runs_on_cpu_with_tiny_shapes(tiny_project, tmp_path):
+    """scripts/gpu_benchmark.sh end to end (BENCH_DEVICE=cpu, tiny dims): one file per windowed schedule plus
+    kernel.json, in the pipeline's format, fwd and fwd+bwd at every T."""
     proc = run(
         f"bash scripts/gpu_benchmark.sh {tmp_path}",
-        ROOT,
-        extra_env={"BENCH_DEVICE": "cpu", "BENCH_OVERRIDES": json.dumps(overrides)},
+        tiny_project,
+        extra_env={"BENCH_DEVICE": "cpu", "BENCH_OVERRIDES": json.dumps(TINY_BENCH)},
+        timeout=600,
     )
     assert "device: cpu" in proc.stdout
-    records = json.loads((tmp_path / "benchmark_cpu.json").read_text())
-    schedules = set(load_params(ROOT / "params.yaml").schedules)
-    model_rows = {(r["schedule"], r["mode"]) for r in records if r["mode"] != "kernel"}
-    assert model_rows == {(s, m) for s in schedules for m in ("fwd", "fwd_bwd")}
-    assert all(r["device_name"] == "cpu" for r in records)
+    dest = tmp_path / "benchmark_cpu"
+    params = load_params(tiny_project / "params.yaml")
+    windowed = {name for name, s in params.schedules.items() if not s.is_full}
+    assert "full" in params.schedules and "full" not in windowed  # full attention has nothing to time
+    assert {f.stem for f in dest.glob("*.json")} == windowed | {"kernel"}
+
+    for name in windowed:
+        result = json.loads((dest / f"{name}.json").read_text())
+        assert set(result) == {"summary", "run", "records"}  # as metrics/benchmark/<schedule>.json
+        assert result["run"]["device"] == "cpu" and result["run"]["device_name"] == "cpu"
+        records = result["records"]
+        assert {(r["schedule"], r["mode"], r["seq_len"]) for r in records} == {
+            (name, m, T) for m in ("fwd", "fwd_bwd") for T in (64, 128)
+        }  # the override fwd_bwd_seq_lens: null (every T) beats the tiny preset's [128]
+        paths = set()
+        for r in records:
+            assert len(r["times_s"]) == 3  # repeats 3, no warm-up round timed
+            assert r["full_time_s"] > 0 and r["time_s"] == statistics.median(r["times_s"])
+            assert min(r["round_speedups"]) <= r["speedup"] <= max(r["round_speedups"])
+            assert r["speedup"] == pytest.approx(statistics.median(r["round_speedups"]))  # median of per-round ratios
+            assert set(r["attention_paths"]) <= {"causal", "blocked", "masked"}  # CPU: no flex
+            paths |= set(r["attention_paths"])
+        assert result["run"]["attention_paths"] == ", ".join(sorted(paths))
+        assert set(result["summary"]) == {name}
+        assert set(result["summary"][name]["fwd_bwd"]["64"]) == {"speedup", "ceiling", "efficiency"}
+
+    kernel = json.loads((dest / "kernel.json").read_text())
+    assert set(kernel) == {"summary", "run", "records"} and kernel["run"]["device_name"] == "cpu"
+    assert [(r["mode"], r["window"], r["seq_len"]) for r in kernel["records"]] == [
+        ("kernel", 16, 64),
+        ("kernel", 16, 128),
+    ]
+    for r in kernel["records"]:
+        assert r["speedup"] == pytest.approx(statistics.median(r["round_speedups"]))
+        assert r["attention_paths"] == ["blocked"]
+    assert "kernel  w16" in proc.stdout  # the printed table
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"repeats": 0}, "benchmark.repeats must be a positive integer"),
+        ({"colour": 1}, "benchmark.colour is not a known parameter"),
+        ({"seq_lens": "64"}, "benchmark.seq_lens must be"),
+        ({"n_layer": 3}, "benchmark.n_layer (3) differs"),
+    ],
+)
+def test_gpu_benchmark_script_names_a_bad_override(tiny_project, tmp_path, overrides, message):
+    proc = run(
+        f"bash scripts/gpu_benchmark.sh {tmp_path}",
+        tiny_project,
+        check=False,
+        extra_env={"BENCH_DEVICE": "cpu", "BENCH_OVERRIDES": json.dumps(overrides)},
+        timeout=120,
+    )
+    assert proc.returncode != 0 and message in proc.stderr
+    assert not list(tmp_path.rglob("*.json"))  # failed before any timing

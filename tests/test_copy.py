@@ -1,0 +1,160 @@
+"""Positive control for the copy gain: a hand-built GPT-2 that copies exactly from distance d.
+
+The model (no training): one layer, one head, n_embd = V + T. The residual stream of position i is
+e[token_i] + e[V + i] (token one-hot, then position one-hot). The head's query at i is the position one-hot of
+i + 1 - d and its key is its own position one-hot, so position i attends (softmax effectively one-hot) to position
+i + 1 - d and writes that token's one-hot, scaled up, into the stream; the MLP writes nothing. The tied LM head
+reads the token subspace, so the model predicts token[i + 1 - d] at position i: in a copy probe at distance d that
+is the span's first occurrence. Whether a window lets the head see that far is exactly what the gain must show.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lmask.evaluate import copy_nll
+from lmask.model import apply_windows, new_model, scratch_config
+from lmask.params import CopyParams
+from lmask.synthetic import copy_pairs, token_pool
+
+V, T = 48, 32  # vocabulary, positions
+D = V + T
+SPAN, OFFSET = 6, 3
+CPU = torch.device("cpu")
+POOL = token_pool(V, [0])
+
+
+def copy_model(d: int) -> torch.nn.Module:
+    """The exact copier: position i predicts the token at position i + 1 - d."""
+    config = scratch_config(V, 1, D, 1, T, 0.0, 0, 0)
+    model = new_model(config, seed=0)
+    # LayerNorm of a vector with exactly two ones: mean mu = 2/D, variance mu - mu², so LN(x) = a·x - a·mu with
+    # a = 1/sqrt(var + eps); ln_1.bias = a·mu makes ln_1(x) = a·x exactly.
+    mu = 2 / D
+    a = 1 / math.sqrt(mu - mu * mu + config.layer_norm_epsilon)
+    query_gain = 40 * math.sqrt(D) / a**2  # score a²·g/sqrt(D) = 40 on the target key, 0 elsewhere
+    value_gain = 100 / a  # the copied one-hot enters the stream with weight 100
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.transformer.wte.weight[:, :V] = torch.eye(V)
+        model.transformer.wpe.weight[:, V:] = torch.eye(T)
+        block = model.transformer.h[0]
+        block.ln_1.weight.fill_(1.0)
+        block.ln_1.bias.fill_(a * mu)
+        block.ln_2.weight.fill_(1.0)
+        model.transformer.ln_f.weight.fill_(1.0)
+        w = block.attn.c_attn.weight  # Conv1D [D, 3D]: x @ w gives [query | key | value]
+        for i in range(T):
+            if i + 1 - d >= 0:
+                w[V + i, V + i + 1 - d] = query_gain
+            w[V + i, D + V + i] = 1.0
+        for t in range(V):
+            w[t, 2 * D + t] = value_gain
+        block.attn.c_proj.weight.copy_(torch.eye(D))
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()  # tied: logits = token dims
+    return model.eval()
+
+
+def background(n: int = 16, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).choice(POOL, size=(n, T))
+
+
+def pairs_for(d: int, seed: int = 1):
+    cfg = CopyParams(distances=[d], span=SPAN, offset=OFFSET, n_sequences=16, batch_size=8)
+    (pairs,) = copy_pairs(background(), cfg, POOL, seed=seed)
+    return pairs
+
+
+def gains(model: torch.nn.Module, pairs) -> np.ndarray:
+    """Per-sequence copy gain: control NLL - same NLL on the scored tokens."""
+    nll = copy_nll(model, [pairs], 8, CPU)
+    assert nll.shape == (1, 16, 2)
+    return nll[0, :, 1] - nll[0, :, 0]
+
+
+def test_copy_pairs_differ_only_in_the_first_occurrence():
+    cfg = CopyParams(distances=[8, 20], span=SPAN, offset=OFFSET, n_sequences=16, batch_size=8)
+    bg = background()
+    out = copy_pairs(bg, cfg, POOL, seed=3)
+    assert [p.distance for p in out] == [8, 20]
+    for p in out:
+        d = p.distance
+        length = OFFSET + d + SPAN
+        assert p.same.shape == p.control.shape == (16, length)
+        assert p.start == OFFSET + d
+        assert (p.scored.start, p.scored.stop) == (OFFSET + d + 1, length)
+        first = slice(OFFSET, OFFSET + SPAN)
+        differs = p.same != p.control
+        assert not differs[:, :OFFSET].any() and not differs[:, OFFSET + SPAN :].any()
+        assert differs[:, first].any(axis=1).all()  # every control has a different first span
+        # The second occurrence is the same span in both; in `same` the first occurrence repeats it.
+        assert np.array_equal(p.same[:, first], p.same[:, p.start :])
+        assert np.array_equal(p.control[:, p.start :], p.same[:, p.start :])
+        # Between the spans: natural background (a row of it), untouched.
+        for k in range(16):
+            row = bg[(k * 7 + d) % len(bg), :length]
+            assert np.array_equal(p.same[k, OFFSET + SPAN : p.start], row[OFFSET + SPAN : p.start])
+            assert np.array_equal(p.same[k, :OFFSET], row[:OFFSET])
+        assert np.isin(p.same, POOL).all() and np.isin(p.control, POOL).all()  # no special tokens
+    again = copy_pairs(bg, cfg, POOL, seed=3)
+    assert all(np.array_equal(a.same, b.same) and np.array_equal(a.control, b.control) for a, b in zip(out, again))
+    other = copy_pairs(bg, cfg, POOL, seed=4)
+    assert not np.array_equal(other[0].same, out[0].same)
+
+
+@pytest.mark.parametrize("d", [8, 20])
+def test_the_hand_built_model_copies_from_distance_d(d):
+    """Independent of lmask's evaluation: argmax at each scored position is the token d - 1 back."""
+    model = apply_windows(copy_model(d), [None])
+    p = pairs_for(d)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(p.same)).logits
+    for i in range(p.start, p.same.shape[1] - 1):  # position i predicts label i + 1
+        assert np.array_equal(logits[:, i].argmax(-1).numpy(), p.same[:, i + 1 - d])
+        assert np.array_equal(p.same[:, i + 1 - d], p.same[:, i + 1])  # ... which is the right answer here
+
+
+@pytest.mark.parametrize("d", [8, 20])
+def test_full_model_has_a_large_copy_gain(d):
+    model = apply_windows(copy_model(d), [None])
+    p = pairs_for(d)
+    nll = copy_nll(model, [p], 8, CPU)[0]
+    assert nll[:, 0].max() < 0.05  # same: the copy is (nearly) certain
+    assert nll[:, 1].min() > 2.0  # control: the copied token is the wrong one
+    assert (nll[:, 1] - nll[:, 0]).min() > 2.0
+
+
+@pytest.fixture(scope="module")
+def full_gain_20() -> np.ndarray:
+    return gains(apply_windows(copy_model(20), [None]), pairs_for(20))
+
+
+@pytest.mark.parametrize("window", [20, 32])
+def test_window_reaching_d_keeps_the_gain(window, full_gain_20):
+    d = 20
+    windowed = gains(apply_windows(copy_model(d), [window]), pairs_for(d))
+    assert windowed.min() > 2.0
+    np.testing.assert_allclose(windowed, full_gain_20, atol=1e-4)
+
+
+@pytest.mark.parametrize("window", [1, 20 - SPAN + 1])
+def test_window_that_misses_the_first_occurrence_has_zero_gain(window):
+    """With window <= d - span + 1 no scored position sees any token of the first span: both sequences give the
+    same inputs to every prediction, so the gain is exactly zero."""
+    d = 20
+    g = gains(apply_windows(copy_model(d), [window]), pairs_for(d))
+    assert np.abs(g).max() < 1e-5
+
+
+@pytest.mark.parametrize("window", [20 - SPAN + 2, 19])
+def test_window_just_short_of_d_cannot_copy(window):
+    """d - span + 1 < window < d: the source token (d - 1 back) is out of reach, so there is no copy gain, but
+    the later tokens of the first span are in reach, so same and control differ a little (see the next test)."""
+    d = 20
+    g = gains(apply_windows(copy_model(d), [window]), pairs_for(d))
+    assert np.abs(g).max() < 1.0 and abs(g.mean()) < 0.2
