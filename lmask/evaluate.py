@@ -5,7 +5,8 @@ For every evaluated variant this keeps the raw material the report's intervals a
 
 - ``nll_<domain>``: per-token NLL [blocks, T-1] (float32) on each held-out domain: ``test`` (Wikipedia articles
   held out by title, in-domain), ``code`` (the .py files of a pinned package: never seen in training) and
-  ``repeated`` (test blocks whose second half repeats the first: copying from T/2 back pays off);
+  ``repeated`` (test blocks whose second half repeats the first: copying from T/2 back pays off); zero-shot
+  variants are scored on ``test`` only;
 - ``copy_nll``: [distances, sequences, 2] mean NLL of a random span's second occurrence with the same span (0) or a
   different one (1) at distance d before it (lmask.synthetic);
 - ``gen_bleu`` / ``gen_distinct2``: per-prompt sentence BLEU and distinct-2 of greedy generations.
@@ -71,35 +72,42 @@ class EvalData:
 
 
 def eval_data(params: Params, data_dir: Path, vocab_size: int, special_ids: list[int]) -> EvalData:
-    cap = params.evaluate.max_blocks
-    domains = {d: load_blocks(data_dir, d)[:cap] for d in DOMAINS}
-    domains["repeated"] = repeated_text_blocks(domains["test"])
+    cfg = params.evaluate
+    domains = {"test": load_blocks(data_dir, "test")[: cfg.max_blocks]}
+    domains["code"] = load_blocks(data_dir, "code")[: cfg.max_domain_blocks]
+    domains["repeated"] = repeated_text_blocks(domains["test"][: cfg.max_domain_blocks])
     pool = token_pool(vocab_size, special_ids)
     pairs = copy_pairs(domains["test"], params.copy, pool, params.seed)
     prompts, references, prompt_blocks = prompts_from_blocks(domains["test"], params.generation)
     return EvalData(domains, pairs, prompts, references, prompt_blocks)
 
 
-def evaluate_variant(model, data: EvalData, params: Params, tokenizer, device: torch.device) -> tuple[dict, dict]:
-    """(arrays for the .npz, metrics + texts) for one model."""
+def evaluate_variant(
+    model, data: EvalData, params: Params, tokenizer, device: torch.device, full: bool = True
+) -> tuple[dict, dict]:
+    """(arrays for the .npz, metrics + texts) for one model. ``full=False`` (zero-shot variants) scores the test text
+    and the copy probe only: generation, attention and the other domains are compared between fine-tuned models."""
     model.to(device)
     bs = params.evaluate.batch_size
-    arrays = {f"nll_{d}": token_nll(model, blocks, bs, device) for d, blocks in data.domains.items()}
+    domains = data.domains if full else {"test": data.domains["test"]}
+    arrays = {f"nll_{d}": token_nll(model, blocks, bs, device) for d, blocks in domains.items()}
     arrays["copy_nll"] = copy_nll(model, data.pairs, bs, device)
+    gain = arrays["copy_nll"][:, :, 1] - arrays["copy_nll"][:, :, 0]
+    metrics = {
+        **{f"{d}_ppl": round(math.exp(float(arrays[f"nll_{d}"].mean())), 3) for d in domains},
+        "copy_gain": {str(pr.distance): round(float(g.mean()), 4) for pr, g in zip(data.pairs, gain, strict=True)},
+    }
+    if not full:
+        return arrays, {"metrics": metrics}
     gen, texts = generation_report(model, tokenizer, data.prompts, data.references, params.generation, params.seed)
     arrays["gen_bleu"], arrays["gen_distinct2"] = gen.pop("per_prompt_bleu"), gen.pop("per_prompt_distinct2")
     rows, heatmaps = analyse(model, data.domains["test"][: params.analysis.batch_size], params.analysis)
     # Loss of the true continuation after each prompt: the test NLL at those positions (prompts are block starts).
     p, n = params.generation.prompt_tokens, params.generation.new_tokens
     gen["continuation_nll"] = round(float(arrays["nll_test"][data.prompt_blocks, p - 1 : p - 1 + n].mean()), 4)
-    gain = arrays["copy_nll"][:, :, 1] - arrays["copy_nll"][:, :, 0]
-    metrics = {
-        **{f"{d}_ppl": round(math.exp(float(arrays[f"nll_{d}"].mean())), 3) for d in data.domains},
-        "copy_gain": {str(pr.distance): round(float(g.mean()), 4) for pr, g in zip(data.pairs, gain, strict=True)},
-        "generation": gen,
-        "attention": {
-            k: round(float(np.mean([r[k] for r in rows])), 4) for k in ("entropy", "mean_distance", "sink_mass")
-        },
+    metrics["generation"] = gen
+    metrics["attention"] = {
+        k: round(float(np.mean([r[k] for r in rows])), 4) for k in ("entropy", "mean_distance", "sink_mass")
     }
     return arrays, {"metrics": metrics, "texts": texts, "attention_rows": rows, "heatmaps": heatmaps}
 
@@ -159,7 +167,7 @@ def evaluate_schedule(
         variants[f"s{seed}"] = lambda path=path: _load(path)
     results = {}
     for name, make in tqdm(variants.items(), desc=f"evaluate {schedule}", unit="model"):
-        results[name] = evaluate_variant(make(), data, params, tokenizer, device)
+        results[name] = evaluate_variant(make(), data, params, tokenizer, device, full=name != "zero_shot")
     header = {"windows": sched.windows, "sinks": sched.sinks, "seeds": sorted(model_dirs), "vocab_size": len(tokenizer)}
     return _write(out_dir, out_metrics, results, header)
 

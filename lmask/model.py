@@ -99,8 +99,9 @@ def scratch_config(
     )
 
 
-def sinusoidal_positions(n_positions: int, n_embd: int, scale: float = 0.1) -> torch.Tensor:
-    """The Transformer's sin/cos position table [n_positions, n_embd], times ``scale`` (token embeddings are ~0.02).
+def sinusoidal_positions(n_positions: int, n_embd: int, scale: float = 0.02 * 2**0.5) -> torch.Tensor:
+    """The Transformer's sin/cos position table [n_positions, n_embd], times ``scale``: each entry then has GPT-2's
+    init RMS (0.02), like the token embeddings it is added to.
 
     Used as the *initial* value of GPT-2's learned position embeddings (they still train): position i - 1 is a fixed
     rotation of position i in every frequency pair, so a previous-token head, the first half of an induction

@@ -170,14 +170,16 @@ class TrainParams:
 @dataclass
 class EvaluateParams:
     batch_size: int = 8
-    max_blocks: int | None = None  # cap on test blocks per domain (None = all)
+    max_blocks: int | None = None  # cap on test blocks (None = all)
+    max_domain_blocks: int | None = None  # cap on the code and repeated-text domains (None = all)
     chunk_blocks: int = 4  # bootstrap unit: contiguous runs of this many test blocks
 
     def check(self) -> None:
         _positive("evaluate.batch_size", self.batch_size)
         _positive("evaluate.chunk_blocks", self.chunk_blocks)
-        if self.max_blocks is not None:
-            _positive("evaluate.max_blocks", self.max_blocks)
+        for name in ("max_blocks", "max_domain_blocks"):
+            if getattr(self, name) is not None:
+                _positive(f"evaluate.{name}", getattr(self, name))
 
 
 @dataclass

@@ -1,10 +1,11 @@
 """Synthetic token sequences: the copy signal mixed into training, and the paired sequences that measure copying.
 
-Training mix (``mix`` in params.yaml): a share of each batch is replaced by *periodic* sequences, a random segment of
-P tokens (P uniform in [min_period, max_period]) repeated to fill the context. Every token after the first period is
-predictable only by looking P tokens back, so these sequences reward a model for learning to copy from far away,
-which natural text at this scale barely does. The batch of a step is a function of (seed, step) alone, like the
-natural-text batch, so resume and DDP sharding stay exact.
+Training mix (``mix`` in params.yaml): a share of each batch is replaced by *periodic* text: a random segment of P
+tokens (P uniform in [min_period, max_period]) of that row's natural text, repeated to fill the context. Every token
+after the first period can be predicted by looking P tokens back, so these rows reward using distant context, which
+natural text at this scale barely does; being the row's own text, they stay natural text.
+The batch of a step is a function of (seed, step) alone, like the natural-text batch, so resume and DDP sharding
+stay exact.
 
 Copy gain (``copy`` in params.yaml): for a distance d, pairs of sequences that share a natural-text background and a
 random span S at position p + d. In the *same* sequence S also sits at p; in the *control* a different random span
@@ -29,23 +30,22 @@ def token_pool(vocab_size: int, special_ids: list[int]) -> np.ndarray:
     return np.setdiff1d(np.arange(vocab_size), np.asarray(special_ids, dtype=np.int64))
 
 
-def periodic_sequence(rng: np.random.Generator, pool: np.ndarray, length: int, period: int) -> np.ndarray:
-    return np.resize(rng.choice(pool, size=period), length)
+def periodic_text(row: np.ndarray, rng: np.random.Generator, period: int) -> np.ndarray:
+    """A random ``period``-token segment of ``row``, repeated to the row's length."""
+    start = int(rng.integers(0, len(row) - period + 1))
+    return np.resize(row[start : start + period], len(row))
 
 
-def mix_batch(
-    blocks: np.ndarray, mix: MixParams, pool: np.ndarray, seed: int, step: int, rng_stream: int = 1
-) -> np.ndarray:
-    """Replace a ``mix.fraction`` share of a step's natural-text batch by periodic sequences (a copy, in place of
-    nothing): which rows, their periods and tokens depend on (seed, step) only."""
+def mix_batch(blocks: np.ndarray, mix: MixParams, seed: int, step: int, rng_stream: int = 1) -> np.ndarray:
+    """Replace a ``mix.fraction`` share of a step's natural-text rows by periodic text (a new array; the input is
+    not changed): which rows, their periods and segments depend on (seed, step) only."""
     if mix.fraction == 0:
         return blocks
     rng = np.random.default_rng([seed, step, rng_stream])
     out = blocks.copy()
     for row in range(len(out)):
         if rng.random() < mix.fraction:
-            period = int(rng.integers(mix.min_period, mix.max_period + 1))
-            out[row] = periodic_sequence(rng, pool, out.shape[1], period)
+            out[row] = periodic_text(blocks[row], rng, int(rng.integers(mix.min_period, mix.max_period + 1)))
     return out
 
 
@@ -92,4 +92,4 @@ def repeated_text_blocks(background: np.ndarray) -> np.ndarray:
     return out
 
 
-__all__ = ["CopyPairs", "copy_pairs", "mix_batch", "periodic_sequence", "repeated_text_blocks", "token_pool"]
+__all__ = ["CopyPairs", "copy_pairs", "mix_batch", "periodic_text", "repeated_text_blocks", "token_pool"]

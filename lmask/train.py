@@ -26,7 +26,7 @@ from lmask.data import load_blocks, require_hub
 from lmask.device import Distributed, autocast, pick_device
 from lmask.io import DataError, atomic_dir, read_json, write_json
 from lmask.params import MixParams, Params, TrainParams
-from lmask.synthetic import mix_batch, token_pool
+from lmask.synthetic import mix_batch
 
 LOGGED = ("train_loss", "val_loss", "lr", "tokens_per_s")
 
@@ -100,7 +100,6 @@ def train(
     val_blocks: np.ndarray,
     cfg: TrainParams,
     mix: MixParams,
-    pool: np.ndarray,
     run: Run,
     tokenizer=None,
     stop_after: int | None = None,
@@ -119,16 +118,14 @@ def train(
         )
     device = pick_device(cfg.device)
     world = Distributed(device)
-    result = _train(model, train_blocks, val_blocks, cfg, mix, pool, run, device, world, tokenizer, stop_after)
+    result = _train(model, train_blocks, val_blocks, cfg, mix, run, device, world, tokenizer, stop_after)
     # Not in a `finally`: tearing down a group while peers wait in a collective can hang; on errors torchrun
     # stops the other ranks.
     world.close()
     return result
 
 
-def _train(
-    model, train_blocks, val_blocks, cfg, mix, pool, run: Run, device, world: Distributed, tokenizer, stop_after
-):
+def _train(model, train_blocks, val_blocks, cfg, mix, run: Run, device, world: Distributed, tokenizer, stop_after):
     micro = cfg.micro_batch_size
     accumulation = cfg.batch_size // (micro * world.world_size)
     shard = cfg.batch_size // world.world_size
@@ -162,7 +159,7 @@ def _train(
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = mix_batch(
-            train_blocks[batch_indices(step, len(train_blocks), cfg.batch_size, run.seed)], mix, pool, run.seed, step
+            train_blocks[batch_indices(step, len(train_blocks), cfg.batch_size, run.seed)], mix, run.seed, step
         )
         batch = batch[world.rank * shard : (world.rank + 1) * shard]
         local_loss = torch.zeros((), device=device)
@@ -325,8 +322,7 @@ def train_baseline(
             "baseline", asdict(params.train), asdict(params.model), asdict(params.mix), params.seed, stats
         ),
     )
-    pool = token_pool(len(tokenizer), tokenizer.all_special_ids)
-    return train(model, train_blocks, val_blocks, params.train, params.mix, pool, run, tokenizer, stop_after)
+    return train(model, train_blocks, val_blocks, params.train, params.mix, run, tokenizer, stop_after)
 
 
 def finetune_seed(params: Params, seed: int) -> int:
@@ -380,5 +376,4 @@ def train_masked(
             "finetune_seed": seed,
         },
     )
-    pool = token_pool(len(tokenizer), tokenizer.all_special_ids)
-    return train(model, train_blocks, val_blocks, params.masked, params.mix, pool, run, tokenizer, stop_after)
+    return train(model, train_blocks, val_blocks, params.masked, params.mix, run, tokenizer, stop_after)

@@ -50,7 +50,7 @@ BAD_PARAMS = [
     ("string window", "windows: [16, 32,", "windows: [wide, 32,", r"schedules.increasing.windows\[0\]"),
     ("13 windows", "windows: [16, 32,", "windows: [16, 16, 32,", "schedules.increasing.windows has 13 entries"),
     ("batch 0", "  batch_size: 4\n", "  batch_size: 0\n", "train.batch_size"),
-    ("sinks > context", "    sinks: 4\n", "    sinks: 1000\n", "schedules.aggressive_sinks.sinks"),
+    ("sinks > context", "    end_window: 16\n", "    end_window: 16\n    sinks: 1000\n", r"schedules.half.sinks \(1000\)"),
     ("probe span 0", "  span: 4\n", "  span: 0\n", "copy.span"),
     ("no new tokens", "  new_tokens: 8\n", "  new_tokens: 0\n", "generation.new_tokens"),
 ]

@@ -176,7 +176,7 @@ def test_sinusoidal_table_is_a_fixed_rotation_per_pair():
     for m in range(d // 2):
         pair = table[:, 2 * m : 2 * m + 2]  # [n_pos, 2]
         norms = np.linalg.norm(pair, axis=1)
-        np.testing.assert_allclose(norms, 0.1, rtol=1e-6)  # points on a circle of radius `scale`
+        np.testing.assert_allclose(norms, 0.02 * 2**0.5, rtol=1e-6)  # points on a circle of radius `scale`
         # Least-squares fit of one 2x2 map R with pair[i - 1] = R @ pair[i] over all i.
         cur, prev = pair[1:], pair[:-1]
         r_t, *_ = np.linalg.lstsq(cur, prev, rcond=None)  # prev = cur @ R^T
@@ -189,4 +189,4 @@ def test_sinusoidal_table_is_a_fixed_rotation_per_pair():
         assert angle == pytest.approx(10000.0 ** (-2 * m / d), abs=1e-5)
     # Position 0 is (sin 0, cos 0) = (0, scale) in every pair.
     np.testing.assert_allclose(table[0, 0::2], 0.0, atol=1e-7)
-    np.testing.assert_allclose(table[0, 1::2], 0.1, atol=1e-7)
+    np.testing.assert_allclose(table[0, 1::2], 0.02 * 2**0.5, atol=1e-7)

@@ -142,8 +142,7 @@ def test_default_params_keep_the_seed_windows():
     p = load_params(ROOT / "params.yaml")
     for name in ("full", "half", "quarter", "aggressive"):
         assert p.schedules[name].windows == GEOMETRIC[name], name
-    assert p.schedules["aggressive_sinks"].windows == GEOMETRIC["aggressive"]
-    assert p.schedules["aggressive_sinks"].sinks == 4
+    assert p.schedules["increasing"].windows == GEOMETRIC["half"][6:][::-1] + [None] * 6  # half's, mirrored
 
 
 def test_linear_and_increasing():

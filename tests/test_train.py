@@ -196,15 +196,17 @@ def test_mixed_batches_are_a_function_of_seed_and_step():
     from lmask.params import MixParams
     from lmask.synthetic import mix_batch
 
-    blocks = np.zeros((64, 32), dtype=np.int64)
-    pool = np.arange(1, 50)
+    blocks = np.random.default_rng(0).integers(1, 1000, size=(64, 32))
     mix = MixParams(fraction=0.5, min_period=4, max_period=8)
-    a, b = mix_batch(blocks, mix, pool, 1, 7), mix_batch(blocks, mix, pool, 1, 7)
-    assert np.array_equal(a, b) and not np.array_equal(a, mix_batch(blocks, mix, pool, 1, 8))
-    synthetic = [row for row in a if row.any()]
-    assert 16 <= len(synthetic) <= 48  # about half
-    for row in synthetic:  # each is a segment repeated with a period in [4, 8]
-        assert any(np.array_equal(row[p:], row[:-p]) for p in range(4, 9))
+    a, b = mix_batch(blocks, mix, 1, 7), mix_batch(blocks, mix, 1, 7)
+    assert np.array_equal(a, b) and not np.array_equal(a, mix_batch(blocks, mix, 1, 8))
+    changed = [i for i in range(len(a)) if not np.array_equal(a[i], blocks[i])]
+    assert 16 <= len(changed) <= 48  # about half the rows
+    for i in changed:  # each is a segment of that row's own text, repeated with a period in [4, 8]
+        period = next(p for p in range(4, 9) if np.array_equal(a[i][p:], a[i][:-p]))
+        segment = a[i][:period]
+        assert any(np.array_equal(blocks[i][s : s + period], segment) for s in range(32 - period + 1))
+    assert np.array_equal(mix_batch(blocks, MixParams(fraction=0.0), 1, 7), blocks)
 
 
 @pytest.mark.slow
