@@ -59,7 +59,7 @@ def load_model_files(name: str, metrics_dir: Path, arrays_dir: Path) -> ModelFil
     return ModelFiles(name, metrics, arrays, extras)
 
 
-def _est(e: Estimate, digits: int = 3) -> dict[str, Any]:
+def _est(e: Estimate, digits: int = 4) -> dict[str, Any]:
     r = e.rounded(digits)
     return {"value": r.value, "ci95": r.ci}
 

@@ -215,7 +215,13 @@ def _train(model, train_blocks, val_blocks, cfg, mix, run: Run, device, world: D
     bar.close()
 
     # All ranks evaluate (sharded) and so return identical metrics; only rank 0 writes them.
-    val_loss = mean_loss(model, val_blocks, micro, device, cfg.eval_batches, world)  # the evaluate stage scores fully
+    # The last logged row already holds this validation loss (same batches); the evaluate stage scores fully.
+    last = progress.rows[-1]
+    val_loss = (
+        last["val_loss"]
+        if last["step"] == cfg.steps
+        else mean_loss(model, val_blocks, micro, device, cfg.eval_batches, world)
+    )
     total_tokens = cfg.steps * cfg.batch_size * context
     paths = attention.PATH_COUNTS - paths_before
     metrics = {
