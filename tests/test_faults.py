@@ -54,7 +54,12 @@ BAD_PARAMS = [
     ("string window", "windows: [16, 32,", "windows: [wide, 32,", r"schedules.increasing.windows\[0\]"),
     ("13 windows", "windows: [16, 32,", "windows: [16, 16, 32,", "schedules.increasing.windows has 13 entries"),
     ("batch 0", "  batch_size: 4\n", "  batch_size: 0\n", "train.batch_size"),
-    ("sinks > context", "    end_window: 16\n", "    end_window: 16\n    sinks: 1000\n", r"schedules.half.sinks \(1000\)"),
+    (
+        "sinks > context",
+        "    end_window: 16\n",
+        "    end_window: 16\n    sinks: 1000\n",
+        r"schedules.half.sinks \(1000\)",
+    ),
     ("probe span 0", "  span: 4\n", "  span: 0\n", "copy.span"),
     ("no new tokens", "  new_tokens: 8\n", "  new_tokens: 0\n", "generation.new_tokens"),
 ]
@@ -133,5 +138,5 @@ def test_corpus_too_small_for_one_block_leaves_no_partial_folders(tiny_repo):
     assert proc.returncode != 0
     line = one_error_line(proc.stderr + proc.stdout)
     assert "fewer than one block of data.context_length=64" in line and "data/raw/" in line, line
-    leftovers = [p.name for p in (tiny_repo / "data").iterdir() if p.name.startswith(".")]
+    leftovers = [p.name for p in (tiny_repo / "data").iterdir() if p.name.startswith(".") and p.name != ".gitignore"]
     assert not leftovers, leftovers

@@ -52,7 +52,7 @@ def assert_same_and_nothing_to_run(clone_dir: Path, original: Path, env: dict[st
     repro = run(["dvc", "repro"], clone_dir, extra_env=env).stdout
     assert "Running stage" not in repro, repro
     # DVC 3.67's words for a stage whose deps, params and outs match dvc.lock.
-    assert "Stage 'evaluate' didn't change, skipping" in repro, repro
+    assert "Stage 'evaluate_baseline' didn't change, skipping" in repro, repro
     assert UP_TO_DATE in repro, repro
 
 
