@@ -1,6 +1,7 @@
 """README's generated blocks and DVC's offline plot template (run by hand after `dvc repro`).
 
-    python -m lmask.readme                     # README blocks <- metrics/summary.md, metrics/benchmark.md
+    python -m lmask.readme                     # README blocks <- metrics/summary.md, metrics/benchmark.md,
+                                               #   results/long/summary.md (the long preset's committed run)
 python -m lmask.readme --dvc-template DIR  # rebuild .dvc/plots/offline.html from unpacked npm packages
 """
 
@@ -14,6 +15,7 @@ from lmask.io import write_text
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 BENCH_START, BENCH_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
+LONG_START, LONG_END = "<!-- long-run:start -->", "<!-- long-run:end -->"
 
 
 def replace_block(readme: str, block: str, start_marker: str = README_START, end_marker: str = README_END) -> str:
@@ -28,10 +30,14 @@ def update_readme(
     readme_path: Path = Path("README.md"),
     summary_path: Path = Path("metrics/summary.md"),
     benchmark_path: Path = Path("metrics/benchmark.md"),
+    long_run_path: Path = Path("results/long/summary.md"),
 ) -> None:
     """Refresh README's generated blocks from the pipeline's markdown outputs."""
     readme = replace_block(readme_path.read_text(), summary_path.read_text())
-    write_text(readme_path, replace_block(readme, benchmark_path.read_text(), BENCH_START, BENCH_END))
+    readme = replace_block(readme, benchmark_path.read_text(), BENCH_START, BENCH_END)
+    if long_run_path.exists():
+        readme = replace_block(readme, long_run_path.read_text(), LONG_START, LONG_END)
+    write_text(readme_path, readme)
 
 
 def offline_dvc_template(npm_dir: Path) -> str:
@@ -62,6 +68,6 @@ if __name__ == "__main__":
         print(f"wrote {out}; enable with: dvc config plots.html_template plots/offline.html")
     elif len(sys.argv) == 1:
         update_readme()
-        print("README.md: results block from metrics/summary.md, benchmark block from metrics/benchmark.md")
+        print("README.md: blocks from metrics/summary.md, metrics/benchmark.md and results/long/summary.md")
     else:
         raise SystemExit("usage: python -m lmask.readme [--dvc-template NPM_DIR]")

@@ -52,7 +52,12 @@ def table(events: list[tuple[float, str]], start: float, end: float, command: st
     groups: dict[str, list[float]] = {}
     for name, seconds in durations:
         groups.setdefault(family(name), []).append(seconds)
-    lines = [f"Measured with `python scripts/stage_times.py -- {command}`:", "", "| stage | runs | time |", "|---|---|---|"]
+    lines = [
+        f"Measured with `python scripts/stage_times.py -- {command}`:",
+        "",
+        "| stage | runs | time |",
+        "|---|---|---|",
+    ]
     for name, times in groups.items():
         if len(times) == 1:
             lines.append(f"| `{name}` | 1 | {times[0]:.0f} s |")

@@ -178,14 +178,16 @@ def test_dvc_offline_template_renders_a_vega_lite_plot(tmp_path):
 
 
 def test_readme_blocks_are_the_committed_markdown():
-    """README's results and benchmark blocks are metrics/summary.md and metrics/benchmark.md verbatim (written by
-    `python -m lmask.readme` after `dvc repro`), never typed."""
-    from lmask.readme import BENCH_END, BENCH_START, README_END, README_START, replace_block
+    """README's results, benchmark and long-run blocks are metrics/summary.md, metrics/benchmark.md and
+    results/long/summary.md verbatim (written by `python -m lmask.readme` after `dvc repro`), never typed."""
+    from lmask.readme import BENCH_END, BENCH_START, LONG_END, LONG_START, README_END, README_START, replace_block
 
     readme = (ROOT / "README.md").read_text()
     summary = (ROOT / "metrics/summary.md").read_text()
     bench = (ROOT / "metrics/benchmark.md").read_text()
-    assert replace_block(replace_block(readme, summary), bench, BENCH_START, BENCH_END) == readme
+    long_run = (ROOT / "results/long/summary.md").read_text()
+    regenerated = replace_block(replace_block(readme, summary), bench, BENCH_START, BENCH_END)
+    assert replace_block(regenerated, long_run, LONG_START, LONG_END) == readme
     block = readme[readme.index(README_START) + len(README_START) : readme.index(README_END)]
     assert block.strip() == summary.strip()
 
