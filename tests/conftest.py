@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -51,6 +52,11 @@ def run(
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
+
+
+def stages_ran(dvc_output: str) -> list[str]:
+    """Stage names DVC 3.67 reports as run ("Running stage 'NAME':"), in order."""
+    return re.findall(r"Running stage '([^']+)':", dvc_output)
 
 
 def copy_project(dest: Path) -> Path:

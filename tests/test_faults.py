@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run
+from tests.conftest import run, stages_ran
 
 pytestmark = pytest.mark.slow
 
@@ -35,10 +35,6 @@ def one_error_line(output: str) -> str:
     assert len(lines) == 1, output
     assert "Traceback" not in output, output
     return lines[0]
-
-
-def ran(dvc_output: str) -> list[str]:
-    return re.findall(r"Running stage '([^']+)'", dvc_output)
 
 
 def edit(path: Path, old: str, new: str) -> None:
@@ -74,12 +70,12 @@ def test_bad_params_change_nothing_on_disk(tiny_repo, label, old, new, field):
     proc = run(["dvc", "repro"], tiny_repo, check=False)
     assert proc.returncode != 0
     assert re.search(field, one_error_line(proc.stderr + proc.stdout)), proc.stderr
-    assert "Running stage 'validate'" in proc.stdout and ran(proc.stdout) == ["validate"]
+    assert "Running stage 'validate'" in proc.stdout and stages_ran(proc.stdout) == ["validate"]
     assert snapshot(tiny_repo) == before, "a rejected params.yaml changed results on disk"
     params.write_text(original)
     out = run(["dvc", "repro"], tiny_repo).stdout
     # Only the cheap check reruns (or DVC's run-cache restores its marker); every result is still valid.
-    assert ran(out) in ([], ["validate"]), out
+    assert stages_ran(out) in ([], ["validate"]), out
     assert snapshot(tiny_repo) == before
 
 
@@ -129,7 +125,7 @@ def test_changed_corpus_file_reruns_download(tiny_repo):
     status = run(["dvc", "status", "download"], tiny_repo).stdout
     assert "download" in status and "modified:" in status and "corpus" in status, status
     out = run(["dvc", "repro", "tokenize"], tiny_repo).stdout
-    assert {"download", "tokenize"} <= set(re.findall(r"Running stage '([^']+)'", out))
+    assert {"download", "tokenize"} <= set(stages_ran(out))
 
 
 def test_corpus_too_small_for_one_block_leaves_no_partial_folders(tiny_repo):
