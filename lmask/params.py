@@ -45,19 +45,18 @@ class DataParams:
     hf_text_field: str = "text"
     text_dir: str = "corpus"  # source: text reads text_files from here (a DVC dependency of download)
     text_files: dict[str, str] = field(default_factory=dict)  # split -> file name inside text_dir
-    validation_fraction: float = 0.05  # embedded/text: share of characters per held-out split
-    test_fraction: float = 0.05
+    validation_fraction: float = 0.05  # embedded/text: share of characters in validation
+    test_documents: int = 32  # embedded/text: articles held out for test; also the code domain's file count
     max_train_docs: int | None = None  # cap for quick runs (None = all)
     context_length: int = 1024
-    code_package: str = "tqdm"  # held-out code domain: the .py files of this installed (pinned) package
+    code_package: str = "dvc"  # held-out code domain: .py files of this installed (pinned) package
 
     def check(self) -> None:
         _choice("data.source", self.source, DATA_SOURCES)
         _positive("data.context_length", self.context_length)
-        for name in ("validation_fraction", "test_fraction"):
-            value = getattr(self, name)
-            if not 0 < value < 0.5:
-                raise ParamsError(f"data.{name} must be in (0, 0.5), got {value}")
+        if not 0 < self.validation_fraction < 0.5:
+            raise ParamsError(f"data.validation_fraction must be in (0, 0.5), got {self.validation_fraction}")
+        _positive("data.test_documents", self.test_documents)
         if self.max_train_docs is not None:
             _positive("data.max_train_docs", self.max_train_docs)
         extra = sorted(set(self.text_files) - set(SPLITS))
@@ -78,8 +77,8 @@ class DataParams:
 class MixParams:
     """Synthetic copy sequences mixed into every training batch (baseline and fine-tuning alike)."""
 
-    fraction: float = 0.0  # share of training sequences that are synthetic
-    min_period: int = 16  # a synthetic sequence repeats a random token segment of this many tokens ...
+    fraction: float = 0.25  # share of training sequences that are synthetic
+    min_period: int = 32  # a synthetic sequence repeats a random token segment of this many tokens ...
     max_period: int = 512  # ... up to this many, to fill the context
 
     def check(self, context: int) -> None:
@@ -169,17 +168,22 @@ class TrainParams:
 
 @dataclass
 class EvaluateParams:
-    batch_size: int = 8
-    max_blocks: int | None = None  # cap on test blocks (None = all)
-    max_domain_blocks: int | None = None  # cap on the code and repeated-text domains (None = all)
-    chunk_blocks: int = 4  # bootstrap unit: contiguous runs of this many test blocks
+    batch_size: int = 4
+    max_documents: int | None = None  # documents scored per domain (None = all); each is an interval's unit
+    position_buckets: list[int] = field(default_factory=lambda: [64, 256, 512])  # query-position bucket edges
 
-    def check(self) -> None:
+    def check(self, context: int) -> None:
         _positive("evaluate.batch_size", self.batch_size)
-        _positive("evaluate.chunk_blocks", self.chunk_blocks)
-        for name in ("max_blocks", "max_domain_blocks"):
-            if getattr(self, name) is not None:
-                _positive(f"evaluate.{name}", getattr(self, name))
+        if self.max_documents is not None:
+            _positive("evaluate.max_documents", self.max_documents)
+        edges = self.position_buckets
+        for e in edges:
+            _positive("evaluate.position_buckets", e)
+        if edges != sorted(set(edges)) or (edges and edges[-1] >= context - 1):
+            raise ParamsError(
+                f"evaluate.position_buckets must be increasing edges below data.context_length - 1 ({context - 1}), "
+                f"got {edges}"
+            )
 
 
 @dataclass
@@ -189,11 +193,19 @@ class CopyParams:
     distances: list[int] = field(default_factory=lambda: [8, 32, 128, 512, 960])
     span: int = 8  # tokens per span; the gain is measured on tokens 2..span of the second occurrence
     offset: int = 16  # first occurrence starts here (clear of sink tokens)
-    n_sequences: int = 16  # pairs of sequences per distance
+    n_sequences: int = 32  # pairs of sequences per distance, for each baseline (the Q1 gate)
+    schedule_sequences: int = 16  # the same for each schedule's models (fewer: they are many)
+    min_gain: float = 0.05  # nats: the gate needs a gain above this (Holm-corrected across distances)
     batch_size: int = 8
 
     def check(self, context: int) -> None:
-        for name in ("span", "n_sequences", "batch_size"):
+        if self.schedule_sequences > self.n_sequences:
+            raise ParamsError(
+                f"copy.schedule_sequences ({self.schedule_sequences}) must be <= copy.n_sequences ({self.n_sequences})"
+            )
+        if not self.min_gain >= 0:
+            raise ParamsError(f"copy.min_gain must be a number >= 0 (nats), got {self.min_gain}")
+        for name in ("span", "n_sequences", "schedule_sequences", "batch_size"):
             _positive(f"copy.{name}", getattr(self, name))
         if isinstance(self.offset, bool) or not isinstance(self.offset, int) or self.offset < 0:
             raise ParamsError(f"copy.offset must be an integer >= 0, got {self.offset!r}")
@@ -214,8 +226,8 @@ class CopyParams:
 
 @dataclass
 class GenerationParams:
-    n_prompts: int = 16
-    prompt_tokens: int = 64
+    n_prompts: int = 32  # test documents long enough give one prompt each (the interval's unit)
+    prompt_tokens: int = 960  # long enough that every window of the seed's schedules binds
     new_tokens: int = 32
     temperature: float = 1.0
     top_k: int = 50
@@ -253,14 +265,11 @@ class AnalysisParams:
 class ReportParams:
     title: str = "Layer-wise attention windows in GPT-2"
     max_samples: int = 4  # generation samples shown per model
-    bootstrap_samples: int = 2000  # paired bootstrap resamples per interval
-    confidence: float = 0.95
+    confidence: float = 0.95  # of every interval; verdicts use Holm at 1 - confidence within each family
 
     def check(self) -> None:
         if isinstance(self.max_samples, bool) or self.max_samples < 0:
             raise ParamsError(f"report.max_samples must be >= 0, got {self.max_samples}")
-        if self.bootstrap_samples < 100:
-            raise ParamsError(f"report.bootstrap_samples must be >= 100, got {self.bootstrap_samples}")
         if not 0.5 < self.confidence < 1:
             raise ParamsError(f"report.confidence must be in (0.5, 1), got {self.confidence}")
 
@@ -320,6 +329,7 @@ class Schedule:
 @dataclass
 class Params:
     seed: int = 1337
+    baseline_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     finetune_seeds: list[int] = field(default_factory=lambda: [0, 1])
     cpu_threads: int | None = 2  # torch threads in every CPU stage (fixed: results depend on it); None = default
     data: DataParams = field(default_factory=DataParams)
@@ -348,8 +358,9 @@ class Params:
 
     def check(self) -> None:
         ctx, n_layer = self.context, self.model.n_layer
-        for section in (self.data, self.tokenizer, self.model, self.attention, self.evaluate, self.report):
+        for section in (self.data, self.tokenizer, self.model, self.attention, self.report):
             section.check()
+        self.evaluate.check(ctx)
         self.benchmark.check()
         self.mix.check(ctx)
         self.train.check("train")
@@ -361,11 +372,13 @@ class Params:
             raise ParamsError(f"data.context_length ({ctx}) must be <= model.n_positions ({self.model.n_positions})")
         if self.model.position_init != "default" and self.model.init != "scratch":
             raise ParamsError("model.position_init applies to model.init: scratch only (pretrained keeps its own)")
-        for s in self.finetune_seeds:
-            if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-                raise ParamsError(f"finetune_seeds: {s!r} is not an integer >= 0")
-        if not self.finetune_seeds or len(set(self.finetune_seeds)) != len(self.finetune_seeds):
-            raise ParamsError(f"finetune_seeds must be a non-empty list of distinct seeds, got {self.finetune_seeds}")
+        for key, limit in (("baseline_seeds", 1000), ("finetune_seeds", 1000)):
+            seeds = getattr(self, key)
+            for s in seeds:
+                if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < limit:
+                    raise ParamsError(f"{key}: {s!r} is not an integer in [0, {limit})")
+            if not seeds or len(set(seeds)) != len(seeds):
+                raise ParamsError(f"{key} must be a non-empty list of distinct seeds, got {seeds}")
         if self.benchmark.n_layer != self.model.n_layer:
             raise ParamsError(
                 f"benchmark.n_layer ({self.benchmark.n_layer}) must equal model.n_layer ({self.model.n_layer}): "
@@ -467,23 +480,25 @@ def params_from_dict(raw: Any) -> Params:
     """Validate a params.yaml mapping and return typed Params."""
     if not isinstance(raw, dict):
         raise ParamsError("params.yaml must be a mapping of sections")
-    known = set(SECTIONS) | {"seed", "finetune_seeds", "cpu_threads", "schedules"}
+    known = set(SECTIONS) | {"seed", "baseline_seeds", "finetune_seeds", "cpu_threads", "schedules"}
     for key in raw:
         if key not in known:
             raise ParamsError(f"{key} is not a known section (known: {', '.join(sorted(known))})")
     seed = raw.get("seed", 1337)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ParamsError(f"seed must be an integer, got {seed!r}")
-    seeds = raw.get("finetune_seeds", [0, 1])
-    if not isinstance(seeds, list):
-        raise ParamsError(f"finetune_seeds must be a list of integers, got {seeds!r}")
+    defaults, seed_lists = Params(), {}
+    for key in ("baseline_seeds", "finetune_seeds"):
+        seed_lists[key] = raw.get(key, getattr(defaults, key))
+        if not isinstance(seed_lists[key], list):
+            raise ParamsError(f"{key} must be a list of integers, got {seed_lists[key]!r}")
     sections = {name: section_from_dict(cls, raw.get(name), name) for name, cls in SECTIONS.items()}
     threads = raw.get("cpu_threads", 2)
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ParamsError(f"cpu_threads must be a positive integer or null, got {threads!r}")
     params = Params(
         seed=seed,
-        finetune_seeds=seeds,
+        **seed_lists,
         cpu_threads=threads,
         schedules=resolve_schedules(raw.get("schedules"), sections["model"].n_layer),
         **sections,

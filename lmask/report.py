@@ -21,7 +21,16 @@ from lmask.bench_tables import benchmark_markdown
 from lmask.io import atomic_dir, read_json, write_text
 from lmask.params import Params
 from lmask.summary import BASELINE, load_model_files
-from lmask.tables import compared, markdown_table, pct, research_answers, results_rows, scale_note
+from lmask.tables import (
+    compared,
+    markdown_table,
+    method_note,
+    pct,
+    position_rows,
+    research_answers,
+    results_rows,
+    scale_note,
+)
 
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -39,7 +48,7 @@ class Inputs:
 
     records: dict[str, dict[str, Any]]
     meta: dict[str, Any]
-    positions: pd.DataFrame  # position, model, loss (test, mean over blocks and seeds)
+    positions: pd.DataFrame  # position, model, loss (test, mean over documents and runs)
     curves: pd.DataFrame  # step, model, train_loss, val_loss
     attention: pd.DataFrame  # model, layer, head, entropy, mean_distance, sink_mass
     heatmaps: dict[str, dict[str, list]]
@@ -58,7 +67,7 @@ def train_curves(train_dir: Path, runs: list[str], baseline_steps: int) -> pd.Da
     for run in runs:
         folder = train_dir / run
         df = _tsv(folder, "train_loss").merge(_tsv(folder, "val_loss"), on="step", how="outer")
-        if run != BASELINE:
+        if not run.startswith(BASELINE):
             df["step"] = df["step"] + baseline_steps
         frames.append(df.assign(model=run))
     return pd.concat(frames, ignore_index=True)
@@ -73,13 +82,15 @@ def load_inputs(
     positions, attention, heatmaps, texts = [], [], {}, {}
     for name in [BASELINE, *params.schedules]:
         files = load_model_files(name, metrics_dir, arrays_dir)
-        variants = ["model"] if name == BASELINE else [f"s{k}" for k in files.metrics["seeds"]]
-        loss = np.mean([files.arrays[v]["nll_test"].mean(0) for v in variants], axis=0)
+        runs = np.asarray(files.runs("nll_test"))  # [baselines, seeds, documents, T-1], NaN past a document's end
+        loss = np.nanmean(runs, axis=(0, 1, 2))
         positions.append(pd.DataFrame({"position": np.arange(1, len(loss) + 1), "model": name, "loss": loss.round(5)}))
-        extra = files.extras[variants[0]]
+        extra = next(e for e in files.extras.values() if "attention_rows" in e)  # the analysed (first) model
         attention.append(pd.DataFrame(extra["attention_rows"]).assign(model=name))
         heatmaps[name], texts[name] = extra["heatmaps"], extra["texts"]
-    runs = [BASELINE] + [f"{n}-s{k}" for n in params.schedules for k in params.finetune_seeds]
+    runs = [f"{BASELINE}-b{k}" for k in params.baseline_seeds] + [
+        f"{n}-b{k}-s{s}" for n in params.schedules for k in params.baseline_seeds for s in params.finetune_seeds
+    ]
     bench = {p.stem: read_json(p) for p in sorted(bench_dir.glob("*.json"))}
     return Inputs(
         records=records,
@@ -140,20 +151,19 @@ def q3(inp: Inputs) -> str:
 
 
 def samples_html(inp: Inputs, max_samples: int) -> str:
-    """Prompt, true continuation, each model's greedy (degenerate ones flagged) and sampled continuation."""
+    """True continuation and each model's seeded sample (degenerate ones flagged), for the first prompts."""
     esc = html.escape
     first = inp.texts[BASELINE]
     out = []
     for i in range(min(max_samples, len(first["references"]))):
         rows = "".join(
-            f"<tr><td>{esc(name)}</td><td class='text'>{esc(t['greedy'][i])}"
-            f"{' <span class=flag>[degenerate]</span>' if t['degenerate'][i] else ''}</td>"
-            f"<td class='text'>{esc(t['sampled'][i])}</td></tr>"
+            f"<tr><td>{esc(name)}</td><td class='text'>{esc(t['sampled'][i])}"
+            f"{' <span class=flag>[degenerate]</span>' if t['degenerate'][i] else ''}</td></tr>"
             for name, t in inp.texts.items()
         )
         out.append(
             f"<h3>Sample {i + 1}</h3><p><b>True continuation:</b> <span class='text'>{esc(first['references'][i])}"
-            f"</span></p><table><thead><tr><th>model</th><th>greedy</th><th>sampled</th></tr></thead>"
+            f"</span></p><table><thead><tr><th>model</th><th>sampled</th></tr></thead>"
             f"<tbody>{rows}</tbody></table>"
         )
     return "\n".join(out)
@@ -185,7 +195,7 @@ def build_html(inp: Inputs, params: Params) -> str:
                 inp.positions,
                 "position",
                 "loss",
-                "Test loss by position (mean over blocks and seeds)",
+                "Test loss by position (mean over documents, baselines and seeds)",
                 "position",
                 "loss (nats)",
             ),
@@ -199,9 +209,10 @@ def build_html(inp: Inputs, params: Params) -> str:
         f"<h1>{html.escape(params.report.title)}</h1>",
         f"<p class='note'>{note}</p>",
         "<h2>Results</h2>",
-        "<p class='note'>Perplexity change in % (negative = better) with 95% paired bootstrap intervals over "
-        "test chunks; fine-tuning seeds averaged per chunk, per-seed estimates beside.</p>",
+        f"<p class='note'>{html.escape(method_note(inp.meta))}</p>",
         html_table(results_rows(inp.records)),
+        "<h3>Fine-tuned vs the full control by query position</h3>",
+        html_table(position_rows(inp.records)),
         "<h2>Research questions</h2>",
     ]
     answers = research_answers(inp.records, inp.meta)
@@ -226,8 +237,8 @@ def plot_frames(inp: Inputs) -> dict[str, pd.DataFrame]:
             "distance": int(d),
             "model": f"{name} {variant}".strip(),
             "gain": e["value"],
-            "lo": e["ci95"][0],
-            "hi": e["ci95"][1],
+            "lo": (e["ci95"] or [None, None])[0],
+            "hi": (e["ci95"] or [None, None])[1],
         }
         for name, rec in inp.records.items()
         for variant, gains in ([("", rec["copy_loss_drop"])] if name == BASELINE else rec["copy_gain"].items())
@@ -238,8 +249,8 @@ def plot_frames(inp: Inputs) -> dict[str, pd.DataFrame]:
             "model": n,
             "attention_pairs": r["attention_pairs"],
             "vs_full_pct": r["vs_full_pct"],
-            "lo": r["vs_full_pct_ci95"][0],
-            "hi": r["vs_full_pct_ci95"][1],
+            "lo": (r["vs_full_pct_ci95"] or [None, None])[0],
+            "hi": (r["vs_full_pct_ci95"] or [None, None])[1],
         }
         for n, r in inp.records.items()
         if "vs_full_pct" in r

@@ -1,95 +1,154 @@
-"""Paired bootstrap intervals, and the words that follow from them (pure numpy).
+"""Intervals that cover what changes between runs, and the words that follow from them (numpy + scipy).
 
-Every comparison in the report is paired: two models scored on the same units (contiguous chunks of test blocks, or
-the same probe sequences), so the interval is over the *difference* per unit, resampled with replacement
-(percentile bootstrap). The resampling seed is derived from the comparison's name, so adding a model never shifts
-another model's interval.
+Every comparison is paired: two models scored on the same documents (or probe sequences), from the same baseline
+and fine-tuning seed. The data of one comparison is a gap array ``G[b, s, d]``: baseline b, fine-tuning seed s,
+document d (weighted by its scored tokens). Two sources of noise enter its mean:
+
+- **runs**: another baseline or fine-tuning seed gives another gap. Estimated from the spread of the per-baseline
+  gaps ``g_b`` (each averaged over its seeds, so seed noise enters too), or of the per-seed gaps when there is one
+  baseline;
+- **documents**: other text gives another gap. Estimated from the run-averaged gap per document.
+
+The standard error adds both (``se² = var(g_b)/B + var_doc``, which counts the run × document interaction twice, so
+it errs wide), and the interval is ``mean ± t·se`` with Welch–Satterthwaite degrees of freedom, so three baselines
+give the wide interval three baselines deserve (a percentile bootstrap of 3 values undercovers). Fewer than
+``MIN_UNITS`` documents give no interval ("too few documents").
+
+Words: "better" / "worse" only where the Holm-corrected test within the comparison's family (one table column: the
+same comparison across schedules, or the copy probe across distances) rejects "no difference". A rejection implies
+the unadjusted interval excludes zero, so the words never contradict the intervals shown.
 """
 
 from __future__ import annotations
 
 import math
-import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+from scipy import stats as _scipy_stats
+
+MIN_UNITS = 10  # no interval from fewer documents (or probe sequences) than this
+TOO_FEW = "too few documents"
+NO_DIFFERENCE = "no clear difference"
 
 
 @dataclass(frozen=True)
 class Estimate:
+    """A mean gap with its interval (None with too few units), test p-value and per-baseline point estimates."""
+
     value: float
-    lo: float
-    hi: float
+    lo: float | None
+    hi: float | None
+    p: float | None = None  # two-sided p of "no difference" (one-sided against a threshold for the copy gate)
+    units: int = 0  # documents or probe sequences
+    per_run: tuple[float, ...] = ()  # one point estimate per baseline (per seed with one baseline)
+    df: float | None = None
 
     @property
-    def ci(self) -> list[float]:
-        return [self.lo, self.hi]
-
-    def excludes_zero(self) -> bool:
-        return self.lo > 0 or self.hi < 0
+    def ci(self) -> list[float] | None:
+        return None if self.lo is None else [self.lo, self.hi]
 
     def map(self, fn) -> Estimate:
         """The estimate under a monotone increasing function (e.g. an NLL gap to a perplexity ratio)."""
-        return Estimate(fn(self.value), fn(self.lo), fn(self.hi))
-
-    def rounded(self, digits: int) -> Estimate:
-        return Estimate(round(self.value, digits), round(self.lo, digits), round(self.hi, digits))
+        lo, hi = (None, None) if self.lo is None else (fn(self.lo), fn(self.hi))
+        return replace(self, value=fn(self.value), lo=lo, hi=hi, per_run=tuple(fn(x) for x in self.per_run))
 
 
-def seed_for(name: str) -> int:
-    return zlib.crc32(name.encode())
+def doc_means(nll: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean NLL, scored tokens) per document row of a per-token NLL array [docs, T-1] padded with NaN."""
+    nll = np.asarray(nll, dtype=np.float64)
+    tokens = np.isfinite(nll).sum(axis=1).astype(np.float64)
+    if (tokens == 0).any():
+        raise ValueError("a document has no scored tokens")
+    return np.nansum(nll, axis=1) / tokens, tokens
 
 
-def bootstrap_mean(
-    units: np.ndarray, name: str, samples: int = 2000, confidence: float = 0.95, weights: np.ndarray | None = None
-) -> Estimate:
-    """(Weighted) mean of ``units`` (one value per independent unit) with a percentile bootstrap interval."""
-    units = np.asarray(units, dtype=np.float64).ravel()
-    if units.size == 0:
-        raise ValueError(f"{name}: no units to bootstrap")
-    w = np.ones_like(units) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
-    rng = np.random.default_rng(seed_for(name))
-    idx = rng.integers(0, units.size, size=(samples, units.size))
-    means = (units[idx] * w[idx]).sum(axis=1) / w[idx].sum(axis=1)
-    alpha = (1 - confidence) / 2
-    lo, hi = np.quantile(means, [alpha, 1 - alpha])
-    return Estimate(float((units * w).sum() / w.sum()), float(lo), float(hi))
+def gap_array(a: list[list[np.ndarray]], b: list[list[np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """(G[b, s, d], weights[d]) from per-token NLL arrays ``a[b][s]`` and their paired references ``b[b][s]``.
 
-
-def chunk_means(nll: np.ndarray, chunk_blocks: int) -> tuple[np.ndarray, np.ndarray]:
-    """(mean NLL, block count) per contiguous chunk of ``chunk_blocks`` test blocks; the last chunk may be partial,
-    so resampling weights each chunk by its block count (blocks are equal length)."""
-    starts = range(0, nll.shape[0], chunk_blocks)
-    return (
-        np.array([nll[s : s + chunk_blocks].mean() for s in starts]),
-        np.array([len(nll[s : s + chunk_blocks]) for s in starts], dtype=np.float64),
-    )
-
-
-def paired_gap(
-    a_nll: list[np.ndarray],
-    b_nll: list[np.ndarray],
-    chunk_blocks: int,
-    name: str,
-    samples: int = 2000,
-    confidence: float = 0.95,
-) -> Estimate:
-    """Perplexity change of A relative to B in percent, with a paired bootstrap CI over test chunks.
-
-    ``a_nll`` / ``b_nll`` hold one per-token NLL array per seed (seed i of A is paired with seed i of B; a single
-    array stands for a model without seeds). Seeds are averaged per chunk before resampling, so the interval is over
-    the test text; the spread across seeds is reported separately (``seed_gaps``).
+    A reference with one entry per baseline (the baseline itself, or zero-shot) pairs with every seed of A.
     """
-    a = np.mean([chunk_means(x, chunk_blocks)[0] for x in a_nll], axis=0)
-    b = np.mean([chunk_means(x, chunk_blocks)[0] for x in b_nll], axis=0)
-    weights = chunk_means(a_nll[0], chunk_blocks)[1]
-    return bootstrap_mean(a - b, name, samples, confidence, weights).map(nll_gap_to_pct)
+    rows = []
+    weights = None
+    for runs_a, runs_b in zip(a, b, strict=True):
+        refs = runs_b if len(runs_b) == len(runs_a) else runs_b * len(runs_a)
+        per_seed = []
+        for x, y in zip(runs_a, refs, strict=True):
+            (mx, wx), (my, wy) = doc_means(x), doc_means(y)
+            if not np.array_equal(wx, wy):
+                raise ValueError("paired arrays score different tokens")
+            weights = wx
+            per_seed.append(mx - my)
+        rows.append(per_seed)
+    return np.asarray(rows, dtype=np.float64), weights
 
 
-def seed_gaps(a_nll: list[np.ndarray], b_nll: list[np.ndarray]) -> list[float]:
-    """Point estimate of the perplexity change (%) for each paired seed."""
-    pairs = zip(a_nll, b_nll if len(b_nll) == len(a_nll) else b_nll * len(a_nll), strict=True)
-    return [nll_gap_to_pct(float(a.mean() - b.mean())) for a, b in pairs]
+def run_estimate(
+    gaps: np.ndarray, weights: np.ndarray | None = None, confidence: float = 0.95, threshold: float | None = None
+) -> Estimate:
+    """Mean of G[b, s, d] (document-weighted), with an interval covering run and document variance.
+
+    ``threshold`` makes ``p`` one-sided: the chance of a mean this far above ``threshold`` if the true gap were at it.
+    """
+    g = np.asarray(gaps, dtype=np.float64)
+    if g.ndim != 3 or g.size == 0:
+        raise ValueError(f"gaps must be [baselines, seeds, units], got shape {g.shape}")
+    n_b, n_s, n_d = g.shape
+    w = np.ones(n_d) if weights is None else np.asarray(weights, dtype=np.float64)
+    per_bs = g @ w / w.sum()  # [B, S]
+    per_b = per_bs.mean(axis=1)
+    value = float(per_b.mean())
+    per_run = tuple(float(x) for x in (per_b if n_b > 1 else per_bs[0]))
+    if n_d < MIN_UNITS:
+        return Estimate(value, None, None, None, n_d, per_run)
+    runs = per_b if n_b > 1 else per_bs[0]
+    run_var = float(runs.var(ddof=1)) / len(runs) if len(runs) > 1 else 0.0
+    x = g.mean(axis=(0, 1))
+    doc_var = float(n_d / (n_d - 1) * (w**2 * (x - value) ** 2).sum() / w.sum() ** 2)
+    se2 = run_var + doc_var
+    if se2 == 0.0:
+        p = 1.0 if (threshold is None and value == 0) or (threshold is not None and value <= threshold) else 0.0
+        return Estimate(value, value, value, p, n_d, per_run, math.inf)
+    parts = [(run_var, len(runs) - 1), (doc_var, n_d - 1)]
+    df = se2**2 / sum(v**2 / k for v, k in parts if v > 0 and k > 0)
+    half = float(_scipy_stats.t.ppf(0.5 + confidence / 2, df)) * math.sqrt(se2)
+    if threshold is None:
+        p = float(2 * _scipy_stats.t.sf(abs(value) / math.sqrt(se2), df))
+    else:
+        p = float(_scipy_stats.t.sf((value - threshold) / math.sqrt(se2), df))
+    return Estimate(value, value - half, value + half, p, n_d, per_run, float(df))
+
+
+def holm(pvalues: list[float | None], alpha: float = 0.05) -> list[bool]:
+    """Holm's step-down rejections at family-wise level ``alpha`` (None: no test, never rejected)."""
+    tested = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
+    reject = [False] * len(pvalues)
+    m = len(tested)
+    for rank, (p, i) in enumerate(tested):
+        if p > alpha / (m - rank):
+            break
+        reject[i] = True
+    return reject
+
+
+def holm_adjusted(pvalues: list[float | None]) -> list[float | None]:
+    """Holm-adjusted p-values: reject at level alpha exactly where the adjusted p is <= alpha."""
+    tested = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
+    out: list[float | None] = [None] * len(pvalues)
+    running, m = 0.0, len(tested)
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
+
+
+def verdict(estimate: Estimate, rejected: bool, lower_is_better: bool = True) -> str:
+    """The word: "better" / "worse" where the (Holm-corrected) test rejects, else no difference or too few units."""
+    if estimate.lo is None:
+        return TOO_FEW
+    if not rejected:
+        return NO_DIFFERENCE
+    return "better" if (estimate.value < 0) == lower_is_better else "worse"
 
 
 def nll_gap_to_pct(gap: float) -> float:
@@ -97,20 +156,16 @@ def nll_gap_to_pct(gap: float) -> float:
     return 100.0 * math.expm1(gap)
 
 
-def verdict(estimate: Estimate, lower_is_better: bool = True) -> str:
-    """The word the interval supports: "better", "worse" or "no clear difference" (it straddles zero)."""
-    if not estimate.excludes_zero():
-        return "no clear difference"
-    below = estimate.hi < 0
-    return "better" if below == lower_is_better else "worse"
-
-
 __all__ = [
+    "MIN_UNITS",
+    "NO_DIFFERENCE",
+    "TOO_FEW",
     "Estimate",
-    "bootstrap_mean",
-    "chunk_means",
+    "doc_means",
+    "gap_array",
+    "holm",
+    "holm_adjusted",
     "nll_gap_to_pct",
-    "paired_gap",
-    "seed_gaps",
+    "run_estimate",
     "verdict",
 ]

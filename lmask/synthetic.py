@@ -8,12 +8,12 @@ The batch of a step is a function of (seed, step) alone, like the natural-text b
 stay exact.
 
 Copy gain (``copy`` in params.yaml): for a distance d, pairs of sequences that share a natural-text background and a
-random span S at position p + d. In the *same* sequence S also sits at p; in the *control* a different random span
-sits at p. The copy gain is NLL(S at p + d | control) - NLL(S at p + d | same), averaged over S's tokens 2..span:
-the loss drop the first occurrence buys. Both sequences have identical tokens at every position except the span at
-p, so position effects cancel (a naive NLL(first) - NLL(second) does not: random tokens late in a context are less
-expected than early ones). Copying a token d positions back needs a window of at least d; a model whose receptive
-field is at most d - span + 1 tokens cannot see any of the first occurrence and scores exactly 0.
+span S of natural text (from another held-out document) at position p + d. In the *same* sequence S also sits at p;
+in the *control* a different natural span sits at p. The copy gain is NLL(S at p + d | control) - NLL(S at p + d |
+same), averaged over S's tokens 2..span: the loss drop the first occurrence buys. Both sequences have identical
+tokens at every position except the span at p, so position effects cancel. Copying a token d positions back needs a
+window of at least d; a model whose receptive field is at most d - span + 1 tokens cannot see any of the first
+occurrence and scores exactly 0.
 """
 
 from __future__ import annotations
@@ -23,11 +23,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from lmask.params import CopyParams, MixParams
-
-
-def token_pool(vocab_size: int, special_ids: list[int]) -> np.ndarray:
-    """Token ids random spans draw from: the whole vocabulary but its special tokens (EOS)."""
-    return np.setdiff1d(np.arange(vocab_size), np.asarray(special_ids, dtype=np.int64))
 
 
 def periodic_text(row: np.ndarray, rng: np.random.Generator, period: int) -> np.ndarray:
@@ -64,17 +59,33 @@ class CopyPairs:
         return slice(self.start + 1, self.same.shape[1])
 
 
-def copy_pairs(background: np.ndarray, cfg: CopyParams, pool: np.ndarray, seed: int) -> list[CopyPairs]:
-    """One CopyPairs per distance; sequences are cut to offset + d + span tokens (nothing after the span matters)."""
+def natural_span(docs: np.ndarray, lengths: np.ndarray, exclude: int, rng: np.random.Generator, span: int):
+    """``span`` consecutive tokens of natural text from a random document other than ``exclude``."""
+    j = int(rng.integers(0, len(docs) - 1))
+    j += j >= exclude
+    start = int(rng.integers(0, lengths[j] - span + 1))
+    return docs[j, start : start + span]
+
+
+def copy_pairs(docs: np.ndarray, lengths: np.ndarray, cfg: CopyParams, seed: int) -> list[CopyPairs]:
+    """One CopyPairs per distance, ``cfg.n_sequences`` each: a held-out document's first offset + d + span tokens
+    as the background, and spans of natural text from other held-out documents (what a model trained on text can
+    learn to copy; uniform random ids are less likely to it than a uniform guess). Fewer sequences for a model =
+    the first ones of the same list, so every model's probe pairs with the baselines'."""
     rng = np.random.default_rng([seed, 7])
     out = []
     for d in cfg.distances:
         length = cfg.offset + d + cfg.span
+        hosts = np.flatnonzero(lengths >= length)
+        if len(docs) < 2 or not len(hosts):
+            raise ValueError(f"copy.distances: no held-out document has the {length} tokens distance {d} needs")
         same = np.empty((cfg.n_sequences, length), dtype=np.int64)
         control = np.empty_like(same)
         for k in range(cfg.n_sequences):
-            seq = background[(k * 7 + d) % len(background), :length].copy()
-            span, other = rng.choice(pool, size=cfg.span), rng.choice(pool, size=cfg.span)
+            host = int(hosts[rng.integers(0, len(hosts))])
+            seq = docs[host, :length].copy()
+            span = natural_span(docs, lengths, host, rng, cfg.span)
+            other = natural_span(docs, lengths, host, rng, cfg.span)
             seq[cfg.offset + d :] = span
             same[k], control[k] = seq, seq
             same[k, cfg.offset : cfg.offset + cfg.span] = span
@@ -83,13 +94,14 @@ def copy_pairs(background: np.ndarray, cfg: CopyParams, pool: np.ndarray, seed: 
     return out
 
 
-def repeated_text_blocks(background: np.ndarray) -> np.ndarray:
-    """The repeated-text domain: each test block's first half followed by the same text again. Every token of the
-    second half is predictable by copying from T/2 tokens back: text where long-range copying pays off."""
-    half = background.shape[1] // 2
-    out = background.copy()
-    out[:, half : 2 * half] = background[:, :half]
-    return out
+def repeated_text_documents(docs: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The repeated-text domain: each document's first half followed by the same text again (lengths: twice the
+    half). Every token of the second half is predictable by copying from half a document back."""
+    half = lengths // 2
+    out = docs.copy()
+    for row, src, h in zip(out, docs, half, strict=True):
+        row[h : 2 * h] = src[:h]
+    return out, 2 * half
 
 
-__all__ = ["CopyPairs", "copy_pairs", "mix_batch", "periodic_text", "repeated_text_blocks", "token_pool"]
+__all__ = ["CopyPairs", "copy_pairs", "mix_batch", "natural_span", "periodic_text", "repeated_text_documents"]

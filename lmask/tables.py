@@ -1,24 +1,31 @@
 """Words and tables generated from ``metrics/summary.json``: README's results block and the research answers.
 
-Every sentence is built from the records (lmask.summary), and every comparative word comes from an interval
-(``lmask.stats.verdict``: "better" / "worse" only when the 95 % interval excludes zero). Nothing here hard-codes a
-schedule's name or shape: windows, sinks and pairs are read from each record.
+Every sentence is built from the records (lmask.summary), and every comparative word comes from a Holm-corrected
+test within its family (``lmask.stats.verdict``: "better" / "worse" only where it rejects "no difference", which
+implies the 95 % interval shown excludes zero). Nothing here hard-codes a schedule's name or shape: windows, sinks
+and pairs are read from each record.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from lmask.stats import TOO_FEW
 from lmask.summary import BASELINE, DOMAIN_ROLE, DOMAINS
 
 Records = dict[str, dict[str, Any]]
 
 
-FAINT_COPY_NATS = 0.1  # a copy gain below this is a faint use of context (outright copying gains several nats)
-
-
-def pct(value: float, ci: list[float]) -> str:
+def pct(value: float, ci: list[float] | None) -> str:
+    if ci is None:
+        return f"{value:+.2f}% [{TOO_FEW}]"
     return f"{value:+.2f}% [{ci[0]:+.2f}, {ci[1]:+.2f}]"
+
+
+def gap_cell(g: dict[str, Any]) -> str:
+    """A comparison: point estimate, interval, per-baseline estimates, and its word."""
+    runs = ", ".join(f"{x:+.2f}" for x in g["pct_baselines"])
+    return f"{pct(g['pct'], g['pct_ci95'])} ({runs}): {g['verdict']}"
 
 
 def windows_text(rec: dict[str, Any]) -> str:
@@ -52,10 +59,9 @@ def results_rows(records: Records) -> list[dict[str, str]]:
             "windows (layer 0..)": "full everywhere",
             "windowed layers": "0",
             "attention pairs": "1.00",
-            "test ppl": f"{base['test_ppl']:.1f}",
-            "vs full control, fine-tuned (95% CI)": "n/a",
-            "seeds: vs full": "n/a",
-            "zero-shot vs baseline (95% CI)": "n/a",
+            "test ppl (per baseline)": _ppl(base),
+            "vs full control, fine-tuned": "n/a",
+            "zero-shot vs baseline": "n/a",
             "code: vs full": "n/a",
             "repeated text: vs full": "n/a",
         }
@@ -69,14 +75,11 @@ def results_rows(records: Records) -> list[dict[str, str]]:
                 "windows (layer 0..)": windows_text(r),
                 "windowed layers": str(r["windowed_layers"]),
                 "attention pairs": f"{r['attention_pairs']:.2f}",
-                "test ppl": f"{r['test_ppl']:.1f}",
-                "vs full control, fine-tuned (95% CI)": pct(r["vs_full_pct"], r["vs_full_pct_ci95"])
+                "test ppl (per baseline)": _ppl(r),
+                "vs full control, fine-tuned": gap_cell(r["domains"]["test"]["vs_full"])
                 if has_full
                 else "(the control)",
-                "seeds: vs full": ", ".join(f"{x:+.2f}%" for x in r["vs_full_pct_seeds"]) if has_full else "n/a",
-                "zero-shot vs baseline (95% CI)": pct(
-                    r["zero_shot_vs_baseline_pct"], r["zero_shot_vs_baseline_pct_ci95"]
-                ),
+                "zero-shot vs baseline": gap_cell(r["gaps"]["zero_shot_vs_baseline"]),
                 "code: vs full": _domain(r, "code"),
                 "repeated text: vs full": _domain(r, "repeated"),
             }
@@ -87,17 +90,27 @@ def results_rows(records: Records) -> list[dict[str, str]]:
 def _domain(rec: dict[str, Any], domain: str) -> str:
     if "domains" not in rec:
         return "(the control)"
-    g = rec["domains"][domain]["vs_full"]
-    return pct(g["pct"], g["pct_ci95"])
+    return gap_cell(rec["domains"][domain]["vs_full"])
+
+
+def _ppl(rec: dict[str, Any]) -> str:
+    return f"{rec['test_ppl']:.1f} ({', '.join(f'{x:.1f}' for x in rec['test_ppl_baselines'])})"
+
+
+def position_rows(records: Records) -> list[dict[str, str]]:
+    """Fine-tuned vs the full control by query position: where the windows bind (positions past a layer's window)."""
+    rows = []
+    for name in windowed(records):
+        rows.append({"model": name, **{f"positions {b}": gap_cell(g) for b, g in records[name]["by_position"].items()}})
+    return rows
 
 
 def copy_rows(records: Records) -> list[dict[str, str]]:
     """Copy gain (nats) per probe distance: the baseline, then each schedule zero-shot and fine-tuned."""
     base = records[BASELINE]["copy_loss_drop"]
-    rows = [{"model": BASELINE, **{f"d={d}": _nats(e) for d, e in base.items()}}]
+    rows = [{"model": f"{BASELINE} (gate)", **{f"d={d}": f"{_nats(e)}: {_gate(e)}" for d, e in base.items()}}]
     for name in schedules(records):
-        for variant in ("zero_shot", "finetuned"):
-            gains = records[name]["copy_gain"][variant]
+        for variant, gains in records[name]["copy_gain"].items():
             rows.append(
                 {"model": f"{name} ({variant.replace('_', '-')})", **{f"d={d}": _nats(e) for d, e in gains.items()}}
             )
@@ -105,34 +118,65 @@ def copy_rows(records: Records) -> list[dict[str, str]]:
 
 
 def generation_rows(records: Records) -> list[dict[str, str]]:
-    """Greedy continuations of the test prompts: BLEU with its CI over prompts, and what makes BLEU readable."""
+    """Seeded samples continuing long test prompts: BLEU and the true continuation's NLL, with intervals over runs and
+    prompts, and what makes BLEU readable (distinct-2, share of looping samples)."""
     rows = []
     for name, rec in records.items():
         g = rec["generation"]
-        lo, hi = g["bleu"]["ci95"]
+        if not g.get("prompts"):
+            continue
         rows.append(
             {
                 "model": name,
-                "BLEU (95% CI over prompts)": f"{g['bleu']['value']:.2f} [{lo:.2f}, {hi:.2f}]",
-                "NLL of the true continuation": f"{g['continuation_nll']:.3f}",
-                "distinct-2 (greedy)": f"{g['distinct_2']:.3f}",
-                "degenerate outputs": f"{g['degenerate_fraction']:.0%}",
+                "prompts": str(g["prompts"]),
+                "BLEU (95% CI)": _interval(g["bleu"], 2),
+                "NLL of the true continuation (95% CI)": _interval(g["continuation_nll"], 3),
+                "distinct-2": f"{g['distinct_2']:.3f}",
+                "degenerate samples": f"{g['degenerate_fraction']:.0%}",
             }
         )
     return rows
 
 
+def _interval(e: dict[str, Any], digits: int) -> str:
+    if e["ci95"] is None:
+        return f"{e['value']:.{digits}f} [{TOO_FEW}]"
+    return f"{e['value']:.{digits}f} [{e['ci95'][0]:.{digits}f}, {e['ci95'][1]:.{digits}f}]"
+
+
 def _nats(e: dict[str, Any]) -> str:
+    if e["ci95"] is None:
+        return f"{e['value']:+.4f} [{TOO_FEW}]"
     return f"{e['value']:+.4f} [{e['ci95'][0]:+.4f}, {e['ci95'][1]:+.4f}]"
 
 
+def _gate(e: dict[str, Any]) -> str:
+    return "passes" if e["verdict"] == "better" else "fails"
+
+
 def scale_note(meta: dict[str, Any]) -> str:
+    docs = ", ".join(f"{d}: {n}" for d, n in meta["documents"].items())
     return (
         f"Scale: {meta['n_layer']} layers x {meta['n_embd']} wide, vocabulary {meta['vocab_size']}, context "
-        f"{meta['context']}, {meta['train_steps']} baseline steps + {meta['masked_steps']} fine-tuning steps per "
-        f"schedule and seed ({meta['n_seeds']} seeds), periodic text (a segment of the row repeated) in "
-        f"{meta['mix_fraction']:.0%} of training rows. These are small models trained briefly on a small corpus; "
-        "effect sizes need not transfer to GPT-2 small on WikiText-103."
+        f"{meta['context']}; {meta['n_baselines']} baselines of {meta['train_steps']} steps, each fine-tuned "
+        f"{meta['masked_steps']} steps per schedule with {meta['n_seeds']} seeds (other data orders); periodic text "
+        f"(a segment of the row repeated) in {meta['mix_fraction']:.0%} of training rows. Training blocks never "
+        f"cross a document boundary. Held-out documents scored: {docs}. These are small models trained briefly on a "
+        "small corpus; effect sizes need not transfer to GPT-2 small on WikiText-103."
+    )
+
+
+def method_note(meta: dict[str, Any]) -> str:
+    return (
+        f"Intervals: {meta['confidence']:.0%}, over baselines, fine-tuning seeds and documents (t interval on the "
+        "sum of the run-to-run variance of the per-baseline estimates and the across-document variance, "
+        "lmask/stats.py); the per-baseline estimates in brackets. Paired: the same baseline, seed, data order and "
+        f"documents on both sides. Fewer than 10 documents give no interval ({TOO_FEW}). Words: Holm-corrected "
+        'within each column (family), so "better"/"worse" appear only where the corrected test rejects no '
+        f"difference. Copy gate: gain above {meta['min_gain']} nats, one-sided, Holm across distances, "
+        f"{meta['copy_sequences']} probe sequences per baseline; each schedule's probe runs zero-shot on the first "
+        f"{meta['schedule_copy_sequences']}. The test domain is scored for every fine-tuned run; code, repeated text "
+        "and generation for the first fine-tuning seed of each baseline (CPU budget)."
     )
 
 
@@ -148,32 +192,30 @@ def research_answers(records: Records, meta: dict[str, Any]) -> list[tuple[str, 
 def q1(records: Records) -> str:
     base = records[BASELINE]
     reach = base.get("copy_range")
-    distances = [int(d) for d in base["copy_loss_drop"]]
+    gate = base["copy_loss_drop"]
+    distances = [int(d) for d in gate]
     if reach is None:
+        best = max(gate, key=lambda d: gate[d]["value"])
         head = (
-            f"The baseline uses no context beyond {min(distances)} tokens that the copy probe can detect: its copy "
-            f"gain is not above 0 (95% CI) at any probed distance ({', '.join(map(str, distances))} tokens), so Q1 "
-            "is not testable here. Windows cannot remove long-range use the model does not have; the gaps below "
-            "measure only what windows cost this model on its (short-range) predictions."
+            f"The baselines' copy gain passes the gate at no probed distance ({', '.join(map(str, distances))} "
+            f"tokens; largest {_nats(gate[best])} nats at d = {best}): this scale shows no use of distant context "
+            "that the probe can detect, so Q1 is not testable here. Windows cannot remove long-range use the model "
+            "does not have; the gaps below measure what windows cost these models' (short-range) predictions."
         )
     else:
-        nearest = min(distances)
-        faint = base["copy_loss_drop"][str(reach)]["value"] < FAINT_COPY_NATS
         head = (
-            f"The baseline uses distant context{', faintly' if faint else ''}: its copy gain is above 0 (95% CI) up "
-            f"to d = {reach} tokens ({_nats(base['copy_loss_drop'][str(reach)])} nats, against "
-            f"{_nats(base['copy_loss_drop'][str(nearest)])} at d = {nearest}), so a window shorter than that can "
-            "remove something" + ("; a model that copied outright would show several nats." if faint else ".")
+            f"The baselines use distant context: their copy gain passes the gate up to d = {reach} tokens "
+            f"({_nats(gate[str(reach)])} nats), so a window shorter than that can remove something."
         )
     parts = [head]
     for name in windowed(records):
         r = records[name]
-        seeds = ", ".join(f"{x:+.2f}%" for x in r["vs_full_pct_seeds"])
+        far_label, far = list(r["by_position"].items())[-1]
         parts.append(
             f"{name} {windows_text(r)}: fine-tuned, {compared(r['vs_full'], 'the full control')} "
-            f"({pct(r['vs_full_pct'], r['vs_full_pct_ci95'])}; seeds {seeds}); zero-shot, "
-            f"{compared(r['zero_shot_vs_baseline'], 'the baseline')} "
-            f"({pct(r['zero_shot_vs_baseline_pct'], r['zero_shot_vs_baseline_pct_ci95'])})." + _copy_loss(r, reach)
+            f"({gap_cell(r['gaps']['vs_full'])}), and at query positions {far_label}, where every windowed layer "
+            f"binds, {gap_cell(far)}; zero-shot, {compared(r['zero_shot_vs_baseline'], 'the baselines')} "
+            f"({gap_cell(r['gaps']['zero_shot_vs_baseline'])})." + _copy_loss(r, reach)
         )
     return " ".join(parts)
 
@@ -187,9 +229,7 @@ def _copy_loss(rec: dict[str, Any], reach: int | None) -> str:
     if reach is None:
         return ""
     e = rec["copy_gain"]["zero_shot"][str(reach)]
-    kept = e["ci95"][0] > 0
-    what = "still above 0" if kept else "not above 0"
-    return f" At d = {reach} its zero-shot copy gain is {_nats(e)} nats: {what}."
+    return f" At d = {reach} its zero-shot copy gain is {_nats(e)} nats."
 
 
 def q2(records: Records) -> str:
@@ -207,56 +247,60 @@ def q2(records: Records) -> str:
             )
             parts.append(
                 f"{name} vs {other} (pairs {records[name]['attention_pairs']:.2f} vs "
-                f"{records[other]['attention_pairs']:.2f}): {verdict} ({pct(g['pct'], g['pct_ci95'])})."
+                f"{records[other]['attention_pairs']:.2f}): {verdict} ({gap_cell(g)})."
             )
     if not parts:
         return "No two schedules have equal attention pairs (within 0.02), so progressions are not compared here."
-    return "Fine-tuned, paired on the same test chunks: " + " ".join(parts)
+    return "Fine-tuned, paired by run and test document: " + " ".join(parts)
 
 
 def q4(records: Records) -> str:
     parts = [f"Domains: {'; '.join(f'{d}: {DOMAIN_ROLE[d]}' for d in DOMAINS)}."]
     for name in windowed(records):
         dom = records[name]["domains"]
-        cells = [
-            f"{d} {dom[d]['vs_full']['verdict']} ({pct(dom[d]['vs_full']['pct'], dom[d]['vs_full']['pct_ci95'])})"
-            for d in DOMAINS
-        ]
+        cells = [f"{d} {gap_cell(dom[d]['vs_full'])}" for d in DOMAINS]
         parts.append(f"{name} vs full: " + ", ".join(cells) + ".")
     return " ".join(parts)
 
 
 def summary_markdown(records: Records, meta: dict[str, Any]) -> str:
-    """metrics/summary.md: README's results block."""
+    """metrics/summary.md: the generated results (docs/results.md; README shows its headline)."""
     lines = [
         "<!-- generated by `dvc repro summarize` (lmask/tables.py) from metrics/summary.json; do not edit -->",
         "",
-        "Perplexity change in % (negative = better), 95% paired bootstrap intervals over test chunks, fine-tuning "
-        "seeds averaged per chunk; the per-seed point estimates beside them. Zero-shot: the baseline's weights under "
-        "the schedule's windows, no training.",
+        "Perplexity change in % (negative = better) against the full-attention control fine-tuned the same way, and "
+        "zero-shot (a baseline's weights under the schedule's windows, no training) against the baselines. Each cell: "
+        "estimate [95% interval] (one estimate per baseline): word.",
         "",
         markdown_table(results_rows(records)),
         "",
-        "Copy gain in nats (loss drop on a random span's second occurrence that its first occurrence, d tokens "
-        "earlier, buys; 95% CI over probe sequences):",
+        "Fine-tuned vs the full control by query position (test documents): a window of w binds at positions w and "
+        "beyond.",
+        "",
+        markdown_table(position_rows(records)),
+        "",
+        "Copy gain in nats: the loss drop on a natural span's second occurrence that its first occurrence, d tokens "
+        "earlier, buys. The baselines' row is the Q1 gate:",
         "",
         markdown_table(copy_rows(records)),
         "",
-        "Generation (greedy continuations of test prompts; fine-tuned seeds averaged). A degenerate output repeats "
-        "itself (distinct-2 below 0.5, lmask/generation.py); BLEU on such text says little, so the true "
-        "continuation's NLL is beside it:",
+        "Generation: seeded samples continuing the first tokens of long test documents, scored against what really "
+        "followed (a degenerate sample repeats itself: distinct-2 below 0.5):",
         "",
         markdown_table(generation_rows(records)),
         "",
     ]
     for question, answer in research_answers(records, meta):
         lines += [f"**{question}** {answer}", ""]
-    lines += [f"_{scale_note(meta)}_", ""]
+    lines += [f"_{method_note(meta)}_", "", f"_{scale_note(meta)}_", ""]
     return "\n".join(lines)
 
 
 __all__ = [
     "copy_rows",
+    "gap_cell",
+    "method_note",
+    "position_rows",
     "generation_rows",
     "markdown_table",
     "research_answers",

@@ -277,15 +277,16 @@ def write_live(live_dir: Path, rows: list[dict], summary: dict) -> None:
 
 
 # --------------------------------------------------------------------------------------------- stage runners
-def initial_model(params: Params, tokenizer) -> GPT2LMHeadModel:
-    """Scratch GPT-2 from params.model, or pretrained weights (hub) for model.init: pretrained."""
+def initial_model(params: Params, tokenizer, seed: int) -> GPT2LMHeadModel:
+    """Scratch GPT-2 from params.model (initialised from ``seed``), or pretrained weights (hub) for model.init:
+    pretrained."""
     from lmask.model import apply_windows, new_model, scratch_config
 
     m = params.model
     if m.init == "scratch":
         eos = tokenizer.eos_token_id
         config = scratch_config(len(tokenizer), m.n_layer, m.n_embd, m.n_head, m.n_positions, m.dropout, eos, eos)
-        return new_model(config, params.seed, m.position_init)
+        return new_model(config, seed, m.position_init)
     require_hub("model.init", "pretrained", "Use `model.init: scratch` to train from scratch offline.")
     model = GPT2LMHeadModel.from_pretrained(m.pretrained_name, attn_implementation="lmask")
     for key in ("n_layer", "n_embd", "n_head"):
@@ -304,8 +305,21 @@ def _tokenizer(folder: Path):
     return AutoTokenizer.from_pretrained(str(folder))
 
 
+def baseline_seed(params: Params, baseline: int) -> int:
+    """The RNG seed (initialisation, data order, mix) of baseline ``baseline``; baseline 0 keeps ``params.seed``."""
+    return params.seed + 1000 * baseline
+
+
+def finetune_seed(params: Params, baseline: int, seed: int) -> int:
+    """The RNG seed (data order, mix) of fine-tuning seed ``seed`` from baseline ``baseline``: distinct from every
+    baseline's and every other run's, and the same for every schedule, so full and windowed runs see the same
+    batches (paired)."""
+    return baseline_seed(params, baseline) + 1 + seed
+
+
 def train_baseline(
     params: Params,
+    baseline: int,
     data_dir: Path,
     tokenizer_dir: Path,
     model_dir: Path,
@@ -313,32 +327,31 @@ def train_baseline(
     checkpoint_dir: Path,
     stop_after: int | None = None,
 ) -> dict:
-    """Train the full-attention baseline (from scratch or pretrained) per params.train and params.model."""
+    """Train full-attention baseline ``baseline`` (an entry of baseline_seeds; from scratch or pretrained) per
+    params.train and params.model."""
     tokenizer = _tokenizer(tokenizer_dir)
     train_blocks, val_blocks = load_blocks(data_dir, "train"), load_blocks(data_dir, "validation")
     stats = read_json(data_dir / "stats.json", "tokenizer statistics")
-    model = initial_model(params, tokenizer)
+    seed = baseline_seed(params, baseline)
+    model = initial_model(params, tokenizer, seed)
     run = Run(
-        "baseline",
-        params.seed,
+        f"baseline-b{baseline}",
+        seed,
         model_dir,
         live_dir,
         checkpoint_dir,
         checkpoint.fingerprint_parts(
-            "baseline", asdict(params.train), asdict(params.model), asdict(params.mix), params.seed, stats
+            "baseline", asdict(params.train), asdict(params.model), asdict(params.mix), seed, stats
         ),
+        info={"baseline": baseline},
     )
     return train(model, train_blocks, val_blocks, params.train, params.mix, run, tokenizer, stop_after)
-
-
-def finetune_seed(params: Params, seed: int) -> int:
-    """The RNG seed of fine-tuning seed ``seed``: distinct from the baseline's and from every other seed's."""
-    return params.seed + 1 + seed
 
 
 def train_masked(
     params: Params,
     schedule: str,
+    baseline: int,
     seed: int,
     baseline_dir: Path,
     data_dir: Path,
@@ -347,7 +360,7 @@ def train_masked(
     checkpoint_dir: Path,
     stop_after: int | None = None,
 ) -> dict:
-    """Fine-tune the baseline under one schedule for masked.steps steps, with fine-tuning seed ``seed``."""
+    """Fine-tune baseline ``baseline`` under one schedule for masked.steps steps, with fine-tuning seed ``seed``."""
     from lmask.model import apply_windows, load_model
 
     sched = params.schedule(schedule)
@@ -358,8 +371,8 @@ def train_masked(
     train_blocks, val_blocks = load_blocks(data_dir, "train"), load_blocks(data_dir, "validation")
     model = apply_windows(load_model(baseline_dir), sched.windows, sched.sinks, params.attention.backend)
     run = Run(
-        f"{schedule}-s{seed}",
-        finetune_seed(params, seed),
+        f"{schedule}-b{baseline}-s{seed}",
+        finetune_seed(params, baseline, seed),
         model_dir,
         live_dir,
         checkpoint_dir,
@@ -370,8 +383,7 @@ def train_masked(
             asdict(params.masked),
             asdict(params.mix),
             params.attention.backend,
-            params.seed,
-            seed,
+            finetune_seed(params, baseline, seed),
             checkpoint.file_sha256(weights),
         ),
         info={
@@ -379,6 +391,7 @@ def train_masked(
             "windows": sched.windows,
             "sinks": sched.sinks,
             "backend": params.attention.backend,
+            "baseline": baseline,
             "finetune_seed": seed,
         },
     )

@@ -45,6 +45,12 @@ def run(main: Callable[[], object]) -> None:
         raise SystemExit(2) from None
 
 
+def require_seed(seeds: list[int], seed: int, key: str) -> None:
+    """A stage's --seed must be listed in params.yaml (a stale dvc.yaml matrix entry fails in one line)."""
+    if seed not in seeds:
+        raise ParamsError(f"{key}: {seed} is not listed (have {seeds})")
+
+
 def is_main_rank() -> bool:
     return int(os.environ.get("RANK", 0)) == 0
 

@@ -1,4 +1,4 @@
-"""Stage tokenize: train or load the tokenizer; cut every split and the code domain into context-length blocks."""
+"""Stage tokenize: train or load the tokenizer; cut every split and the code domain per document."""
 
 from pathlib import Path
 
@@ -15,9 +15,15 @@ def main() -> None:
     from lmask.data import tokenize_splits
 
     stats = tokenize_splits(
-        args.raw, params.tokenizer, params.context, params.data.code_package, args.tokenizer, args.out
+        args.raw,
+        params.tokenizer,
+        params.context,
+        params.data.code_package,
+        params.data.test_documents,
+        args.tokenizer,
+        args.out,
     )
-    print({k: round(v, 1) if isinstance(v, float) else v for k, v in stats.items()})
+    print({k: v for k, v in stats.items() if not isinstance(v, list)})
 
 
 if __name__ == "__main__":

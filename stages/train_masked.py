@@ -1,4 +1,5 @@
-"""Stage train_masked@<schedule>-<seed>: fine-tune the baseline under one schedule with one fine-tuning seed.
+"""Stage train_masked@<schedule>-<baseline>-<seed>: fine-tune one baseline under one schedule with one fine-tuning
+seed. Full and windowed runs with the same baseline and seed see the same batches, so their gap is paired.
 
 With masked.nproc > 1 the stage relaunches itself under torchrun (DDP) after validating params.yaml.
 """
@@ -11,8 +12,9 @@ from stages import cli
 def main() -> None:
     p = cli.parser(__doc__)
     p.add_argument("--schedule", required=True)
+    p.add_argument("--baseline", type=int, required=True, help="baseline seed (an entry of baseline_seeds)")
     p.add_argument("--seed", type=int, required=True, help="fine-tuning seed (an entry of finetune_seeds)")
-    p.add_argument("--baseline", type=Path, required=True)
+    p.add_argument("--baseline-model", type=Path, required=True, help="the baseline's model folder")
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--live", type=Path, required=True, help="dvclive folder for curves and metrics")
@@ -20,12 +22,22 @@ def main() -> None:
     args = p.parse_args()
     params = cli.params(args)
     params.schedule(args.schedule)  # a removed or misspelt schedule fails here, before torchrun
+    cli.require_seed(params.baseline_seeds, args.baseline, "baseline_seeds")
+    cli.require_seed(params.finetune_seeds, args.seed, "finetune_seeds")
     cli.relaunch_under_torchrun(params.masked.nproc, "stages.train_masked")
     from lmask.train import train_masked
 
-    checkpoints = args.checkpoints or Path("checkpoints") / f"{args.schedule}-s{args.seed}"
+    run = f"{args.schedule}-b{args.baseline}-s{args.seed}"
     metrics = train_masked(
-        params, args.schedule, args.seed, args.baseline, args.data, args.model, args.live, checkpoints
+        params,
+        args.schedule,
+        args.baseline,
+        args.seed,
+        args.baseline_model,
+        args.data,
+        args.model,
+        args.live,
+        args.checkpoints or Path("checkpoints") / run,
     )
     if cli.is_main_rank():
         print(metrics)
