@@ -181,6 +181,7 @@ def _train(model, train_blocks, val_blocks, cfg, mix, run: Run, device, world: D
         if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
             # Raised before optimizer.step(), so the last checkpoint holds finite weights.
             what = "loss" if not math.isfinite(step_loss) else "gradient norm"
+            bar.close()  # ends the progress line, so the error is a line of its own
             raise FloatingPointError(
                 f"{run.name}: training {what} became {step_loss if what == 'loss' else grad_norm} at step {step} "
                 f"(lr {lr:.3g}); lower the learning rate (lr={cfg.lr}) or check the data"
