@@ -2,12 +2,15 @@
 
 A run keeps its last two checkpoints (``state.pt`` and ``state.prev.pt``), each written atomically. On resume the
 newest readable one whose fingerprint matches wins; an unreadable file (truncated, garbage) is reported by path,
-moved aside to ``<name>.corrupt``, and the next one is tried, else training starts from scratch.
+moved aside to ``<name>.corrupt``, and the next one is tried, else training starts from scratch. A checkpoint made
+by other code (``code_fingerprint``: lmask and the training stages' sources) is refused the same way, naming the
+changed files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import warnings
@@ -33,6 +36,26 @@ class Progress:
     window: dict | None = None  # the open logging window, so the next row averages the same steps as without a stop
 
 
+ROOT = Path(__file__).resolve().parents[1]
+CODE = ("lmask/*.py", "stages/cli.py", "stages/train_*.py")  # what a training run executes, beside its libraries
+
+
+@functools.cache
+def code_fingerprint(root: Path = ROOT) -> dict[str, str]:
+    """SHA-256 of each source file a training run executes (relative path -> hash), read once per process: the code
+    that runs is the code that was imported. A checkpoint holds these, so a resume after a code change is refused
+    (its weights would match neither the old code's run nor the new code's)."""
+    files = sorted({p for pattern in CODE for p in root.glob(pattern) if p.is_file()})
+    return {p.relative_to(root).as_posix(): file_sha256(p) for p in files}
+
+
+def changed_code(saved: dict[str, str] | None, now: dict[str, str]) -> list[str]:
+    """Files whose source differs between a checkpoint's code and this process's (added and removed included)."""
+    if saved is None:
+        return ["no code hashes recorded"]
+    return sorted(f for f in saved.keys() | now.keys() if saved.get(f) != now.get(f))
+
+
 def save(folder: Path, model, optimizer, progress: Progress, fingerprint: str, world: Distributed) -> None:
     """Rank 0 writes; every rank must call it (it gathers each rank's RNG state)."""
     rng = world.gather(
@@ -48,6 +71,7 @@ def save(folder: Path, model, optimizer, progress: Progress, fingerprint: str, w
         "optimizer": optimizer.state_dict(),
         "progress": progress.__dict__,
         "fingerprint": fingerprint,
+        "code": code_fingerprint(),
         "rng": rng,  # one entry per rank
     }
     folder.mkdir(parents=True, exist_ok=True)
@@ -76,6 +100,7 @@ def load(folder: Path, model, optimizer, fingerprint: str, name: str, world: Dis
     would silently desynchronise the optimizers, so that is an error.
     """
     progress = Progress()
+    other_code = None  # the first checkpoint refused for its code: one line, printed if none resumes
     for file in (NEWEST, PREVIOUS):
         path = folder / file
         state = _read(path, name) if path.is_file() else None
@@ -85,6 +110,10 @@ def load(folder: Path, model, optimizer, fingerprint: str, name: str, world: Dis
             if world.is_main:
                 print(f"{name}: ignoring stale checkpoint {path} (params, inputs or format changed)")
             continue
+        changed = changed_code(state.get("code"), code_fingerprint())
+        if changed:
+            other_code = other_code or f"{name}: checkpoint {path} was made by other code ({_listed(changed)} changed)"
+            continue
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         progress = Progress(**state["progress"])
@@ -93,8 +122,13 @@ def load(folder: Path, model, optimizer, fingerprint: str, name: str, world: Dis
         if rng["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
         if world.is_main:
+            if other_code:
+                print(other_code)
             print(f"{name}: resuming from {path} at step {progress.step}")
         break
+    else:
+        if other_code and world.is_main:
+            print(f"{other_code}; starting from step 0")
     steps = world.gather(progress.step)
     if len(set(steps)) > 1:
         raise RuntimeError(
@@ -109,6 +143,10 @@ def fingerprint_parts(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _listed(files: list[str], most: int = 3) -> str:
+    return ", ".join(files[:most]) + (f" and {len(files) - most} more" if len(files) > most else "")
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -117,4 +155,4 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-__all__ = ["Progress", "file_sha256", "fingerprint_parts", "load", "save"]
+__all__ = ["Progress", "code_fingerprint", "file_sha256", "fingerprint_parts", "load", "save"]

@@ -17,12 +17,42 @@ import os
 import platform
 from pathlib import Path
 
+PINNED = "LMASK_CPU_PINNED"  # set by pin_cpu; lmask.train refuses to train on CPU without it
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
 
 def _has_avx2() -> bool:
-    try:
-        return platform.machine() in ("x86_64", "AMD64") and " avx2" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    return platform.machine() in ("x86_64", "AMD64") and " avx2" in _cpuinfo()
+
+
+def host_cpu() -> dict[str, str]:
+    """The CPU model and the instruction-set flags that change kernel choice (bits can differ between hosts that
+    differ here even with the pin). Recorded in each run's metrics, not in the model folder: it would give
+    bit-identical weights trained on two hosts different DVC hashes."""
+    info = _cpuinfo()
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    return {
+        "cpu": model or platform.processor() or platform.machine(),
+        "isa": " ".join(f for f in ISA_FLAGS if f in flags),
+    }
+
+
+def require_pinned(what: str) -> None:
+    """Refuse CPU work whose bits depend on the pin when this process was started without it (a script or a
+    torchrun worker that skipped ``pin_cpu``: its kernels would follow the host's widest instruction set)."""
+    if PINNED not in os.environ:
+        raise RuntimeError(
+            f"{what}: CPU numerics are not pinned; call lmask.determinism.pin_cpu(params.cpu_threads) before "
+            "importing torch (the stage entry points do), so that results do not depend on the host"
+        )
 
 
 def pin_cpu(threads: int | None) -> dict[str, str]:
@@ -38,7 +68,8 @@ def pin_cpu(threads: int | None) -> dict[str, str]:
     if _has_avx2():
         env.update(ATEN_CPU_CAPABILITY="avx2", MKL_CBWR="AVX2")
     os.environ.update(env)
+    os.environ[PINNED] = str(threads)  # inherited by torchrun workers and other children, as the variables above are
     return env
 
 
-__all__ = ["pin_cpu"]
+__all__ = ["host_cpu", "pin_cpu", "require_pinned"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -18,6 +19,27 @@ from typing import Any
 
 class DataError(ValueError):
     """A bad or missing input file; the message names the file (and the field, where one applies)."""
+
+
+class WriteError(Exception):
+    """An output could not be written (disk full, file size limit, ...); names the destination, left untouched."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        super().__init__(f"{path}: could not write it ({reason}); it was left as it was")
+        self.path, self.reason = Path(path), reason
+
+
+# What torch (PytorchStreamWriter) and safetensors say when the disk is full or a file size limit is hit, besides
+# a plain OSError: RuntimeError("... unexpected pos ..."), SafetensorError("... FileTooLarge ...").
+_WRITE_FAILURES = ("unexpected pos", "failed writing", "file too large", "filetoolarge", "no space left", "storagefull")
+
+
+def _write_failure(err: BaseException) -> str | None:
+    """The reason, in one line, if ``err`` is a failed write; None for any other error (re-raised as it is)."""
+    text = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+    if isinstance(err, OSError) or any(s in str(err).lower() for s in _WRITE_FAILURES):
+        return text
+    return None
 
 
 def _umask() -> int:
@@ -37,9 +59,12 @@ def write_with(path: Path | str, write: Callable[[Path], Any]) -> None:
         write(tmp)
         tmp.chmod(0o666 & ~_umask())  # mkstemp makes files private (0600); outputs get the usual permissions
         tmp.replace(path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
-        raise
+        reason = None if isinstance(err, WriteError) else _write_failure(err)
+        if reason is None:
+            raise
+        raise WriteError(path, reason) from err
 
 
 def write_text(path: Path | str, text: str) -> None:
@@ -76,8 +101,59 @@ def atomic_dir(final: Path | str) -> Iterator[Path]:
             final.rename(old)
         tmp.rename(final)
         shutil.rmtree(old, ignore_errors=True)
+    except WriteError as err:
+        if tmp not in err.path.parents:
+            raise
+        # A file written inside: name the folder (the temp path means nothing to the user).
+        raise WriteError(final, f"{err.path.relative_to(tmp)}: {err.reason}") from err
+    except Exception as err:
+        reason = _write_failure(err)
+        if reason is None:
+            raise
+        raise WriteError(final, reason) from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-__all__ = ["DataError", "atomic_dir", "read_json", "write_json", "write_text", "write_with"]
+REMOTE = re.compile(r"""\[\s*'?remote\s+"([^"]+)"'?\s*\]""")  # ['remote "name"'], as `dvc remote add` writes it
+
+
+def unverified_remotes(root: Path | str = ".") -> list[str]:
+    """Names of the DVC remotes in ``root``'s .dvc/config and .dvc/config.local (merged, as DVC merges them) that
+    lack ``verify = true``: without it `dvc pull` checks out a corrupted object and exits 0. Reads the ini files
+    directly (importing dvc would cost the validate stage seconds); remotes in the user or system config are not seen.
+    """
+    remotes: dict[str, dict[str, str]] = {}
+    for name in ("config", "config.local"):
+        path = Path(root) / ".dvc" / name
+        section = None
+        for line in path.read_text(errors="replace").splitlines() if path.is_file() else []:
+            line = line.strip()
+            if line.startswith("["):
+                match = REMOTE.fullmatch(line)
+                section = remotes.setdefault(match.group(1), {}) if match else None
+            elif section is not None and "=" in line and not line.startswith(("#", ";")):
+                key, value = line.split("=", 1)
+                section[key.strip()] = value.strip().lower()
+    return sorted(n for n, options in remotes.items() if options.get("verify") not in ("true", "yes", "1"))
+
+
+def remote_warnings(root: Path | str = ".") -> list[str]:
+    return [
+        f"warning: DVC remote '{name}' does not verify downloads (a corrupted object would be checked out with exit "
+        f"0): run `dvc remote modify {name} verify true`"
+        for name in unverified_remotes(root)
+    ]
+
+
+__all__ = [
+    "DataError",
+    "WriteError",
+    "atomic_dir",
+    "read_json",
+    "remote_warnings",
+    "unverified_remotes",
+    "write_json",
+    "write_text",
+    "write_with",
+]

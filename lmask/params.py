@@ -12,6 +12,8 @@ model's) runs here too, so a stage never finds a bad value after an hour of work
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import sys
 import types
 import typing
@@ -156,6 +158,10 @@ class TrainParams:
         _positive(f"{section}.nproc", self.nproc)
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise ParamsError(f"{section}.lr must be > 0 and {section}.min_lr in [0, lr], got {self.lr}, {self.min_lr}")
+        if self.weight_decay < 0:
+            raise ParamsError(f"{section}.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.grad_clip <= 0:  # clip_grad_norm_ with max <= 0 zeroes or reverses every gradient
+            raise ParamsError(f"{section}.grad_clip must be > 0, got {self.grad_clip}")
         if self.warmup_steps < 0:
             raise ParamsError(f"{section}.warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.batch_size % (self.micro_batch_size * self.nproc):
@@ -447,9 +453,29 @@ def section_from_dict(cls: type, raw: Any, section: str) -> Any:
     for key, value in raw.items():
         if key not in fields:
             raise ParamsError(f"{section}.{key} is not a known parameter (known: {', '.join(sorted(fields))})")
+        if _matches(value, float) and _matches(1.0, hints[key]):
+            _finite(f"{section}.{key}", value)
+        elif isinstance(value, str) and _matches(1.0, hints[key]):
+            raise ParamsError(f"{section}.{key} must be a number, got the string {value!r}{_yaml11_hint(value)}")
         if not _matches(value, hints[key]):
             raise ParamsError(f"{section}.{key} must be {_type_name(hints[key])}, got {value!r}")
     return cls(**{k: float(v) if hints[k] is float else v for k, v in raw.items()})
+
+
+def _finite(name: str, value: float) -> None:
+    # YAML's .nan and .inf pass every `x > 0` style range check (NaN compares false), then crash torch mid-run.
+    if not math.isfinite(value):
+        raise ParamsError(f"{name} must be a finite number, got {value}")
+
+
+def _yaml11_hint(text: str) -> str:
+    """Why a number came out a string: PyYAML follows YAML 1.1, where 1e6 and 1.0e6 are not floats."""
+    match = re.fullmatch(r"([-+]?)(\d+)(?:\.(\d*))?[eE]([-+]?)(\d+)", text.strip())
+    if not match:
+        return ""
+    sign, whole, frac, exp_sign, exp = match.groups()
+    fixed = f"{sign}{whole}.{frac or '0'}e{exp_sign or '+'}{exp}"
+    return f" (YAML 1.1 needs a dot and a signed exponent: write {fixed})"
 
 
 def _type_name(tp: Any) -> str:

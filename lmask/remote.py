@@ -1,6 +1,7 @@
 """Check every object on a DVC remote against its content hash, and repair bad ones from the local cache.
 
     python -m lmask.remote verify [-r REMOTE] [--repair] [--json] [-j JOBS]
+    python -m lmask.remote verify --cache [--repair]
 
 DVC names each object on a remote by the md5 of its bytes (``files/md5/ab/cdef…``; a ``….dir`` object is a
 directory listing, named by the md5 of its bytes plus ``.dir``: dvc_data's ``Tree.digest``). DVC does not recheck
@@ -9,6 +10,11 @@ remote it rehashes only objects that are not read-only, and deletes those), and 
 ``dvc pull`` reject a bad download. This command downloads (streams) every object,
 rehashes it with DVC's own md5 code and names the workspace outputs each bad object belongs to. With ``--repair``
 a corrupted object is re-uploaded from the local cache, if the cache holds a copy whose md5 is right.
+
+``--cache`` rehashes the local cache the same way: DVC trusts a read-only cache file whose mtime it recorded, so bit
+rot there is checked out silently. ``--cache --repair`` removes each corrupted object and the workspace copies made
+from it, and says how to restore them (``dvc pull`` or ``dvc repro``). Both modes warn about remotes without
+``verify = true``.
 
 Exit status: 0 when no corrupted object is left, 1 when one is, 2 when the repo or remote cannot be opened.
 Outputs hashed with DVC 2's ``md5-dos2unix`` live in the remote's legacy layout and are not checked.
@@ -26,6 +32,8 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
+
+from lmask.io import remote_warnings
 
 if TYPE_CHECKING:
     from dvc.repo import Repo
@@ -57,6 +65,14 @@ def object_md5(odb: HashFileDB, oid: str) -> str:
     from dvc_data.hashfile.hash import fobj_md5
 
     with odb.fs.open(odb.oid_to_path(oid), "rb") as fobj:
+        return fobj_md5(fobj, name="md5")
+
+
+def file_md5(path: str) -> str:
+    """md5 of a workspace file, with the same code as objects (DVC hashes text and binary files alike in 3.x)."""
+    from dvc_data.hashfile.hash import fobj_md5
+
+    with open(path, "rb") as fobj:
         return fobj_md5(fobj, name="md5")
 
 
@@ -143,6 +159,38 @@ def repair(odb: HashFileDB, cache: HashFileDB, check: Check) -> None:
         check.note = f"not repaired: the re-uploaded object hashes to {check.md5}"
 
 
+def repair_cache(cache: HashFileDB, root: str, check: Check) -> None:
+    """Remove a corrupted object from the local cache, and each workspace copy of it (checked out before the damage
+    was found: DVC's state records it as intact, so `dvc checkout` would never replace it). `dvc pull` or
+    `dvc repro` then brings back the right bytes."""
+    for path in check.paths:
+        file = os.path.join(root, path)
+        if os.path.isfile(file) and not intact(check.oid, file_md5(file)):
+            os.unlink(file)
+    try:
+        cache.fs.remove(cache.oid_to_path(check.oid))
+    except OSError as exc:
+        check.note = f"not removed: {exc}"
+        return
+    targets = " ".join(p for p in check.paths if p != NOT_IN_WORKSPACE) or "<its output>"
+    check.status, check.note = "removed", f"restore with `dvc pull {targets}` or `dvc repro`"
+
+
+def run_cache(do_repair: bool, jobs: int | None) -> tuple[list[Check], bool]:
+    """Rehash every object in the local cache (DVC trusts read-only cache files: bit rot is checked out silently);
+    with ``do_repair`` remove the corrupted ones. Objects referenced but absent (never pulled) are not listed."""
+    from dvc.repo import Repo
+
+    with Repo() as repo:
+        cache = repo.cache.local
+        checks = verify(cache, workspace_objects(repo, cache), jobs or 4, "verifying the local cache")
+        checks = [c for c in checks if c.status != "missing"]
+        if do_repair:
+            for check in (c for c in checks if c.status == "corrupted"):
+                repair_cache(cache, repo.root_dir, check)
+    return checks, any(c.status == "corrupted" for c in checks)
+
+
 def run(remote_name: str | None, do_repair: bool, jobs: int | None) -> tuple[list[Check], bool]:
     """Verify (and repair) the remote; returns the checks and whether corruption remains."""
     from dvc.repo import Repo
@@ -160,11 +208,13 @@ def run(remote_name: str | None, do_repair: bool, jobs: int | None) -> tuple[lis
 
 
 def summary(checks: list[Check]) -> str:
-    count = {s: sum(c.status == s for c in checks) for s in ("corrupted", "repaired", "missing")}
+    count = {s: sum(c.status == s for c in checks) for s in ("corrupted", "repaired", "missing", "removed")}
     text = (
-        f"{len(checks) - count['missing']} objects checked, {count['corrupted'] + count['repaired']} corrupted, "
-        f"{count['repaired']} repaired"
+        f"{len(checks) - count['missing']} objects checked, "
+        f"{count['corrupted'] + count['repaired'] + count['removed']} corrupted, {count['repaired']} repaired"
     )
+    if count["removed"]:
+        text += f", {count['removed']} removed from the cache"
     return text + (f"; {count['missing']} referenced objects not on the remote (dvc push)" if count["missing"] else "")
 
 
@@ -178,12 +228,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     cmd.add_argument("--json", action="store_true", help="print every object as a JSON list instead of text lines")
     cmd.add_argument("-j", "--jobs", type=int, default=None, help="parallel downloads (default: the remote's jobs)")
+    cmd.add_argument(
+        "--cache",
+        action="store_true",
+        help="check the local cache instead (--repair removes corrupted objects and their workspace copies)",
+    )
     args = parser.parse_args(argv)
 
     from dvc.exceptions import DvcException
 
+    for warning in remote_warnings():
+        print(warning, file=sys.stderr)
     try:
-        checks, remains = run(args.remote, args.repair, args.jobs)
+        if args.cache:
+            checks, remains = run_cache(args.repair, args.jobs)
+        else:
+            checks, remains = run(args.remote, args.repair, args.jobs)
     except DvcException as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2

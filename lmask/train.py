@@ -23,12 +23,14 @@ from transformers import GPT2LMHeadModel
 
 from lmask import attention, checkpoint
 from lmask.data import load_blocks, require_hub
+from lmask.determinism import host_cpu, require_pinned
 from lmask.device import Distributed, autocast, pick_device
 from lmask.io import DataError, atomic_dir, read_json, write_json
 from lmask.params import MixParams, Params, TrainParams
 from lmask.synthetic import mix_batch
 
 LOGGED = ("train_loss", "val_loss", "lr", "tokens_per_s")
+TIMINGS = ("train_time_s", "tokens_per_s")  # in the run's metrics only, never in the model folder
 
 
 def lr_at(step: int, cfg: TrainParams) -> float:
@@ -117,6 +119,8 @@ def train(
             f"{world_size} processes; the global batch must stay batch_size"
         )
     device = pick_device(cfg.device)
+    if device.type == "cpu":
+        require_pinned(run.name)  # every entry point (stage, torchrun worker, script) pins the same way
     world = Distributed(device)
     result = _train(model, train_blocks, val_blocks, cfg, mix, run, device, world, tokenizer, stop_after)
     # Not in a `finally`: tearing down a group while peers wait in a collective can hang; on errors torchrun
@@ -177,9 +181,10 @@ def _train(model, train_blocks, val_blocks, cfg, mix, run: Run, device, world: D
         if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
             # Raised before optimizer.step(), so the last checkpoint holds finite weights.
             what = "loss" if not math.isfinite(step_loss) else "gradient norm"
+            bar.close()  # ends the progress line, so the error is a line of its own
             raise FloatingPointError(
-                f"{run.name}: training {what} became {step_loss if what == 'loss' else grad_norm} at step {step}; "
-                f"lower the learning rate (lr={cfg.lr}) or check the data"
+                f"{run.name}: training {what} became {step_loss if what == 'loss' else grad_norm} at step {step} "
+                f"(lr {lr:.3g}); lower the learning rate (lr={cfg.lr}) or check the data"
             )
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -246,6 +251,9 @@ def _train(model, train_blocks, val_blocks, cfg, mix, run: Run, device, world: D
         "mix": asdict(mix),
         **run.info,
     }
+    # The model folder is DVC-cached and hashed: no wall-clock time, throughput or host in it, or bit-identical
+    # weights would get a new hash on every run (and every host). Those live in the uncached dvclive metrics.
+    timeless = {k: v for k, v in metrics.items() if k not in TIMINGS}
     # Every rank has finished every step before rank 0 deletes the checkpoint: a rank crashing late can still resume.
     world.barrier()
     if world.is_main:
@@ -253,8 +261,8 @@ def _train(model, train_blocks, val_blocks, cfg, mix, run: Run, device, world: D
             model.save_pretrained(tmp)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
-            write_json(tmp / "train_info.json", {**info, "metrics": metrics})
-        write_live(run.live_dir, progress.rows, metrics)
+            write_json(tmp / "train_info.json", {**info, "metrics": timeless})
+        write_live(run.live_dir, progress.rows, {**metrics, "host": host_cpu()})
         shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
     world.barrier()  # outputs exist before any rank returns
     return {**metrics, "attention_paths": info["attention_paths"]}

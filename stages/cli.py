@@ -14,8 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lmask.determinism import pin_cpu
-from lmask.io import DataError
+from lmask.io import DataError, WriteError
 from lmask.params import Params, ParamsError, load_params
+
+# DVC deletes a stage's outputs before running it; after a failure the lock still names the previous ones.
+RESTORE = "DVC removed this stage's previous outputs before it ran: `dvc checkout` restores them"
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -34,7 +37,8 @@ def params(args: argparse.Namespace) -> Params:
 
 
 def run(main: Callable[[], object]) -> None:
-    """Run a stage's main; known input errors become one line on stderr and exit code 2."""
+    """Run a stage's main; known input errors, a diverged training run and a failed write (disk full) become one
+    line on stderr and exit code 2."""
     try:
         main()
     except ParamsError as err:
@@ -42,6 +46,9 @@ def run(main: Callable[[], object]) -> None:
         raise SystemExit(2) from None
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except (FloatingPointError, WriteError) as err:  # a diverged run, a full disk: nothing half-written was kept
+        print(f"error: {err}. {RESTORE}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

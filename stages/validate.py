@@ -4,6 +4,8 @@ DVC removes a stage's outputs before running it. Every other stage depends on ``
 changes), so a bad params.yaml fails here, first, and no result is deleted.
 """
 
+import sys
+
 from stages import cli
 
 MARKER = "params.yaml passed lmask.params validation (stage validate); other stages depend on this file.\n"
@@ -14,8 +16,10 @@ def main() -> None:
     p.add_argument("--out", required=True)
     args = p.parse_args()
     cli.params(args)
-    from lmask.io import write_text
+    from lmask.io import remote_warnings, write_text
 
+    for warning in remote_warnings():  # a warning, not an error: the pipeline itself does not need a remote
+        print(warning, file=sys.stderr)
     write_text(args.out, MARKER)
     print("params.yaml is valid")
 

@@ -17,6 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from lmask.determinism import pin_cpu
+
+# Tests train in-process, and lmask.train refuses to train on an unpinned CPU: pin this process as the stages pin
+# theirs, before any test module imports torch (thread count left to torch, as before).
+pin_cpu(None)
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: dvc, python, torchrun
 

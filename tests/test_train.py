@@ -172,7 +172,9 @@ def test_non_finite_loss_stops_with_a_clear_error(workdir, monkeypatch):
         return model
 
     monkeypatch.setattr(lmask.train, "initial_model", poisoned)
-    with pytest.raises(FloatingPointError, match=r"training loss became nan at step 0; lower the learning rate"):
+    with pytest.raises(
+        FloatingPointError, match=r"training loss became nan at step 0 \(lr 0\.001\); lower the learning rate"
+    ):
         train(load_params())
     assert not Path("models/baseline").exists() and not Path("metrics/train/baseline").exists()
 
