@@ -37,8 +37,9 @@ BAND_MAX_WINDOW = 32
 
 def band_block(window: int) -> int:
     """Queries per tile. A query computes P + b keys for w needed (P = w - 1 rounded up to b), so small tiles waste
-    less; below 4 the GEMMs are too small to pay for their call. Measured on the 2-core CPU, T = 3072, 12 × 64."""
-    return 4 if window <= 4 else 8 if window <= 32 else 16
+    less, but tiles below 4 queries make GEMMs too small to pay for their call. Measured (roughly: the 2-core CPU was
+    shared) at T = 3072, 12 × 64, fwd+bwd: b = 4 at w = 4, and 4, 8 and 16 within noise of each other at w = 16."""
+    return 4 if window <= 4 else 8 if window <= 8 else 16
 
 
 def band_prev(window: int, block: int) -> int:
@@ -110,6 +111,18 @@ class _BandAttention(torch.autograd.Function):
     def forward(
         ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, sinks: int, b: int, scale: float
     ) -> torch.Tensor:
+        with torch.autocast(q.device.type, enabled=False):  # the GEMMs run in the inputs' dtype (fp32 or fp64)
+            return _BandAttention._forward(ctx, q, k, v, window, sinks, b, scale)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
+        with torch.autocast(grad_out.device.type, enabled=False):
+            return _BandAttention._backward(ctx, grad_out)
+
+    @staticmethod
+    def _forward(
+        ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, sinks: int, b: int, scale: float
+    ) -> torch.Tensor:
         B, H, T, D = q.shape
         P = band_prev(window, b)
         R = P + -(-T // b) * b  # rows per head; a multiple of b
@@ -135,7 +148,7 @@ class _BandAttention(torch.autograd.Function):
         return _unbuffer(ob, B, H, T, P, R).transpose(1, 2)
 
     @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
+    def _backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
         qb, kb, vb, probs, ob = ctx.saved_tensors
         B, H, T, D, P, R, b, sinks, scale = ctx.config
         BH, L, n = B * H, P + b, (P + b) // b
@@ -194,7 +207,11 @@ def band_attention(
     """
     T, D = query.shape[-2], query.shape[-1]
     scale = D**-0.5 if scaling is None else scaling
-    return _BandAttention.apply(query, key, value, window, min(sinks, T), block or band_block(window), scale)
+    args = (window, min(sinks, T), block or band_block(window), scale)
+    if query.dtype in (torch.bfloat16, torch.float16):  # scores and softmax in fp32, as SDPA's kernels do
+        out = _BandAttention.apply(query.float(), key.float(), value.float(), *args)
+        return out.to(query.dtype)
+    return _BandAttention.apply(query, key, value, *args)
 
 
 __all__ = ["BAND_MAX_WINDOW", "band_attention", "band_block", "band_pairs", "band_prev"]

@@ -32,7 +32,8 @@ import torch
 from tqdm import tqdm
 
 from lmask import attention
-from lmask.attention import causal_attention, windowed_attention
+from lmask.attention import causal_attention, select_path, windowed_attention
+from lmask.band import BAND_MAX_WINDOW, band_pairs
 from lmask.device import autocast
 from lmask.flops import attention_ceiling, blocked_pairs, flops_ceiling
 from lmask.io import write_json
@@ -41,7 +42,7 @@ from lmask.model import apply_windows, new_model, scratch_config
 from lmask.params import BenchmarkParams, Schedule
 from lmask.schedule import attention_pairs
 
-MODES = ("fwd", "fwd_bwd", "kernel")
+MODES = ("fwd", "fwd_bwd", "kernel", "kernel_fwd_bwd")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -176,67 +177,122 @@ def bench_model(
     return records
 
 
+KERNELS = ("band", "blocked")  # the two sparse CPU kernels the kernel benchmark times at every window
+
+
+def _kernel_pairs(kernel: str, w: int, T: int) -> int:
+    return band_pairs(w, T) if kernel == "band" else blocked_pairs(w, T)
+
+
+def _kernel_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: int | None, kernel: str, grad: Any) -> Any:
+    """One timed call: forward (no grad), or forward + backward when ``grad`` is given."""
+    if w is None:
+        fn = lambda: causal_attention(q, k, v)  # noqa: E731
+    else:
+        fn = lambda: windowed_attention(q, k, v, w, backend=kernel)  # noqa: E731
+    if grad is None:
+
+        def call() -> None:
+            with torch.no_grad():
+                fn()
+
+        return call
+    return lambda: torch.autograd.grad(fn(), (q, k, v), grad)
+
+
 def bench_kernel(p: BenchmarkParams, seq_lens: list[int], device: torch.device, progress: Any) -> list[dict]:
-    """One layer's attention (forward) at each window against causal SDPA, beside the ideal pair ratio.
+    """One layer's attention at each window, band and blocked kernels, forward (``kernel``) and forward + backward
+    (``kernel_fwd_bwd``), against causal SDPA in the same mode, beside the ideal pair ratio.
 
     Also times a memory floor: one elementwise op that reads q, k and v and writes an output of the same shape, the
     traffic every attention kernel has at least. No kernel beats it, so ``attainable`` = min(ideal, causal / floor)
-    bounds the speedup from above on this machine: where w is small, moving the tensors costs more than the pairs.
+    bounds the forward speedup from above on this machine: where w is small, moving the tensors costs more than the
+    pairs. ``dispatched`` marks the kernel ``lmask.attention.select_path`` picks for that window.
     """
     H, D = p.n_head, p.n_embd // p.n_head
     records = []
     for T in seq_lens:
         q, k, v = (torch.randn(p.batch_size, T, H, D, device=device).transpose(1, 2) for _ in range(3))
         out = torch.empty_like(q)
-        fns: dict[Any, Any] = {None: lambda q=q, k=k, v=v: causal_attention(q, k, v)}
-        fns["floor"] = lambda q=q, k=k, v=v, out=out: torch.addcmul(q, k, v, out=out)
-        for w in p.kernel_windows:
-            if w < T:
-                fns[w] = lambda q=q, k=k, v=v, w=w: windowed_attention(q, k, v, w)
-        times: dict[Any, list[float]] = {w: [] for w in fns}
-        before = attention.PATH_COUNTS.copy()
-        with torch.no_grad():
+        for mode in ("kernel", "kernel_fwd_bwd"):
+            grad = None
+            if mode == "kernel_fwd_bwd":
+                q, k, v = (x.detach().requires_grad_() for x in (q, k, v))
+                grad = torch.randn(p.batch_size, T, H, D, device=device)
+            fns: dict[Any, Any] = {None: _kernel_call(q, k, v, None, "causal", grad)}
+            if grad is None:
+                fns["floor"] = lambda q=q, k=k, v=v, out=out: torch.addcmul(q, k, v, out=out)
+            for w in p.kernel_windows:
+                for kernel in KERNELS:
+                    if w < T and (kernel == "blocked" or w <= p.band_max_window):
+                        fns[(kernel, w)] = _kernel_call(q, k, v, w, kernel, grad)
+            times: dict[Any, list[float]] = {key: [] for key in fns}
             for fn in fns.values():  # warm-up
                 fn()
             for r in range(p.kernel_repeats):  # order alternates, as in bench_model
-                for w in list(fns) if r % 2 == 0 else list(fns)[::-1]:
-                    times[w].append(_timed(fns[w], device)[0])
-        progress.update(1)
-        t_causal, t_floor = statistics.median(times[None]), statistics.median(times["floor"])
-        for w in fns:
-            if w is None or w == "floor":
-                continue
-            round_speedups = [c / t for c, t in zip(times[None], times[w], strict=True)]
-            ideal = attention_ceiling(w, T)
-            speedup = statistics.median(round_speedups)
-            # fraction of ideal = (needed / computed pairs) x (speed per computed pair relative to causal SDPA)
-            ran = attention.PATH_COUNTS - before
-            blocked = "blocked" in ran or "flex_fallback" in ran  # else FlexAttention, whose tiling differs
-            computed = blocked_pairs(w, T) if blocked else None
-            records.append(
-                _record(
-                    schedule=f"w{w}",
-                    window=w,
-                    seq_len=T,
-                    mode="kernel",
-                    speedup=speedup,
-                    round_speedups=round_speedups,
-                    ceiling=ideal,
-                    pair_overhead=None if computed is None else computed / attention_pairs(w, T),
-                    pair_rate_vs_causal=None if computed is None else speedup * computed / attention_pairs(None, T),
-                    floor_time_s=t_floor,
-                    attainable=min(ideal, t_causal / t_floor),
-                    device=device.type,
-                    time_s=statistics.median(times[w]),
-                    full_time_s=t_causal,
-                    times_s=times[w],
-                    tokens_per_s=p.batch_size * T / statistics.median(times[w]),
-                    peak_mem_bytes=None,
-                    kv_cache_bytes=kv_cache_bytes([w], T, 0, H, D),
-                    attention_paths=sorted(attention.PATH_COUNTS - before),
+                for key in list(fns) if r % 2 == 0 else list(fns)[::-1]:
+                    times[key].append(_timed(fns[key], device)[0])
+            progress.update(1)
+            t_causal = statistics.median(times[None])
+            t_floor = statistics.median(times["floor"]) if "floor" in times else None
+            for key in fns:
+                if key is None or key == "floor":
+                    continue
+                kernel, w = key
+                round_speedups = [c / t for c, t in zip(times[None], times[key], strict=True)]
+                ideal = attention_ceiling(w, T)
+                speedup = statistics.median(round_speedups)
+                # fraction of ideal = (needed / computed pairs) x (speed per computed pair relative to causal SDPA)
+                computed = _kernel_pairs(kernel, w, T)
+                probe = torch.empty(1, 1, T, 1, device=device)
+                records.append(
+                    _record(
+                        schedule=f"{kernel}_w{w}",
+                        kernel=kernel,
+                        dispatched=select_path(probe, probe, w) == kernel,
+                        window=w,
+                        seq_len=T,
+                        mode=mode,
+                        speedup=speedup,
+                        round_speedups=round_speedups,
+                        ceiling=ideal,
+                        pair_overhead=computed / attention_pairs(w, T),
+                        pair_rate_vs_causal=speedup * computed / attention_pairs(None, T),
+                        floor_time_s=t_floor,
+                        attainable=None if t_floor is None else min(ideal, t_causal / t_floor),
+                        device=device.type,
+                        time_s=statistics.median(times[key]),
+                        full_time_s=t_causal,
+                        times_s=times[key],
+                        tokens_per_s=p.batch_size * T / statistics.median(times[key]),
+                        peak_mem_bytes=None,
+                        kv_cache_bytes=kv_cache_bytes([w], T, 0, H, D),
+                        attention_paths=[kernel],
+                    )
                 )
-            )
     return records
+
+
+def crossover(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per kernel mode and T: the largest window up to which the band kernel is faster than the blocked one at every
+    timed window (None when blocked wins already at the smallest), and the windows where each won."""
+    out: dict[str, Any] = {}
+    for mode in ("kernel", "kernel_fwd_bwd"):
+        for T in sorted({r["seq_len"] for r in records if r["mode"] == mode}):
+            rows = {(r["kernel"], r["window"]): r for r in records if r["mode"] == mode and r["seq_len"] == T}
+            both = sorted(w for kernel, w in rows if kernel == "band" and ("blocked", w) in rows)
+            band_wins = [w for w in both if rows[("band", w)]["speedup"] > rows[("blocked", w)]["speedup"]]
+            last = None
+            for w in both:
+                if w not in band_wins:
+                    break
+                last = w
+            out.setdefault(mode, {})[str(T)] = {
+                "band_faster_up_to": last,
+                "band_faster_at": band_wins,
+                "blocked_faster_at": [w for w in both if w not in band_wins],
+            }
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -277,10 +333,12 @@ def pick(p: BenchmarkParams) -> tuple[torch.device, list[int]]:
     return device, p.gpu_seq_lens if device.type == "cuda" else p.seq_lens
 
 
-def _write(out: Path, records: list[dict[str, Any]], device: torch.device, elapsed: float) -> dict[str, Any]:
+def _write(
+    out: Path, records: list[dict[str, Any]], device: torch.device, elapsed: float, **extra: Any
+) -> dict[str, Any]:
     # Run facts are strings or live inside the records list, which dvc metrics skips: only the summary is compared.
     info = {"device": device.type, "threads": str(torch.get_num_threads()), "elapsed": f"{elapsed:.0f} s"}
-    result = {"summary": summary(records), "run": info, "records": records}
+    result = {"summary": summary(records), "run": info, **extra, "records": records}
     write_json(out, result, indent=1)
     print(table(records))
     print(f"{device.type}, {torch.get_num_threads()} threads, {elapsed:.0f} s; wrote {out}")
@@ -302,9 +360,12 @@ def run_kernel(p: BenchmarkParams, out: Path) -> dict[str, Any]:
     """One layer's attention at each ``kernel_windows`` against causal SDPA; write ``out``."""
     device, seq_lens = pick(p)
     t0 = time.perf_counter()
-    with tqdm(total=len(seq_lens), desc="benchmark kernel", unit="T") as progress:
+    with tqdm(total=2 * len(seq_lens), desc="benchmark kernel", unit="T") as progress:
         records = bench_kernel(p, seq_lens, device, progress)
-    return _write(out, records, device, time.perf_counter() - t0)
+    # The dispatch constant (lmask.band.BAND_MAX_WINDOW) was set from this measurement; recorded beside it so a
+    # rerun on another machine shows whether it still holds.
+    cross = {"measured": crossover(records), "dispatch_band_max_window": BAND_MAX_WINDOW}
+    return _write(out, records, device, time.perf_counter() - t0, crossover=cross)
 
 
-__all__ = ["bench_kernel", "bench_model", "run_kernel", "run_schedule", "summary", "table"]
+__all__ = ["bench_kernel", "bench_model", "crossover", "run_kernel", "run_schedule", "summary", "table"]

@@ -279,6 +279,7 @@ class BenchmarkParams:
     warmup: int = 1  # untimed rounds per T and mode before the timed rounds
     repeats: int = 3  # timed rounds per T and mode; the order alternates between rounds
     kernel_repeats: int = 5  # timed rounds of the one-layer kernel comparison
+    band_max_window: int = 256  # the kernel benchmark times the band kernel up to this window (crossover sweep)
     device: str = "auto"  # auto | cpu | cuda
     threads: int | None = None  # torch threads on CPU (None = torch's default)
 
@@ -293,7 +294,16 @@ class BenchmarkParams:
             _positive("benchmark.fwd_bwd_seq_lens", v)
             if v not in self.seq_lens and v not in self.gpu_seq_lens:
                 raise ParamsError(f"benchmark.fwd_bwd_seq_lens: {v} is in neither benchmark.seq_lens nor gpu_seq_lens")
-        for name in ("n_layer", "n_embd", "n_head", "vocab_size", "batch_size", "repeats", "kernel_repeats"):
+        for name in (
+            "n_layer",
+            "n_embd",
+            "n_head",
+            "vocab_size",
+            "batch_size",
+            "repeats",
+            "kernel_repeats",
+            "band_max_window",
+        ):
             _positive(f"benchmark.{name}", getattr(self, name))
         if self.warmup < 0:
             raise ParamsError(f"benchmark.warmup must be an integer >= 0, got {self.warmup!r}")
