@@ -23,6 +23,7 @@ generation cache after T tokens (batch 1, fp32; ``lmask.kv_cache``).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import statistics
 import time
 from pathlib import Path
@@ -186,10 +187,10 @@ def _kernel_pairs(kernel: str, w: int, T: int) -> int:
 
 def _kernel_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: int | None, kernel: str, grad: Any) -> Any:
     """One timed call: forward (no grad), or forward + backward when ``grad`` is given."""
-    if w is None:
-        fn = lambda: causal_attention(q, k, v)  # noqa: E731
-    else:
-        fn = lambda: windowed_attention(q, k, v, w, backend=kernel)  # noqa: E731
+
+    def fn() -> Any:
+        return causal_attention(q, k, v) if w is None else windowed_attention(q, k, v, w, backend=kernel)
+
     if grad is None:
 
         def call() -> None:
@@ -345,15 +346,52 @@ def _write(
     return result
 
 
-def run_schedule(p: BenchmarkParams, schedule: Schedule, out: Path) -> dict[str, Any]:
-    """Time one windowed schedule against full attention (the whole model); write ``out``."""
+def experiment_params(p: BenchmarkParams, dims: dict[str, int]) -> BenchmarkParams:
+    """The benchmark params at the experiment's own model dims and context (``dims``: n_layer, n_embd, n_head,
+    vocab_size, seq_len), fwd and fwd+bwd at that one T, ``experiment_repeats`` rounds."""
+    T = dims["seq_len"]
+    model = {k: dims[k] for k in ("n_layer", "n_embd", "n_head", "vocab_size")}
+    return dataclasses.replace(
+        p, **model, seq_lens=[T], gpu_seq_lens=[T], fwd_bwd_seq_lens=[T], repeats=p.experiment_repeats
+    )
+
+
+def _ceiling_check(records: list[dict[str, Any]]) -> None:
+    """A speedup above its FLOP ceiling is either noise (the ceiling lies within the per-round ratios) or a real
+    effect the FLOP model misses (e.g. the smaller KV working set, or SDPA's causal kernel being slower per pair
+    than the sparse ones); the records say which."""
+    for r in records:
+        rounds = r["round_speedups"]
+        r["within_ceiling"] = r["speedup"] <= r["ceiling"]
+        r["ceiling_in_spread"] = min(rounds) <= r["ceiling"]
+        r["round_spread"] = [min(rounds), max(rounds)]
+
+
+def run_schedule(
+    p: BenchmarkParams, schedule: Schedule, out: Path, experiment: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """Time one windowed schedule against full attention (the whole model); write ``out``.
+
+    With ``experiment`` (the experiment's dims and context) and ``experiment_repeats`` > 0, also time the schedule
+    at those dims: the models the experiment evaluates, not only GPT-2 small. They go to the file's
+    ``experiment`` section (its own summary and records), beside the GPT-2-small ones.
+    """
     device, seq_lens = pick(p)
     fwd_bwd = set(seq_lens if p.fwd_bwd_seq_lens is None else p.fwd_bwd_seq_lens)
     calls = (p.warmup + p.repeats) * 2 * sum(2 if T in fwd_bwd else 1 for T in seq_lens)
+    exp_p = experiment_params(p, experiment) if experiment and p.experiment_repeats > 0 else None
+    if exp_p is not None:
+        calls += (p.warmup + exp_p.repeats) * 2 * 2
     t0 = time.perf_counter()
+    extra: dict[str, Any] = {}
     with tqdm(total=calls, desc=f"benchmark {schedule.name}", unit="call") as progress:
         records = bench_model(p, schedule, seq_lens, device, progress)
-    return _write(out, records, device, time.perf_counter() - t0)
+        if exp_p is not None:
+            exp_records = bench_model(exp_p, schedule, exp_p.seq_lens, device, progress)
+            _ceiling_check(exp_records)
+            extra["experiment"] = {"dims": dict(experiment), "summary": summary(exp_records), "records": exp_records}
+    _ceiling_check(records)
+    return _write(out, records, device, time.perf_counter() - t0, **extra)
 
 
 def run_kernel(p: BenchmarkParams, out: Path) -> dict[str, Any]:

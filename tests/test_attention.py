@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 
 from lmask import attention as A
-from lmask.band import band_attention, band_block, band_pairs, band_prev
 from lmask.attention import (
     PATH_COUNTS,
     blocked_attention,
@@ -18,6 +17,7 @@ from lmask.attention import (
     window_mask,
     windowed_attention,
 )
+from lmask.band import band_attention, band_block, band_pairs, band_prev
 from lmask.model import apply_windows, new_model, scratch_config
 
 
@@ -383,8 +383,8 @@ def test_band_short_sequences_and_strided_gradient():
     """T below the window and below the tile, sinks beyond T, and a transposed incoming gradient."""
     for T, window, sinks in [(1, 1, 0), (3, 16, 4), (5, 2, 9)]:
         q, k, v = qkv(2, 2, T, seed=T)
-        got = outputs_and_grads(lambda *x: band_attention(*x, window, sinks), q, k, v)
-        want = outputs_and_grads(lambda *x: dense_reference_fp64(*x, window, sinks), q, k, v)
+        got = outputs_and_grads(lambda *x, w=window, s=sinks: band_attention(*x, w, s), q, k, v)
+        want = outputs_and_grads(lambda *x, w=window, s=sinks: dense_reference_fp64(*x, w, s), q, k, v)
         for a, b in zip(got, want, strict=True):
             torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
     q, k, v = qkv(2, 3, 90, seed=9)

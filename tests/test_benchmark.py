@@ -122,6 +122,24 @@ def test_schedule_records_measure_real_calls(tmp_path):
         assert r["attention_paths"] == (["causal"] if name == "full" else ["band"])
 
 
+def test_experiment_dims_section(tmp_path):
+    """The experiment's own dims and context, timed beside the benchmark dims, with the ceiling check."""
+    p = tiny(repeats=2, experiment_repeats=2)
+    dims = {"n_layer": 2, "n_embd": 8, "n_head": 2, "vocab_size": 30, "seq_len": 48}
+    result = bench.run_schedule(p, NARROW, tmp_path / "narrow.json", dims)
+    exp = result["experiment"]
+    assert exp["dims"] == dims
+    assert [(r["seq_len"], r["mode"]) for r in exp["records"]] == [(48, "fwd"), (48, "fwd_bwd")]
+    for r in exp["records"] + result["records"]:
+        assert len(r["round_speedups"]) == 2
+        assert r["within_ceiling"] == (r["speedup"] <= r["ceiling"])
+        assert r["ceiling_in_spread"] == (min(r["round_speedups"]) <= r["ceiling"])
+        assert r["round_spread"] == [min(r["round_speedups"]), max(r["round_speedups"])]
+    assert exp["records"][0]["ceiling"] == pytest.approx(flops_ceiling([None, 8], 48, 8, 30, 0))
+    assert set(exp["summary"]["narrow"]) == {"fwd", "fwd_bwd"}
+    assert "experiment" not in bench.run_schedule(tiny(experiment_repeats=0), NARROW, tmp_path / "n.json", dims)
+
+
 def test_kernel_records(tmp_path):
     p = tiny(kernel_windows=[4, 8, 64], band_max_window=4)
     out = tmp_path / "kernel.json"
@@ -245,6 +263,7 @@ def test_stage_names_an_unknown_schedule_and_a_bad_field(params_file, tmp_path):
         ("fwd_bwd_seq_lens", [-1]),
         ("kernel_windows", []),
         ("band_max_window", 0),
+        ("experiment_repeats", -1),
         ("n_head", 5),
         ("vocab_size", "big"),
         ("device", "tpu"),
