@@ -9,6 +9,9 @@ Window semantics: query i sees key j iff j <= i and (i - j < window or j < sinks
 Paths (``select_path`` picks one; ``backend`` forces one where it is correct):
 
 - ``causal``: full layers, SDPA with ``is_causal`` (flash on GPU; the CPU flash kernel skips the upper triangle).
+- ``band``: windowed prefill for small windows (w <= ``lmask.band.BAND_MAX_WINDOW``, the measured crossover): tiles
+  of 4-16 queries and explicit batched GEMMs over all heads at once, backward from the saved probabilities
+  (``lmask.band``). ``auto`` picks it over ``blocked`` on every device where flex is not chosen.
 - ``blocked``: windowed prefill without an explicit mask. Queries are cut into blocks of ``b``; each block attends
   to a slab of its own and the preceding keys the window reaches (plus sink keys), one batched attention call over
   all blocks. Work is O(T·(w + b)) instead of O(T²), forward and backward. On CPU the slabs are overlapping strided
@@ -35,11 +38,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from lmask.band import BAND_MAX_WINDOW, band_attention
 from lmask.blocking import blocked_layout
 from lmask.schedule import visible
 
-BACKENDS = ("auto", "blocked", "flex", "masked")
-PATHS = ("causal", "blocked", "flex", "masked")
+BACKENDS = ("auto", "band", "blocked", "flex", "masked")
+PATHS = ("causal", "band", "blocked", "flex", "masked")
 
 
 def window_mask(
@@ -407,7 +411,7 @@ def select_path(
     dropout: float = 0.0,
     backend: str = "auto",
 ) -> str:
-    """Which path ``windowed_attention`` takes: causal | blocked | flex | masked."""
+    """Which path ``windowed_attention`` takes: causal | band | blocked | flex | masked. The one dispatch rule."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
     q_len, k_len = query.shape[-2], key.shape[-2]
@@ -421,6 +425,8 @@ def select_path(
         return "masked"  # padding, cache decoding, dropout: the explicit mask is the correct path
     if backend == "flex" or (backend == "auto" and flex_available(query.device)):
         return "flex"
+    if backend == "band" or (backend == "auto" and window <= BAND_MAX_WINDOW):
+        return "band"  # small windows: the band kernel beats the blocked one below the measured crossover
     return "blocked"
 
 
@@ -441,6 +447,8 @@ def windowed_attention(
         PATH_COUNTS[path] += 1
     if path == "causal":
         return causal_attention(query, key, value, scaling, dropout)
+    if path == "band":
+        return band_attention(query, key, value, window, sinks, scaling)
     if path == "blocked":
         return blocked_attention(query, key, value, window, sinks, scaling)
     if path == "flex":

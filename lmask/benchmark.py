@@ -23,6 +23,7 @@ generation cache after T tokens (batch 1, fp32; ``lmask.kv_cache``).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import statistics
 import time
 from pathlib import Path
@@ -32,7 +33,8 @@ import torch
 from tqdm import tqdm
 
 from lmask import attention
-from lmask.attention import causal_attention, windowed_attention
+from lmask.attention import causal_attention, select_path, windowed_attention
+from lmask.band import BAND_MAX_WINDOW, band_pairs
 from lmask.device import autocast
 from lmask.flops import attention_ceiling, blocked_pairs, flops_ceiling
 from lmask.io import write_json
@@ -41,7 +43,7 @@ from lmask.model import apply_windows, new_model, scratch_config
 from lmask.params import BenchmarkParams, Schedule
 from lmask.schedule import attention_pairs
 
-MODES = ("fwd", "fwd_bwd", "kernel")
+MODES = ("fwd", "fwd_bwd", "kernel", "kernel_fwd_bwd")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -176,67 +178,122 @@ def bench_model(
     return records
 
 
+KERNELS = ("band", "blocked")  # the two sparse CPU kernels the kernel benchmark times at every window
+
+
+def _kernel_pairs(kernel: str, w: int, T: int) -> int:
+    return band_pairs(w, T) if kernel == "band" else blocked_pairs(w, T)
+
+
+def _kernel_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: int | None, kernel: str, grad: Any) -> Any:
+    """One timed call: forward (no grad), or forward + backward when ``grad`` is given."""
+
+    def fn() -> Any:
+        return causal_attention(q, k, v) if w is None else windowed_attention(q, k, v, w, backend=kernel)
+
+    if grad is None:
+
+        def call() -> None:
+            with torch.no_grad():
+                fn()
+
+        return call
+    return lambda: torch.autograd.grad(fn(), (q, k, v), grad)
+
+
 def bench_kernel(p: BenchmarkParams, seq_lens: list[int], device: torch.device, progress: Any) -> list[dict]:
-    """One layer's attention (forward) at each window against causal SDPA, beside the ideal pair ratio.
+    """One layer's attention at each window, band and blocked kernels, forward (``kernel``) and forward + backward
+    (``kernel_fwd_bwd``), against causal SDPA in the same mode, beside the ideal pair ratio.
 
     Also times a memory floor: one elementwise op that reads q, k and v and writes an output of the same shape, the
     traffic every attention kernel has at least. No kernel beats it, so ``attainable`` = min(ideal, causal / floor)
-    bounds the speedup from above on this machine: where w is small, moving the tensors costs more than the pairs.
+    bounds the forward speedup from above on this machine: where w is small, moving the tensors costs more than the
+    pairs. ``dispatched`` marks the kernel ``lmask.attention.select_path`` picks for that window.
     """
     H, D = p.n_head, p.n_embd // p.n_head
     records = []
     for T in seq_lens:
         q, k, v = (torch.randn(p.batch_size, T, H, D, device=device).transpose(1, 2) for _ in range(3))
         out = torch.empty_like(q)
-        fns: dict[Any, Any] = {None: lambda q=q, k=k, v=v: causal_attention(q, k, v)}
-        fns["floor"] = lambda q=q, k=k, v=v, out=out: torch.addcmul(q, k, v, out=out)
-        for w in p.kernel_windows:
-            if w < T:
-                fns[w] = lambda q=q, k=k, v=v, w=w: windowed_attention(q, k, v, w)
-        times: dict[Any, list[float]] = {w: [] for w in fns}
-        before = attention.PATH_COUNTS.copy()
-        with torch.no_grad():
+        for mode in ("kernel", "kernel_fwd_bwd"):
+            grad = None
+            if mode == "kernel_fwd_bwd":
+                q, k, v = (x.detach().requires_grad_() for x in (q, k, v))
+                grad = torch.randn(p.batch_size, T, H, D, device=device)
+            fns: dict[Any, Any] = {None: _kernel_call(q, k, v, None, "causal", grad)}
+            if grad is None:
+                fns["floor"] = lambda q=q, k=k, v=v, out=out: torch.addcmul(q, k, v, out=out)
+            for w in p.kernel_windows:
+                for kernel in KERNELS:
+                    if w < T and (kernel == "blocked" or w <= p.band_max_window):
+                        fns[(kernel, w)] = _kernel_call(q, k, v, w, kernel, grad)
+            times: dict[Any, list[float]] = {key: [] for key in fns}
             for fn in fns.values():  # warm-up
                 fn()
             for r in range(p.kernel_repeats):  # order alternates, as in bench_model
-                for w in list(fns) if r % 2 == 0 else list(fns)[::-1]:
-                    times[w].append(_timed(fns[w], device)[0])
-        progress.update(1)
-        t_causal, t_floor = statistics.median(times[None]), statistics.median(times["floor"])
-        for w in fns:
-            if w is None or w == "floor":
-                continue
-            round_speedups = [c / t for c, t in zip(times[None], times[w], strict=True)]
-            ideal = attention_ceiling(w, T)
-            speedup = statistics.median(round_speedups)
-            # fraction of ideal = (needed / computed pairs) x (speed per computed pair relative to causal SDPA)
-            ran = attention.PATH_COUNTS - before
-            blocked = "blocked" in ran or "flex_fallback" in ran  # else FlexAttention, whose tiling differs
-            computed = blocked_pairs(w, T) if blocked else None
-            records.append(
-                _record(
-                    schedule=f"w{w}",
-                    window=w,
-                    seq_len=T,
-                    mode="kernel",
-                    speedup=speedup,
-                    round_speedups=round_speedups,
-                    ceiling=ideal,
-                    pair_overhead=None if computed is None else computed / attention_pairs(w, T),
-                    pair_rate_vs_causal=None if computed is None else speedup * computed / attention_pairs(None, T),
-                    floor_time_s=t_floor,
-                    attainable=min(ideal, t_causal / t_floor),
-                    device=device.type,
-                    time_s=statistics.median(times[w]),
-                    full_time_s=t_causal,
-                    times_s=times[w],
-                    tokens_per_s=p.batch_size * T / statistics.median(times[w]),
-                    peak_mem_bytes=None,
-                    kv_cache_bytes=kv_cache_bytes([w], T, 0, H, D),
-                    attention_paths=sorted(attention.PATH_COUNTS - before),
+                for key in list(fns) if r % 2 == 0 else list(fns)[::-1]:
+                    times[key].append(_timed(fns[key], device)[0])
+            progress.update(1)
+            t_causal = statistics.median(times[None])
+            t_floor = statistics.median(times["floor"]) if "floor" in times else None
+            for key in fns:
+                if key is None or key == "floor":
+                    continue
+                kernel, w = key
+                round_speedups = [c / t for c, t in zip(times[None], times[key], strict=True)]
+                ideal = attention_ceiling(w, T)
+                speedup = statistics.median(round_speedups)
+                # fraction of ideal = (needed / computed pairs) x (speed per computed pair relative to causal SDPA)
+                computed = _kernel_pairs(kernel, w, T)
+                probe = torch.empty(1, 1, T, 1, device=device)
+                records.append(
+                    _record(
+                        schedule=f"{kernel}_w{w}",
+                        kernel=kernel,
+                        dispatched=select_path(probe, probe, w) == kernel,
+                        window=w,
+                        seq_len=T,
+                        mode=mode,
+                        speedup=speedup,
+                        round_speedups=round_speedups,
+                        ceiling=ideal,
+                        pair_overhead=computed / attention_pairs(w, T),
+                        pair_rate_vs_causal=speedup * computed / attention_pairs(None, T),
+                        floor_time_s=t_floor,
+                        attainable=None if t_floor is None else min(ideal, t_causal / t_floor),
+                        device=device.type,
+                        time_s=statistics.median(times[key]),
+                        full_time_s=t_causal,
+                        times_s=times[key],
+                        tokens_per_s=p.batch_size * T / statistics.median(times[key]),
+                        peak_mem_bytes=None,
+                        kv_cache_bytes=kv_cache_bytes([w], T, 0, H, D),
+                        attention_paths=[kernel],
+                    )
                 )
-            )
     return records
+
+
+def crossover(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per kernel mode and T: the largest window up to which the band kernel is faster than the blocked one at every
+    timed window (None when blocked wins already at the smallest), and the windows where each won."""
+    out: dict[str, Any] = {}
+    for mode in ("kernel", "kernel_fwd_bwd"):
+        for T in sorted({r["seq_len"] for r in records if r["mode"] == mode}):
+            rows = {(r["kernel"], r["window"]): r for r in records if r["mode"] == mode and r["seq_len"] == T}
+            both = sorted(w for kernel, w in rows if kernel == "band" and ("blocked", w) in rows)
+            band_wins = [w for w in both if rows[("band", w)]["speedup"] > rows[("blocked", w)]["speedup"]]
+            last = None
+            for w in both:
+                if w not in band_wins:
+                    break
+                last = w
+            out.setdefault(mode, {})[str(T)] = {
+                "band_faster_up_to": last,
+                "band_faster_at": band_wins,
+                "blocked_faster_at": [w for w in both if w not in band_wins],
+            }
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -277,34 +334,76 @@ def pick(p: BenchmarkParams) -> tuple[torch.device, list[int]]:
     return device, p.gpu_seq_lens if device.type == "cuda" else p.seq_lens
 
 
-def _write(out: Path, records: list[dict[str, Any]], device: torch.device, elapsed: float) -> dict[str, Any]:
+def _write(
+    out: Path, records: list[dict[str, Any]], device: torch.device, elapsed: float, **extra: Any
+) -> dict[str, Any]:
     # Run facts are strings or live inside the records list, which dvc metrics skips: only the summary is compared.
     info = {"device": device.type, "threads": str(torch.get_num_threads()), "elapsed": f"{elapsed:.0f} s"}
-    result = {"summary": summary(records), "run": info, "records": records}
+    result = {"summary": summary(records), "run": info, **extra, "records": records}
     write_json(out, result, indent=1)
     print(table(records))
     print(f"{device.type}, {torch.get_num_threads()} threads, {elapsed:.0f} s; wrote {out}")
     return result
 
 
-def run_schedule(p: BenchmarkParams, schedule: Schedule, out: Path) -> dict[str, Any]:
-    """Time one windowed schedule against full attention (the whole model); write ``out``."""
+def experiment_params(p: BenchmarkParams, dims: dict[str, int]) -> BenchmarkParams:
+    """The benchmark params at the experiment's own model dims and context (``dims``: n_layer, n_embd, n_head,
+    vocab_size, seq_len), fwd and fwd+bwd at that one T, ``experiment_repeats`` rounds."""
+    T = dims["seq_len"]
+    model = {k: dims[k] for k in ("n_layer", "n_embd", "n_head", "vocab_size")}
+    return dataclasses.replace(
+        p, **model, seq_lens=[T], gpu_seq_lens=[T], fwd_bwd_seq_lens=[T], repeats=p.experiment_repeats
+    )
+
+
+def _ceiling_check(records: list[dict[str, Any]]) -> None:
+    """A speedup above its FLOP ceiling is either noise (the ceiling lies within the per-round ratios) or a real
+    effect the FLOP model misses (e.g. the smaller KV working set, or SDPA's causal kernel being slower per pair
+    than the sparse ones); the records say which."""
+    for r in records:
+        rounds = r["round_speedups"]
+        r["within_ceiling"] = r["speedup"] <= r["ceiling"]
+        r["ceiling_in_spread"] = min(rounds) <= r["ceiling"]
+        r["round_spread"] = [min(rounds), max(rounds)]
+
+
+def run_schedule(
+    p: BenchmarkParams, schedule: Schedule, out: Path, experiment: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """Time one windowed schedule against full attention (the whole model); write ``out``.
+
+    With ``experiment`` (the experiment's dims and context) and ``experiment_repeats`` > 0, also time the schedule
+    at those dims: the models the experiment evaluates, not only GPT-2 small. They go to the file's
+    ``experiment`` section (its own summary and records), beside the GPT-2-small ones.
+    """
     device, seq_lens = pick(p)
     fwd_bwd = set(seq_lens if p.fwd_bwd_seq_lens is None else p.fwd_bwd_seq_lens)
     calls = (p.warmup + p.repeats) * 2 * sum(2 if T in fwd_bwd else 1 for T in seq_lens)
+    exp_p = experiment_params(p, experiment) if experiment and p.experiment_repeats > 0 else None
+    if exp_p is not None:
+        calls += (p.warmup + exp_p.repeats) * 2 * 2
     t0 = time.perf_counter()
+    extra: dict[str, Any] = {}
     with tqdm(total=calls, desc=f"benchmark {schedule.name}", unit="call") as progress:
         records = bench_model(p, schedule, seq_lens, device, progress)
-    return _write(out, records, device, time.perf_counter() - t0)
+        if exp_p is not None:
+            exp_records = bench_model(exp_p, schedule, exp_p.seq_lens, device, progress)
+            _ceiling_check(exp_records)
+            extra["experiment"] = {"dims": dict(experiment), "summary": summary(exp_records), "records": exp_records}
+    _ceiling_check(records)
+    return _write(out, records, device, time.perf_counter() - t0, **extra)
 
 
 def run_kernel(p: BenchmarkParams, out: Path) -> dict[str, Any]:
     """One layer's attention at each ``kernel_windows`` against causal SDPA; write ``out``."""
     device, seq_lens = pick(p)
     t0 = time.perf_counter()
-    with tqdm(total=len(seq_lens), desc="benchmark kernel", unit="T") as progress:
+    with tqdm(total=2 * len(seq_lens), desc="benchmark kernel", unit="T") as progress:
         records = bench_kernel(p, seq_lens, device, progress)
-    return _write(out, records, device, time.perf_counter() - t0)
+    # The dispatch constant (lmask.band.BAND_MAX_WINDOW) was set from this measurement; recorded beside it so a
+    # rerun on another machine shows whether it still holds.
+    cross = {"measured": crossover(records), "dispatch_band_max_window": BAND_MAX_WINDOW}
+    return _write(out, records, device, time.perf_counter() - t0, crossover=cross)
 
 
-__all__ = ["bench_kernel", "bench_model", "run_kernel", "run_schedule", "summary", "table"]
+__all__ = ["bench_kernel", "bench_model", "crossover", "run_kernel", "run_schedule", "summary", "table"]

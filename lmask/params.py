@@ -294,6 +294,8 @@ class BenchmarkParams:
     warmup: int = 1  # untimed rounds per T and mode before the timed rounds
     repeats: int = 3  # timed rounds per T and mode; the order alternates between rounds
     kernel_repeats: int = 5  # timed rounds of the one-layer kernel comparison
+    band_max_window: int = 256  # the kernel benchmark times the band kernel up to this window (crossover sweep)
+    experiment_repeats: int = 6  # timed rounds at the experiment's own dims and context (0 = skip)
     device: str = "auto"  # auto | cpu | cuda
     threads: int | None = None  # torch threads on CPU (None = torch's default)
 
@@ -308,10 +310,23 @@ class BenchmarkParams:
             _positive("benchmark.fwd_bwd_seq_lens", v)
             if v not in self.seq_lens and v not in self.gpu_seq_lens:
                 raise ParamsError(f"benchmark.fwd_bwd_seq_lens: {v} is in neither benchmark.seq_lens nor gpu_seq_lens")
-        for name in ("n_layer", "n_embd", "n_head", "vocab_size", "batch_size", "repeats", "kernel_repeats"):
+        for name in (
+            "n_layer",
+            "n_embd",
+            "n_head",
+            "vocab_size",
+            "batch_size",
+            "repeats",
+            "kernel_repeats",
+            "band_max_window",
+        ):
             _positive(f"benchmark.{name}", getattr(self, name))
         if self.warmup < 0:
             raise ParamsError(f"benchmark.warmup must be an integer >= 0, got {self.warmup!r}")
+        if isinstance(self.experiment_repeats, bool) or not isinstance(self.experiment_repeats, int):
+            raise ParamsError(f"benchmark.experiment_repeats must be an integer >= 0, got {self.experiment_repeats!r}")
+        if self.experiment_repeats < 0:
+            raise ParamsError(f"benchmark.experiment_repeats must be an integer >= 0, got {self.experiment_repeats!r}")
         if self.n_embd % self.n_head:
             raise ParamsError(f"benchmark.n_embd ({self.n_embd}) must be divisible by benchmark.n_head ({self.n_head})")
         _choice("benchmark.device", self.device, ("auto", "cpu", "cuda"))

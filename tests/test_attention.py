@@ -17,6 +17,7 @@ from lmask.attention import (
     window_mask,
     windowed_attention,
 )
+from lmask.band import band_attention, band_block, band_pairs, band_prev
 from lmask.model import apply_windows, new_model, scratch_config
 
 
@@ -94,7 +95,7 @@ def test_blocked_matches_masked_sdpa_fp32(T, window, sinks, middle_path):
 
 
 @pytest.mark.filterwarnings("ignore:FlexAttention failed")
-@pytest.mark.parametrize("backend", ["auto", "blocked", "flex", "masked"])
+@pytest.mark.parametrize("backend", ["auto", "band", "blocked", "flex", "masked"])
 @pytest.mark.parametrize("window", [None, 1, 7, 50])
 def test_every_backend_matches_reference(backend, window):
     """fp64 with gradients: a forced flex call cannot run on CPU here (no fp64, no backward) and must fall back."""
@@ -107,12 +108,14 @@ def test_every_backend_matches_reference(backend, window):
     ran = PATH_COUNTS - before
     if window is None or window >= 50:  # the window covers every key: full attention
         expected = {"masked": 1} if backend == "masked" else {"causal": 1}
-    elif backend == "masked":
-        expected = {"masked": 1}
+    elif backend in ("masked", "band"):
+        expected = {backend: 1}
     elif backend == "flex":
         expected = {"flex_fallback": 1}
+    elif backend == "auto" and window <= A.BAND_MAX_WINDOW:
+        expected = {"band": 1}  # auto on CPU, small windows: the band kernel
     else:
-        expected = {"blocked": 1}  # auto on CPU: the blocked path
+        expected = {"blocked": 1}  # auto on CPU, larger windows: the blocked path
     assert dict(ran) == expected
 
 
@@ -153,7 +156,10 @@ def test_dropout_runs_on_masked_path():
 def test_path_selection():
     q, k, _ = qkv(1, 2, 64)
     pad = torch.ones(1, 1, 64, 64, dtype=torch.bool)
-    assert select_path(q, k, 16) == "blocked"  # windowed prefill on CPU
+    assert select_path(q, k, 16) == "band"  # windowed prefill on CPU, small window
+    assert select_path(q, k, A.BAND_MAX_WINDOW) == "band"  # the crossover is inclusive
+    assert select_path(q[:, :, :40], k[:, :, :40], A.BAND_MAX_WINDOW + 1) == "blocked"  # above it: blocked
+    assert select_path(q, k, 16, backend="band") == "band"
     assert select_path(q, k, None) == "causal"
     assert select_path(q, k, 64) == "causal"  # the window covers every key
     assert select_path(q, k, None, dropout=0.1) == "causal"  # SDPA applies dropout itself
@@ -326,8 +332,93 @@ def test_windowed_gpt2_under_cpu_bf16_autocast_matches_fp32():
         before = PATH_COUNTS.copy()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             bf16 = model(x).logits
-    assert dict(PATH_COUNTS - before) == {"blocked": 2}  # both layers windowed, prefill: the blocked path
+    assert dict(PATH_COUNTS - before) == {"band": 2}  # both layers windowed (small windows), prefill: the band path
     assert bf16.dtype == torch.bfloat16
     err = (bf16.float() - fp32).abs().max().item()
     assert err < 0.03
     assert (fp32 - full).abs().max().item() > 10 * err  # the windows matter far more than bf16 rounding
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Band kernel (small windows)
+
+
+def dense_reference_fp64(q, k, v, window, sinks):
+    """Independent of lmask's masks: the window rule written out with loops, masked softmax in float64."""
+    T = q.shape[-2]
+    allowed = torch.zeros(T, T, dtype=torch.bool)
+    for i in range(T):
+        for j in range(i + 1):
+            allowed[i, j] = i - j < window or j < sinks
+    scores = (q.double() @ k.double().transpose(-1, -2)) * q.shape[-1] ** -0.5
+    probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1)
+    return (probs @ v.double()).transpose(1, 2)
+
+
+@pytest.mark.parametrize("window", [1, 2, 4, 16, 64])
+@pytest.mark.parametrize("sinks", [0, 4])
+@pytest.mark.parametrize("B,H,T", [(2, 3, 77), (1, 2, 150)])
+@pytest.mark.parametrize("block", [None, 4, 8])
+def test_band_matches_dense_fp64_reference(window, sinks, B, H, T, block):
+    """Outputs and gradients of q, k, v; T is a multiple of no tile size, batch and heads > 1."""
+    q, k, v = qkv(B, H, T, seed=window + sinks)
+    got = outputs_and_grads(lambda *x: band_attention(*x, window, sinks, block=block), q, k, v)
+    want = outputs_and_grads(lambda *x: dense_reference_fp64(*x, window, sinks), q, k, v)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+    # Not vacuous: the neighbouring window gives a different output.
+    assert (dense_reference_fp64(q, k, v, window + 1, sinks) - want[0]).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("T,window,sinks", [(1000, 16, 0), (777, 32, 4), (300, 2, 1)])
+def test_band_matches_masked_sdpa_fp32(T, window, sinks):
+    q, k, v = qkv(1, 4, T, D=64, dtype=torch.float32)
+    got = outputs_and_grads(lambda *x: band_attention(*x, window, sinks), q, k, v)
+    want = outputs_and_grads(lambda *x: masked_attention(*x, window, sinks), q, k, v)
+    for a, b in zip(got, want, strict=True):  # relative too: at w = 2 the gradients reach ~10 (fp32 rounding)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_band_short_sequences_and_strided_gradient():
+    """T below the window and below the tile, sinks beyond T, and a transposed incoming gradient."""
+    for T, window, sinks in [(1, 1, 0), (3, 16, 4), (5, 2, 9)]:
+        q, k, v = qkv(2, 2, T, seed=T)
+        got = outputs_and_grads(lambda *x, w=window, s=sinks: band_attention(*x, w, s), q, k, v)
+        want = outputs_and_grads(lambda *x, w=window, s=sinks: dense_reference_fp64(*x, w, s), q, k, v)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+    q, k, v = qkv(2, 3, 90, seed=9)
+    w = torch.randn(2, 3, 90, 8, dtype=torch.float64)
+    got = torch.autograd.grad((band_attention(q, k, v, 8, 2).transpose(1, 2) * w).sum(), (q, k, v))
+    want = torch.autograd.grad((dense_reference_fp64(q, k, v, 8, 2).transpose(1, 2) * w).sum(), (q, k, v))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+
+
+def test_band_bf16_matches_masked_in_fp32():
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 300, 4, 32, generator=g).transpose(1, 2).to(torch.bfloat16) for _ in range(3))
+    got = band_attention(q, k, v, 16, 4)
+    assert got.dtype == torch.bfloat16
+    want = masked_attention(q.float(), k.float(), v.float(), 16, 4)
+    torch.testing.assert_close(got.float(), want, atol=2e-2, rtol=1e-2)
+
+
+def test_band_pairs_counts_the_scores_of_its_gemms(monkeypatch):
+    """band_pairs equals the scores of the band kernel's score GEMMs (slab and sink columns, padding tiles
+    included), and the waste over the exact band is (P + b) / w for long sequences."""
+    scores = []
+    real = torch.baddbmm
+
+    def count(inp, a, b, *args, **kw):
+        scores.append(a.shape[0] * a.shape[1] * b.shape[2])
+        return real(inp, a, b, *args, **kw)
+
+    monkeypatch.setattr(torch, "baddbmm", count)
+    for T, window, sinks in [(100, 16, 0), (77, 4, 3), (300, 64, 2)]:
+        scores.clear()
+        q, k, v = (torch.randn(1, 1, T, 8) for _ in range(3))
+        band_attention(q, k, v, window, sinks)
+        assert sum(scores) == band_pairs(window, T, sinks)
+    b = band_block(16)
+    assert band_pairs(16, 3072) / (16 * 3072) == pytest.approx((band_prev(16, b) + b) / 16, rel=0.01)

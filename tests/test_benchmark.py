@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from lmask import benchmark as bench
+from lmask.band import BAND_MAX_WINDOW
 from lmask.flops import attention_ceiling, flops_ceiling
 from lmask.params import BenchmarkParams, ParamsError, Schedule, params_from_dict
 from tests.conftest import run
@@ -92,7 +93,7 @@ def test_rounds_alternate_and_warmup_is_not_timed(tmp_path, monkeypatch, capsys)
         assert r["ceiling"] == pytest.approx(flops_ceiling(windows, r["seq_len"], 16, 50, 0))
         assert r["tokens_per_s"] == pytest.approx(r["seq_len"] / r["time_s"])
         # Paths counted over every call, warm-up included: narrow's full layer is causal SDPA, its window blocked.
-        assert r["attention_paths"] == (["causal"] if name == "full" else ["blocked", "causal"])
+        assert r["attention_paths"] == (["causal"] if name == "full" else ["band", "causal"])
 
     on_disk = json.loads(out.read_text())
     assert set(on_disk) == {"summary", "run", "records"}
@@ -117,27 +118,75 @@ def test_schedule_records_measure_real_calls(tmp_path):
         assert r["ceiling"] == pytest.approx(flops_ceiling(windows, T, 16, 50, sinks))
         assert r["kv_cache_bytes"] <= r["full_kv_cache_bytes"]
         assert r["device"] == "cpu"
-        # The attention paths that ran: full layers take causal SDPA; windows below T take the blocked path on CPU.
-        assert r["attention_paths"] == (["causal"] if name == "full" else ["blocked"])
+        # The attention paths that ran: full layers take causal SDPA; small windows below T the band path on CPU.
+        assert r["attention_paths"] == (["causal"] if name == "full" else ["band"])
+
+
+def test_experiment_dims_section(tmp_path):
+    """The experiment's own dims and context, timed beside the benchmark dims, with the ceiling check."""
+    p = tiny(repeats=2, experiment_repeats=2)
+    dims = {"n_layer": 2, "n_embd": 8, "n_head": 2, "vocab_size": 30, "seq_len": 48}
+    result = bench.run_schedule(p, NARROW, tmp_path / "narrow.json", dims)
+    exp = result["experiment"]
+    assert exp["dims"] == dims
+    assert [(r["seq_len"], r["mode"]) for r in exp["records"]] == [(48, "fwd"), (48, "fwd_bwd")]
+    for r in exp["records"] + result["records"]:
+        assert len(r["round_speedups"]) == 2
+        assert r["within_ceiling"] == (r["speedup"] <= r["ceiling"])
+        assert r["ceiling_in_spread"] == (min(r["round_speedups"]) <= r["ceiling"])
+        assert r["round_spread"] == [min(r["round_speedups"]), max(r["round_speedups"])]
+    assert exp["records"][0]["ceiling"] == pytest.approx(flops_ceiling([None, 8], 48, 8, 30, 0))
+    assert set(exp["summary"]["narrow"]) == {"fwd", "fwd_bwd"}
+    assert "experiment" not in bench.run_schedule(tiny(experiment_repeats=0), NARROW, tmp_path / "n.json", dims)
 
 
 def test_kernel_records(tmp_path):
-    p = tiny()
+    p = tiny(kernel_windows=[4, 8, 64], band_max_window=4)
     out = tmp_path / "kernel.json"
     result = bench.run_kernel(p, out)
     kernel = result["records"]
-    # w=64 is not a window at T=32 or T=64 (it covers every key), so only w=8 is timed.
-    assert [(r["mode"], r["window"], r["seq_len"]) for r in kernel] == [("kernel", 8, 32), ("kernel", 8, 64)]
-    assert kernel[1]["ceiling"] == pytest.approx(attention_ceiling(8, 64))
+    # w=64 is not a window at T=32 or T=64 (it covers every key); the band kernel runs up to band_max_window only.
+    expected = [
+        (mode, kernel, w, T)
+        for T in (32, 64)
+        for mode in ("kernel", "kernel_fwd_bwd")
+        for w in (4, 8)
+        for kernel in ("band", "blocked")
+        if kernel == "blocked" or w <= 4
+    ]
+    assert [(r["mode"], r["kernel"], r["window"], r["seq_len"]) for r in kernel] == expected
+    assert kernel[1]["ceiling"] == pytest.approx(attention_ceiling(4, 32))
     for r in kernel:
         assert len(r["times_s"]) == len(r["round_speedups"]) == p.kernel_repeats
         assert r["speedup"] == pytest.approx(statistics.median(r["round_speedups"]))
-        # The memory floor caps the ideal: attainable = min(ideal, causal / floor).
-        assert r["floor_time_s"] > 0
-        assert r["attainable"] == pytest.approx(min(r["ceiling"], r["full_time_s"] / r["floor_time_s"]))
-        assert r["attention_paths"] == ["blocked"]
+        assert r["attention_paths"] == [r["kernel"]]
+        assert r["dispatched"] == (r["kernel"] == ("band" if r["window"] <= BAND_MAX_WINDOW else "blocked"))
+        assert r["pair_overhead"] >= 1
+        if r["mode"] == "kernel":  # the memory floor caps the forward ideal: attainable = min(ideal, causal / floor)
+            assert r["floor_time_s"] > 0
+            assert r["attainable"] == pytest.approx(min(r["ceiling"], r["full_time_s"] / r["floor_time_s"]))
+        else:
+            assert r["attainable"] is None
     assert json.loads(out.read_text()) == result
-    assert set(result["summary"]) == {"w8"}
+    assert set(result["summary"]) == {"band_w4", "blocked_w4", "blocked_w8"}
+    cross = result["crossover"]
+    assert cross["dispatch_band_max_window"] == BAND_MAX_WINDOW
+    assert set(cross["measured"]) == {"kernel", "kernel_fwd_bwd"}
+    for by_T in cross["measured"].values():
+        assert set(by_T) == {"32", "64"}
+        for c in by_T.values():
+            assert sorted(c["band_faster_at"] + c["blocked_faster_at"]) == [4]
+
+
+def test_crossover_is_the_last_window_of_an_unbroken_band_lead():
+    def rec(kernel, w, speedup):
+        return {"mode": "kernel", "seq_len": 100, "kernel": kernel, "window": w, "speedup": speedup}
+
+    records = [rec("band", 1, 9), rec("blocked", 1, 5), rec("band", 4, 6), rec("blocked", 4, 5)]
+    records += [rec("band", 16, 4), rec("blocked", 16, 5), rec("band", 64, 6), rec("blocked", 64, 5)]
+    got = bench.crossover(records)["kernel"]["100"]
+    assert got == {"band_faster_up_to": 4, "band_faster_at": [1, 4, 64], "blocked_faster_at": [16]}
+    assert bench.crossover([rec("band", 1, 1), rec("blocked", 1, 2)])["kernel"]["100"]["band_faster_up_to"] is None
 
 
 def load_schedule(params_file: Path, name: str) -> Schedule:
@@ -213,6 +262,8 @@ def test_stage_names_an_unknown_schedule_and_a_bad_field(params_file, tmp_path):
         ("gpu_seq_lens", [1024, 0]),
         ("fwd_bwd_seq_lens", [-1]),
         ("kernel_windows", []),
+        ("band_max_window", 0),
+        ("experiment_repeats", -1),
         ("n_head", 5),
         ("vocab_size", "big"),
         ("device", "tpu"),
