@@ -9,7 +9,7 @@ import re
 import pytest
 import yaml
 
-from tests.imports import ROOT, closure
+from lmask.deps import ROOT, closure
 
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())

@@ -375,7 +375,7 @@ def test_timings_and_host_stay_out_of_the_model_folder(tmp_path):
 
 
 def test_every_torch_stage_takes_cpu_threads_as_a_param():
-    from tests.imports import _imported, closure
+    from lmask.deps import _imported, closure
     from tests.test_dvc_yaml import entry_module, stage_bodies
 
     torch_stages = {
