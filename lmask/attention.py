@@ -9,7 +9,8 @@ Window semantics: query i sees key j iff j <= i and (i - j < window or j < sinks
 Paths (``select_path`` picks one; ``backend`` forces one where it is correct):
 
 - ``causal``: full layers, SDPA with ``is_causal`` (flash on GPU; the CPU flash kernel skips the upper triangle).
-- ``band``: windowed prefill for small windows (w <= ``lmask.band.BAND_MAX_WINDOW``, the measured crossover): tiles
+- ``band``: windowed training for small windows (w <= ``lmask.band.BAND_MAX_WINDOW``, the measured fwd+bwd
+  crossover; forward-only calls take ``blocked``, which won there at every window): tiles
   of 4-16 queries and explicit batched GEMMs over all heads at once, backward from the saved probabilities
   (``lmask.band``). ``auto`` picks it over ``blocked`` on every device where flex is not chosen.
 - ``blocked``: windowed prefill without an explicit mask. Queries are cut into blocks of ``b``; each block attends
@@ -425,8 +426,10 @@ def select_path(
         return "masked"  # padding, cache decoding, dropout: the explicit mask is the correct path
     if backend == "flex" or (backend == "auto" and flex_available(query.device)):
         return "flex"
-    if backend == "band" or (backend == "auto" and window <= BAND_MAX_WINDOW):
-        return "band"  # small windows: the band kernel beats the blocked one below the measured crossover
+    if backend == "band" or (backend == "auto" and window <= BAND_MAX_WINDOW and query.requires_grad):
+        # Small windows in training: the band kernel beat the blocked one in fwd+bwd below the measured crossover;
+        # forward only (evaluation), the blocked one won at every window (metrics/benchmark/kernel.json).
+        return "band"
     return "blocked"
 
 

@@ -103,7 +103,8 @@ def benchmark_markdown(files: dict[str, dict]) -> str:
                 lines.append(
                     f"\nCrossover ({mode}, T={T}): band faster than blocked at w = {c['band_faster_at']}, blocked at "
                     f"{c['blocked_faster_at']}; the dispatch sends w <= "
-                    f"{f['crossover']['dispatch_band_max_window']} to band."
+                    f"{f['crossover']['dispatch_band_max_window']} to band in training (fwd+bwd), every window to "
+                    "blocked in forward-only calls."
                 )
     lines += ["", "Targets (checked by `lmask.bench_tables.benchmark_targets` on these records):", ""]
     for target, held, evidence in benchmark_targets(records):

@@ -245,7 +245,7 @@ def bench_kernel(p: BenchmarkParams, seq_lens: list[int], device: torch.device, 
                 speedup = statistics.median(round_speedups)
                 # fraction of ideal = (needed / computed pairs) x (speed per computed pair relative to causal SDPA)
                 computed = _kernel_pairs(kernel, w, T)
-                probe = torch.empty(1, 1, T, 1, device=device)
+                probe = torch.empty(1, 1, T, 1, device=device, requires_grad=mode != "kernel")  # training or not
                 records.append(
                     _record(
                         schedule=f"{kernel}_w{w}",

@@ -195,7 +195,8 @@ def download(params: DataParams, out_dir: Path) -> dict[str, int]:
         splits["train"] = splits["train"][: params.max_train_docs]
     for split in SPLITS:
         if not splits[split]:
-            raise DataError(f"data.source {params.source}: the {split} split is empty")
+            why = f" (test takes articles of {MIN_TEST_CHARS}+ characters)" if split == "test" else ""
+            raise DataError(f"data.source {params.source}: the {split} split is empty{why}")
     with atomic_dir(out_dir) as tmp:
         for split in SPLITS:
             with (tmp / f"{split}.jsonl").open("w", encoding="utf-8") as f:

@@ -115,7 +115,7 @@ class ModelParams:
     n_head: int = 4
     n_positions: int = 1024
     dropout: float = 0.0
-    position_init: str = "default"  # default (GPT-2's random init) | sinusoidal (scratch only)
+    position_init: str = "sinusoidal"  # default (GPT-2's random init) | sinusoidal (scratch only)
 
     def check(self) -> None:
         _choice("model.init", self.init, MODEL_INITS)
@@ -138,16 +138,16 @@ class AttentionParams:
 
 @dataclass
 class TrainParams:
-    steps: int = 400
-    batch_size: int = 16  # global batch, in sequences per optimizer step
-    micro_batch_size: int = 16  # per device and forward pass; batch_size = micro × devices × accumulation
-    lr: float = 1e-3
-    min_lr: float = 1e-4
+    steps: int = 200
+    batch_size: int = 2  # global batch, in sequences per optimizer step
+    micro_batch_size: int = 2  # per device and forward pass; batch_size = micro × devices × accumulation
+    lr: float = 2e-3
+    min_lr: float = 2e-4
     warmup_steps: int = 40
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    eval_every: int = 100
-    eval_batches: int = 8
+    eval_every: int = 50
+    eval_batches: int = 4
     checkpoint_every: int = 50
     device: str = "auto"  # auto | cpu | cuda | mps
     nproc: int = 1  # processes (DDP under torchrun); 1 = plain python
@@ -170,6 +170,18 @@ class TrainParams:
                 f"{section}.micro_batch_size × {section}.nproc ({self.micro_batch_size} × {self.nproc})"
             )
         _choice(f"{section}.device", self.device, DEVICES)
+
+
+# masked: the fine-tunes start from a trained baseline, at its final learning rate (params.yaml says why).
+MASKED_DEFAULTS = {
+    "steps": 8,
+    "lr": 2e-4,
+    "min_lr": 1e-4,
+    "warmup_steps": 2,
+    "eval_every": 4,
+    "eval_batches": 2,
+    "checkpoint_every": 4,
+}
 
 
 @dataclass
@@ -252,7 +264,7 @@ class GenerationParams:
 
 @dataclass
 class AnalysisParams:
-    batch_size: int = 2  # test blocks in the analysed batch
+    batch_size: int = 1  # test blocks in the analysed batch
     heatmap_layers: list[int] | None = None  # None: first, middle and last layer
     heatmap_tokens: int = 64  # heatmaps show the first N queries x keys of the first block
 
@@ -282,17 +294,17 @@ class ReportParams:
 
 @dataclass
 class BenchmarkParams:
-    seq_lens: list[int] = field(default_factory=lambda: [1024, 4096])  # CPU
+    seq_lens: list[int] = field(default_factory=lambda: [1024, 3072])  # CPU
     gpu_seq_lens: list[int] = field(default_factory=lambda: [1024, 2048, 4096, 8192, 16384])
-    fwd_bwd_seq_lens: list[int] | None = None  # subset of the T above that also time fwd+bwd; None = all
-    kernel_windows: list[int] = field(default_factory=lambda: [16, 64, 256, 1024])
+    fwd_bwd_seq_lens: list[int] | None = field(default_factory=list)  # T that also time fwd+bwd; None = every T
+    kernel_windows: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024])
     n_layer: int = 12
     n_embd: int = 768
     n_head: int = 12
     vocab_size: int = 50257
     batch_size: int = 1
     warmup: int = 1  # untimed rounds per T and mode before the timed rounds
-    repeats: int = 3  # timed rounds per T and mode; the order alternates between rounds
+    repeats: int = 2  # timed rounds per T and mode; the order alternates between rounds
     kernel_repeats: int = 5  # timed rounds of the one-layer kernel comparison
     band_max_window: int = 256  # the kernel benchmark times the band kernel up to this window (crossover sweep)
     experiment_repeats: int = 6  # timed rounds at the experiment's own dims and context (0 = skip)
@@ -359,7 +371,7 @@ class Params:
     model: ModelParams = field(default_factory=ModelParams)
     attention: AttentionParams = field(default_factory=AttentionParams)
     train: TrainParams = field(default_factory=TrainParams)
-    masked: TrainParams = field(default_factory=TrainParams)
+    masked: TrainParams = field(default_factory=lambda: TrainParams(**MASKED_DEFAULTS))
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     copy: CopyParams = field(default_factory=CopyParams)
     generation: GenerationParams = field(default_factory=GenerationParams)

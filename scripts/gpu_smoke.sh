@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# GPU smoke run of the GPU preset: 50 steps of train_baseline and 50 of train_masked@half-0 (schedule half,
-# fine-tuning seed 0), each stage timed, with the GPU's peak memory use (nvidia-smi, sampled every 0.5 s).
+# GPU smoke run of the GPU preset: 50 steps of train_baseline@0 and 50 of train_masked@half-0-0 (schedule half,
+# baseline 0, fine-tuning seed 0), each stage timed, with the GPU's peak memory use (nvidia-smi, sampled every 0.5 s).
 # Measures what presets/gpu.yaml and docs/scaling-out.md list as not yet measured.
 #
 #   bash scripts/gpu_smoke.sh [RESULTS_DIR]     # in an environment with requirements.txt installed (CUDA build of
@@ -12,7 +12,7 @@
 #
 # Works in a temporary copy of the project: this checkout's params.yaml, data and models are left alone, and no
 # DVC is involved: the stages run with the cmd lines of dvc.yaml (read from it: validate, download, tokenize,
-# train_baseline, train_masked@half-0), in dvc.yaml's order.
+# train_baseline@0, train_masked@half-0-0), in dvc.yaml's order.
 #
 # Offline (the HuggingFace hub unreachable, as on the lent GPU machines): the GPT-2 weights and WikiText-103 cannot
 # be fetched, so the run keeps the preset's shapes (GPT-2 124M dims, context 1024, the real GPT-2 tokenizer from the
@@ -51,7 +51,7 @@ from lmask.data import hub_reachable
 from lmask.params import load_params
 from lmask.preset import apply_preset
 
-SCHEDULE, SEED = "half", 0
+SCHEDULE, BASELINE, SEED = "half", 0, 0
 apply_preset("gpu")
 online = hub_reachable()
 nproc = int(os.environ["NPROC"])
@@ -68,24 +68,26 @@ smoke = {
     for section in ("train", "masked")
 }
 smoke["attention"] = {"backend": os.environ["BACKEND"]}
-smoke["evaluate"] = {"max_blocks": 4}
+smoke["evaluate"] = {"max_documents": 4}
 if not online:
     smoke["data"] = {"source": "embedded"}
     smoke["model"] = {"init": "scratch", "position_init": "default"}
 Path("smoke.yaml").write_text(yaml.safe_dump(smoke, sort_keys=False))
 apply_preset("smoke.yaml")  # validates the merged file, like every stage
 params = load_params()
-if SEED not in params.finetune_seeds or SCHEDULE not in params.schedules:
-    raise SystemExit(f"gpu_smoke.sh: needs schedules.{SCHEDULE} and {SEED} in finetune_seeds")
+if SEED not in params.finetune_seeds or BASELINE not in params.baseline_seeds or SCHEDULE not in params.schedules:
+    raise SystemExit(f"gpu_smoke.sh: needs schedules.{SCHEDULE}, {BASELINE} in baseline_seeds, {SEED} in finetune_seeds")
 
 # The stage commands, exactly as dvc.yaml runs them (train_masked's matrix item resolved to half / 0).
 dvc_stages = yaml.safe_load(Path("dvc.yaml").read_text())["stages"]
 commands = []
 for name in ("validate", "download", "tokenize", "train_baseline", "train_masked"):
-    cmd = " ".join(dvc_stages[name]["cmd"].split())
+    cmd = " ".join(dvc_stages[name]["cmd"].split()).replace("${item.baseline}", str(BASELINE))
+    if name == "train_baseline":
+        name = f"train_baseline@{BASELINE}"
     if name == "train_masked":
         cmd = cmd.replace("${item.schedule}", SCHEDULE).replace("${item.seed}", str(SEED))
-        name = f"train_masked@{SCHEDULE}-{SEED}"
+        name = f"train_masked@{SCHEDULE}-{BASELINE}-{SEED}"
     if "${" in cmd or not re.fullmatch(r"python -m stages\.\w+( .*)?", cmd):
         raise SystemExit(f"gpu_smoke.sh: dvc.yaml's {name} cmd is not a plain stage command: {cmd}")
     commands.append(f"{name}\t{cmd}\n")

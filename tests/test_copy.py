@@ -1,11 +1,13 @@
 """Positive control for the copy gain: a hand-built GPT-2 that copies exactly from distance d.
 
-The model (no training): one layer, one head, n_embd = V + T. The residual stream of position i is
-e[token_i] + e[V + i] (token one-hot, then position one-hot). The head's query at i is the position one-hot of
-i + 1 - d and its key is its own position one-hot, so position i attends (softmax effectively one-hot) to position
-i + 1 - d and writes that token's one-hot, scaled up, into the stream; the MLP writes nothing. The tied LM head
-reads the token subspace, so the model predicts token[i + 1 - d] at position i: in a copy probe at distance d that
-is the span's first occurrence. Whether a window lets the head see that far is exactly what the gain must show.
+The model (no training): one copying layer (one head, n_embd = V + T), alone or as the last of 12 layers whose other
+blocks write nothing (so the 12-layer model copies the same way, under a schedule's per-layer windows). The residual
+stream of position i is e[token_i] + e[V + i] (token one-hot, then position one-hot). The head's query at i is the
+position one-hot of i + 1 - d and its key is its own position one-hot, so position i attends (softmax effectively
+one-hot) to position i + 1 - d and writes that token's one-hot, scaled up, into the stream; the MLP writes nothing.
+The tied LM head reads the token subspace, so the model predicts token[i + 1 - d] at position i: in a copy probe at
+distance d that is the span's first occurrence. Whether a window lets the head see that far is exactly what the gain
+must show.
 """
 
 from __future__ import annotations
@@ -19,18 +21,18 @@ import torch
 from lmask.evaluate import copy_nll
 from lmask.model import apply_windows, new_model, scratch_config
 from lmask.params import CopyParams
-from lmask.synthetic import copy_pairs, token_pool
+from lmask.synthetic import copy_pairs
 
 V, T = 48, 32  # vocabulary, positions
 D = V + T
 SPAN, OFFSET = 6, 3
 CPU = torch.device("cpu")
-POOL = token_pool(V, [0])
 
 
-def copy_model(d: int) -> torch.nn.Module:
-    """The exact copier: position i predicts the token at position i + 1 - d."""
-    config = scratch_config(V, 1, D, 1, T, 0.0, 0, 0)
+def copy_model(d: int, n_layer: int = 1) -> torch.nn.Module:
+    """The exact copier: position i predicts the token at position i + 1 - d (the last layer copies, the others
+    write nothing into the residual stream)."""
+    config = scratch_config(V, n_layer, D, 1, T, 0.0, 0, 0)
     model = new_model(config, seed=0)
     # LayerNorm of a vector with exactly two ones: mean mu = 2/D, variance mu - mu², so LN(x) = a·x - a·mu with
     # a = 1/sqrt(var + eps); ln_1.bias = a·mu makes ln_1(x) = a·x exactly.
@@ -43,7 +45,7 @@ def copy_model(d: int) -> torch.nn.Module:
             p.zero_()
         model.transformer.wte.weight[:, :V] = torch.eye(V)
         model.transformer.wpe.weight[:, V:] = torch.eye(T)
-        block = model.transformer.h[0]
+        block = model.transformer.h[-1]
         block.ln_1.weight.fill_(1.0)
         block.ln_1.bias.fill_(a * mu)
         block.ln_2.weight.fill_(1.0)
@@ -60,14 +62,21 @@ def copy_model(d: int) -> torch.nn.Module:
     return model.eval()
 
 
-def background(n: int = 16, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).choice(POOL, size=(n, T))
+def background(n: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out "documents" (rows of distinct random tokens, so a span's source is unambiguous) and their lengths."""
+    rng = np.random.default_rng(seed)
+    docs = np.stack([rng.permutation(V)[:T] for _ in range(n)])
+    return docs, np.full(n, T)
 
 
 def pairs_for(d: int, seed: int = 1):
     cfg = CopyParams(distances=[d], span=SPAN, offset=OFFSET, n_sequences=16, batch_size=8)
-    (pairs,) = copy_pairs(background(), cfg, POOL, seed=seed)
+    (pairs,) = copy_pairs(*background(), cfg, seed=seed)
     return pairs
+
+
+def contains(row: np.ndarray, span: np.ndarray) -> bool:
+    return any(np.array_equal(row[i : i + len(span)], span) for i in range(len(row) - len(span) + 1))
 
 
 def gains(model: torch.nn.Module, pairs) -> np.ndarray:
@@ -79,8 +88,8 @@ def gains(model: torch.nn.Module, pairs) -> np.ndarray:
 
 def test_copy_pairs_differ_only_in_the_first_occurrence():
     cfg = CopyParams(distances=[8, 20], span=SPAN, offset=OFFSET, n_sequences=16, batch_size=8)
-    bg = background()
-    out = copy_pairs(bg, cfg, POOL, seed=3)
+    docs, lengths = background()
+    out = copy_pairs(docs, lengths, cfg, seed=3)
     assert [p.distance for p in out] == [8, 20]
     for p in out:
         d = p.distance
@@ -95,16 +104,25 @@ def test_copy_pairs_differ_only_in_the_first_occurrence():
         # The second occurrence is the same span in both; in `same` the first occurrence repeats it.
         assert np.array_equal(p.same[:, first], p.same[:, p.start :])
         assert np.array_equal(p.control[:, p.start :], p.same[:, p.start :])
-        # Between the spans: natural background (a row of it), untouched.
         for k in range(16):
-            row = bg[(k * 7 + d) % len(bg), :length]
-            assert np.array_equal(p.same[k, OFFSET + SPAN : p.start], row[OFFSET + SPAN : p.start])
-            assert np.array_equal(p.same[k, :OFFSET], row[:OFFSET])
-        assert np.isin(p.same, POOL).all() and np.isin(p.control, POOL).all()  # no special tokens
-    again = copy_pairs(bg, cfg, POOL, seed=3)
+            # Around the spans: one document's own first tokens (the host), untouched.
+            hosts = [j for j in range(len(docs)) if np.array_equal(docs[j, :OFFSET], p.same[k, :OFFSET])]
+            assert len(hosts) == 1
+            host = docs[hosts[0], :length]
+            assert np.array_equal(p.same[k, OFFSET + SPAN : p.start], host[OFFSET + SPAN : p.start])
+            # Both spans are natural text: consecutive tokens of another document, not random ids.
+            for span in (p.same[k, p.start :], p.control[k, first]):
+                assert any(contains(docs[j], span) for j in range(len(docs)) if j != hosts[0])
+    again = copy_pairs(docs, lengths, cfg, seed=3)
     assert all(np.array_equal(a.same, b.same) and np.array_equal(a.control, b.control) for a, b in zip(out, again))
-    other = copy_pairs(bg, cfg, POOL, seed=4)
+    other = copy_pairs(docs, lengths, cfg, seed=4)
     assert not np.array_equal(other[0].same, out[0].same)
+
+
+def test_a_distance_no_document_can_hold_is_an_error():
+    cfg = CopyParams(distances=[T], span=SPAN, offset=OFFSET, n_sequences=4, batch_size=4)
+    with pytest.raises(ValueError, match="copy.distances"):
+        copy_pairs(*background(), cfg, seed=0)
 
 
 @pytest.mark.parametrize("d", [8, 20])
@@ -158,3 +176,18 @@ def test_window_just_short_of_d_cannot_copy(window):
     d = 20
     g = gains(apply_windows(copy_model(d), [window]), pairs_for(d))
     assert np.abs(g).max() < 1.0 and abs(g.mean()) < 0.2
+
+
+@pytest.mark.parametrize("window", [None, 20, 8, 1])
+def test_twelve_layer_positive_control_under_a_schedule(window):
+    """The probe on a 12-layer model whose last layer copies from d = 20, under a schedule that windows that layer
+    (and, as the seed's schedules do, others): full attention and a window reaching d keep the whole gain; windows
+    below d - span + 1 see none of the first occurrence and lose it exactly."""
+    d = 20
+    windows = [None] * 6 + [512, 256, 128, 64, 32, window]
+    g = gains(apply_windows(copy_model(d, n_layer=12), windows), pairs_for(d))
+    if window is None or window >= d:
+        assert g.min() > 2.0
+        np.testing.assert_allclose(g, gains(apply_windows(copy_model(d), [None]), pairs_for(d)), atol=1e-4)
+    else:
+        assert np.abs(g).max() < 1e-5

@@ -1,5 +1,5 @@
-"""Data: corpus cleaning and splitting, tokenizer round trip, blocks with EOS, offline behaviour, atomic outputs,
-errors that name the file and the field."""
+"""Data: corpus cleaning and splitting, tokenizer round trip, blocks that never cross a document, one row per
+held-out document, offline behaviour, atomic outputs, errors that name the file and the field."""
 
 import importlib.util
 import json
@@ -14,14 +14,17 @@ from transformers import AutoTokenizer
 
 from lmask.data import (
     EOS,
+    MIN_TEST_CHARS,
     code_texts,
+    document_blocks,
     download,
+    first_blocks,
     hub_reachable,
+    load_documents,
     local_gpt2_tokenizer,
     read_text_file,
     split_by_article,
     text_splits,
-    to_blocks,
     tokenize_splits,
     train_bpe,
     unigram_perplexity,
@@ -34,11 +37,10 @@ from lmask.params import DataParams, TokenizerParams
 CODE_PACKAGE = "iniconfig"  # a small pinned package (pytest depends on it): 4 .py files
 
 
-def package_sources(package: str) -> list[str]:
-    """The package's .py files found on disk (not through its wheel metadata), in path order."""
+def package_sources(package: str) -> dict[str, str]:
+    """The package's .py files found on disk (not through its wheel metadata), by path under site-packages."""
     root = Path(importlib.util.find_spec(package).submodule_search_locations[0])
-    files = sorted(root.rglob("*.py"), key=lambda f: f.relative_to(root.parent).as_posix())
-    return [f.read_text(encoding="utf-8") for f in files]
+    return {f.relative_to(root.parent).as_posix(): f.read_text(encoding="utf-8") for f in root.rglob("*.py")}
 
 
 TEXT = "The quick brown fox jumps over the lazy dog. " * 20
@@ -57,15 +59,15 @@ def test_wiki_markup_becomes_wikitext_style():
 
 
 def test_split_by_article_is_deterministic_and_disjoint():
-    docs = [{"title": f"t{i}", "text": "x" * (100 + i)} for i in range(60)]
-    a = split_by_article(docs, 0.1, 0.1)
-    b = split_by_article(list(reversed(docs)), 0.1, 0.1)
+    docs = [{"title": f"t{i}", "text": "x" * (MIN_TEST_CHARS - 30 + i)} for i in range(60)]  # 30 are long enough
+    a = split_by_article(docs, 0.1, 8)
+    b = split_by_article(list(reversed(docs)), 0.1, 8)
     assert a == b
     titles = [d["title"] for split in a.values() for d in split]
     assert sorted(titles) == sorted(d["title"] for d in docs)
-    for split in ("validation", "test"):
-        share = sum(len(d["text"]) for d in a[split]) / sum(len(d["text"]) for d in docs)
-        assert 0.1 <= share < 0.13
+    assert len(a["test"]) == 8 and all(len(d["text"]) >= MIN_TEST_CHARS for d in a["test"])  # documents, not stubs
+    share = sum(len(d["text"]) for d in a["validation"]) / sum(len(d["text"]) for d in docs)
+    assert 0.1 <= share < 0.13
 
 
 def test_wikitext_rows_group_into_articles():
@@ -75,11 +77,18 @@ def test_wikitext_rows_group_into_articles():
     assert "Sub" in docs[0]["text"] and "b text" in docs[1]["text"]
 
 
-def test_to_blocks_puts_eos_after_every_document():
-    blocks = to_blocks([[1, 2, 3], [4, 5]], eos_id=0, context_length=3)
-    assert blocks.tolist() == [[1, 2, 3], [0, 4, 5]]  # the final EOS is the dropped remainder
-    with pytest.raises(DataError, match="context_length=8"):
-        to_blocks([[1, 2]], eos_id=0, context_length=8)
+def test_training_blocks_never_cross_a_document_boundary():
+    blocks = document_blocks([[1, 2, 3, 4, 5, 6, 7], [8, 9], [10, 11, 12, 13, 14]], eos_id=0, context_length=3)
+    # doc 1 + EOS = 8 tokens: 2 blocks (tail [7, EOS] dropped); doc 2 + EOS = 3: one block; doc 3 + EOS = 6: two.
+    assert blocks.tolist() == [[1, 2, 3], [4, 5, 6], [8, 9, 0], [10, 11, 12], [13, 14, 0]]
+    with pytest.raises(DataError, match="context_length=8.*longest: 3"):
+        document_blocks([[1, 2]], eos_id=0, context_length=8)
+
+
+def test_held_out_documents_are_one_padded_row_each():
+    rows, lengths = first_blocks([[1, 2, 3, 4, 5], [6, 7]], eos_id=0, context_length=4)
+    assert rows.tolist() == [[1, 2, 3, 4], [6, 7, 0, 0]]
+    assert lengths.tolist() == [4, 2]
 
 
 def test_bpe_tokenizer_round_trip(tmp_path):
@@ -102,24 +111,28 @@ def test_local_gpt2_tokenizer_is_the_real_one(tmp_path):
 def write_corpus(tmp_path: Path, n_articles: int = 30) -> Path:
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    articles = [f" = Title {i} = \n Body {i} " + TEXT for i in range(n_articles)]
+    articles = [f" = Title {i} = \n Body {i} " + TEXT * 3 for i in range(n_articles)]  # MIN_TEST_CHARS+ each
     (corpus / "all.txt").write_text("\n".join(articles))
     return corpus
 
 
 def test_text_source_and_tokenize_split(tmp_path):
     corpus = write_corpus(tmp_path)
-    params = DataParams(source="text", text_dir=str(corpus), text_files={"train": "all.txt"}, context_length=16)
+    params = DataParams(
+        source="text", text_dir=str(corpus), text_files={"train": "all.txt"}, context_length=16, test_documents=4
+    )
     counts = download(params, tmp_path / "raw")
     assert sum(counts.values()) == 30 and min(counts.values()) >= 1
     first = json.loads((tmp_path / "raw" / "train.jsonl").read_text().splitlines()[0])
     assert first["title"].startswith("Title")
     stats = tokenize_splits(
-        tmp_path / "raw", TokenizerParams(vocab_size=300), 16, CODE_PACKAGE, tmp_path / "tok", tmp_path / "ids"
+        tmp_path / "raw", TokenizerParams(vocab_size=300), 16, CODE_PACKAGE, 2, tmp_path / "tok", tmp_path / "ids"
     )
     assert sorted(p.name for p in (tmp_path / "ids").iterdir()) == [
+        "code.lengths.npy",
         "code.npy",
         "stats.json",
+        "test.lengths.npy",
         "test.npy",
         "train.npy",
         "validation.npy",
@@ -130,20 +143,30 @@ def test_text_source_and_tokenize_split(tmp_path):
     assert json.loads((tmp_path / "ids" / "stats.json").read_text()) == stats
     tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
     assert tok.decode(blocks[0]).startswith(" = Title")
-    assert (blocks == tok.eos_token_id).any()
-    # The code domain is the package's source files, in path order, joined with EOS.
-    code = np.load(tmp_path / "ids" / "code.npy").astype(np.int64)
-    assert stats["code_blocks"] == len(code) > 0
-    joined = EOS.join(package_sources(CODE_PACKAGE))
-    assert joined.startswith(tok.decode(code[0]))
-    assert tok.decode(code[:4].ravel()) in joined
+    # The held-out test articles: one row each, their first tokens, and the lengths beside them.
+    test, lengths = load_documents(tmp_path / "ids", "test")
+    raw_test = [json.loads(line) for line in (tmp_path / "raw" / "test.jsonl").read_text().splitlines()]
+    assert len(test) == len(raw_test) == len(stats["test_documents"])
+    for row, n, doc in zip(test, lengths, raw_test, strict=True):
+        assert doc["text"].startswith(tok.decode(row[:n]))
+    # The code domain: 2 source files of the package (of MIN_TEST_CHARS+), one row each, the start of each file.
+    code, code_lengths = load_documents(tmp_path / "ids", "code")
+    sources = package_sources(CODE_PACKAGE)
+    assert len(code) == 2 and stats["code_documents"] == [t for t in stats["code_documents"] if t in sources]
+    for row, n, title in zip(code, code_lengths, stats["code_documents"], strict=True):
+        assert len(sources[title]) >= MIN_TEST_CHARS and sources[title].startswith(tok.decode(row[:n]))
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # temp folders were renamed into place
 
 
 def test_code_domain_comes_from_the_package_py_files():
-    assert code_texts(CODE_PACKAGE) == package_sources(CODE_PACKAGE)
+    sources = package_sources(CODE_PACKAGE)
+    long_enough = {path for path, text in sources.items() if len(text) >= MIN_TEST_CHARS}
+    got = code_texts(CODE_PACKAGE, 100)
+    assert {d["title"] for d in got} == long_enough and all(d["text"] == sources[d["title"]] for d in got)
+    assert code_texts(CODE_PACKAGE, 100) == got  # the same files in the same (hash) order every time
+    assert code_texts(CODE_PACKAGE, 1) == got[:1]
     with pytest.raises(DataError, match=r"data\.code_package.*no_such_package_xyz"):
-        code_texts("no_such_package_xyz")
+        code_texts("no_such_package_xyz", 3)
 
 
 @pytest.mark.parametrize("bad_split", ["train", "validation"])
@@ -175,19 +198,19 @@ def test_text_splits_keeps_all_three_given_splits(tmp_path):
 
 
 def test_corpus_too_small_leaves_previous_outputs(tmp_path):
-    """A split with fewer tokens than one block fails naming its raw file; no temp folders, old outputs untouched."""
+    """A split with no document of one block fails naming its raw file; no temp folders, old outputs untouched."""
     raw = tmp_path / "raw"
     raw.mkdir()
     big = [{"title": f"T{i}", "text": f" = T{i} = \n {TEXT}"} for i in range(20)]
-    for split, docs in (("train", big), ("validation", big[:3]), ("test", [{"title": "x", "text": "tiny"}])):
+    for split, docs in (("train", big), ("validation", [{"title": "x", "text": "tiny"}]), ("test", big[:3])):
         (raw / f"{split}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
     tok_dir, data_dir = tmp_path / "tokenizer", tmp_path / "tokenized"
     for folder in (tok_dir, data_dir):
         folder.mkdir()
         (folder / "marker.txt").write_text(f"previous {folder.name}")
     with pytest.raises(DataError) as err:
-        tokenize_splits(raw, TokenizerParams(vocab_size=300), 64, CODE_PACKAGE, tok_dir, data_dir)
-    assert str(raw / "test.jsonl") in str(err.value) and "context_length=64" in str(err.value)
+        tokenize_splits(raw, TokenizerParams(vocab_size=300), 64, CODE_PACKAGE, 3, tok_dir, data_dir)
+    assert str(raw / "validation.jsonl") in str(err.value) and "context_length=64" in str(err.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "raw",
         "tokenized",

@@ -34,6 +34,10 @@ STAGE = [
     "python",
     "-m",
     "stages.train_baseline",
+    "--baseline",
+    "0",
+    "--checkpoints",
+    "checkpoints/baseline",
     "--data",
     "data/tokenized",
     "--tokenizer",
@@ -55,7 +59,7 @@ params = load_params()
 pin_cpu(params.cpu_threads)
 from lmask.train import train_baseline
 args = [Path(a) for a in {ARGS!r}]
-print(train_baseline(params, *args, stop_after=int(sys.argv[1])))
+print(train_baseline(params, 0, *args, stop_after=int(sys.argv[1])))
 """
 
 
@@ -86,6 +90,7 @@ def project(tmp_path_factory) -> Path:
         params.tokenizer,
         params.context,
         params.data.code_package,
+        params.data.test_documents,
         repo / "data/tokenizer",
         repo / "data/tokenized",
     )
@@ -112,7 +117,7 @@ def one_proc(project, tmp_path_factory) -> Path:
     repo = clone(project, tmp_path_factory.mktemp("one") / "repo", nproc=1)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(repo)
-        train_baseline(load_params(), *(Path(a) for a in ARGS))
+        train_baseline(load_params(), 0, *(Path(a) for a in ARGS))
     return repo
 
 

@@ -16,7 +16,7 @@ from lmask.generation import (
     distinct_n,
     generate_ids,
     generation_report,
-    prompts_from_blocks,
+    prompts_from_documents,
 )
 from lmask.model import apply_windows, load_model, new_model, scratch_config
 from lmask.params import AnalysisParams, GenerationParams, ParamsError
@@ -41,12 +41,13 @@ def test_bleu_and_distinct_on_known_strings():
     assert distinct_n([[1]], 2) == 0.0
 
 
-def test_prompts_and_references_come_from_the_same_blocks():
+def test_prompts_and_references_come_from_long_enough_documents():
     blocks = np.arange(10 * 20).reshape(10, 20)
+    lengths = np.array([20, 8, 9, 20, 20, 5, 20, 20, 20, 20])  # documents 1, 2 and 5 are too short for 5 + 4
     cfg = GenerationParams(n_prompts=3, prompt_tokens=5, new_tokens=4)
-    prompts, refs, idx = prompts_from_blocks(blocks, cfg)
+    prompts, refs, idx = prompts_from_documents(blocks, lengths, cfg)
     assert prompts.shape == (3, 5) and refs.shape == (3, 4)
-    assert idx[0] == 0 and idx[-1] == 9 and 3 <= idx[1] <= 6  # spread over the blocks, first and last included
+    assert idx.tolist() == [0, 2, 3]  # the first three that hold a prompt and its reference (9 tokens)
     assert np.array_equal(prompts, blocks[idx, :5]) and np.array_equal(refs, blocks[idx, 5:9])
     assert np.array_equal(refs[:, 0], prompts[:, -1] + 1)  # the reference continues the prompt
     with pytest.raises(ParamsError, match=r"generation\.prompt_tokens \+ generation\.new_tokens"):
@@ -114,7 +115,8 @@ def test_analyse_rows_and_heatmaps():
 def test_token_nll_averages_to_the_transformers_loss():
     model = tiny_gpt2(WINDOWS, sinks=1)
     blocks = np.random.default_rng(2).integers(0, 200, size=(5, 33))
-    nll = token_nll(model, blocks, batch_size=2, device=CPU)  # batches of 2, 2 and 1
+    full = np.full(5, 33)
+    nll = token_nll(model, blocks, full, batch_size=2, device=CPU)  # batches of 2, 2 and 1
     assert nll.shape == (5, 32) and nll.dtype == np.float32
     with torch.no_grad():
         x = torch.from_numpy(blocks)
@@ -124,14 +126,32 @@ def test_token_nll_averages_to_the_transformers_loss():
     np.testing.assert_allclose(nll.mean(1), per_block, atol=1e-5)
 
 
+def test_token_nll_scores_each_document_alone_and_pads_with_nan():
+    """Rows shorter than the block: the NLL of each document equals the model run on that document alone, and
+    positions past it are NaN (never averaged in)."""
+    model = tiny_gpt2(WINDOWS, sinks=1)
+    blocks = np.random.default_rng(5).integers(1, 200, size=(3, 24))
+    lengths = np.array([24, 10, 17])
+    blocks[1, 10:] = 0  # padding
+    blocks[2, 17:] = 0
+    nll = token_nll(model, blocks, lengths, batch_size=3, device=CPU)
+    for row, n in zip(nll, lengths, strict=True):
+        assert np.isfinite(row[: n - 1]).all() and np.isnan(row[n - 1 :]).all()
+    with torch.no_grad():
+        for i, n in enumerate(lengths):
+            x = torch.from_numpy(blocks[i : i + 1, :n])
+            assert float(np.nanmean(nll[i])) == pytest.approx(model(x, labels=x).loss.item(), abs=1e-5)
+
+
 def test_zero_shot_full_schedule_is_exactly_the_baseline(tmp_path):
     model = tiny_gpt2([None] * 4)
     model.save_pretrained(tmp_path)
     blocks = np.random.default_rng(3).integers(0, 200, size=(3, 40))
-    baseline = token_nll(load_model(tmp_path), blocks, 2, CPU)
-    zero_shot = token_nll(apply_windows(load_model(tmp_path), [None] * 4), blocks, 2, CPU)
+    lengths = np.full(3, 40)
+    baseline = token_nll(load_model(tmp_path), blocks, lengths, 2, CPU)
+    zero_shot = token_nll(apply_windows(load_model(tmp_path), [None] * 4), blocks, lengths, 2, CPU)
     assert np.array_equal(zero_shot, baseline)
-    windowed = token_nll(apply_windows(load_model(tmp_path), [2] * 4), blocks, 2, CPU)
+    windowed = token_nll(apply_windows(load_model(tmp_path), [2] * 4), blocks, lengths, 2, CPU)
     assert not np.array_equal(windowed, baseline)  # the comparison can tell schedules apart
 
 
@@ -167,17 +187,18 @@ def one_hot_gpt2(vocab: int, successor: bool) -> torch.nn.Module:
 
 def test_generation_report_flags_looping_output():
     blocks = np.stack([np.arange(40) + 10 * r for r in range(6)])  # each block counts up by one
-    cfg = GenerationParams(n_prompts=3, prompt_tokens=8, new_tokens=10, temperature=1.0, top_k=5)
-    prompts, refs, _ = prompts_from_blocks(blocks, cfg)
+    # A near-zero temperature: sampling is (all but) argmax, so what the models would continue is known.
+    cfg = GenerationParams(n_prompts=3, prompt_tokens=8, new_tokens=10, temperature=1e-3, top_k=5)
+    prompts, refs, _ = prompts_from_documents(blocks, np.full(6, 40), cfg)
 
     counting, texts = generation_report(one_hot_gpt2(100, True), IdTokenizer(), prompts, refs, cfg, seed=0)
-    assert texts["greedy"] == texts["references"]  # the successor model continues the count exactly
+    assert texts["sampled"] == texts["references"]  # the successor model continues the count exactly
     assert texts["degenerate"] == [False, False, False] and counting["degenerate_fraction"] == 0.0
     np.testing.assert_allclose(counting["per_prompt_distinct2"], 1.0)
     np.testing.assert_allclose(counting["per_prompt_bleu"], 100.0)
 
     looping, texts = generation_report(one_hot_gpt2(100, False), IdTokenizer(), prompts, refs, cfg, seed=0)
-    assert texts["greedy"] == [" ".join(["w7"] * 10)] * 3
+    assert texts["sampled"] == [" ".join(["w7"] * 10)] * 3
     assert texts["degenerate"] == [True, True, True] and looping["degenerate_fraction"] == 1.0
     # One distinct bigram out of nine, below the threshold.
     np.testing.assert_allclose(looping["per_prompt_distinct2"], 1 / 9)

@@ -35,9 +35,15 @@ def exp_show(repo: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(out)))
 
 
-def chain(schedule: str, seeds: list[int]) -> set[str]:
+def runs(repo: Path) -> list[tuple[int, int]]:
+    """(baseline, fine-tuning seed) of every fine-tuned run."""
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    return [(b, k) for b in raw["baseline_seeds"] for k in raw["finetune_seeds"]]
+
+
+def chain(schedule: str, pairs: list[tuple[int, int]]) -> set[str]:
     """The stages one schedule owns: its fine-tuning runs, its evaluation and its benchmark."""
-    return {*(f"train_masked@{schedule}-{k}" for k in seeds), f"evaluate@{schedule}", f"benchmark@{schedule}"}
+    return {*(f"train_masked@{schedule}-{b}-{k}" for b, k in pairs), f"evaluate@{schedule}", f"benchmark@{schedule}"}
 
 
 AGGREGATION = {"validate", "summarize", "report"}
@@ -45,7 +51,7 @@ AGGREGATION = {"validate", "summarize", "report"}
 
 @pytest.mark.slow
 def test_one_schedule_change_reruns_exactly_its_chain(tiny_repo):
-    seeds = yaml.safe_load((tiny_repo / "params.yaml").read_text())["finetune_seeds"]
+    seeds = runs(tiny_repo)
     # Before running: dvc status names exactly the stages that read schedules.half (and the aggregation).
     params = tiny_repo / "params.yaml"
     original = params.read_text()
@@ -58,7 +64,8 @@ def test_one_schedule_change_reruns_exactly_its_chain(tiny_repo):
     assert set(stages_ran(out)) == chain("half", seeds) | AGGREGATION, out
     names = schedules(tiny_repo)
     others = {s for n in names if n != "half" for s in chain(n, seeds)}
-    assert stages_skipped(out) >= {"download", "tokenize", "train_baseline", "evaluate_baseline", *others}, out
+    baselines = {f"train_baseline@{b}" for b, _ in seeds}
+    assert stages_skipped(out) >= {"download", "tokenize", "evaluate_baseline", *baselines, *others}, out
 
     diff = json.loads(run(["dvc", "params", "diff", "--json"], tiny_repo).stdout)
     assert diff["params.yaml"] == {"schedules.half.end_window": {"old": 16, "new": 32, "diff": 16}}
@@ -79,13 +86,13 @@ def test_one_schedule_change_reruns_exactly_its_chain(tiny_repo):
 
 @pytest.mark.slow
 def test_new_schedule_adds_its_stages(tiny_repo):
-    seeds = yaml.safe_load((tiny_repo / "params.yaml").read_text())["finetune_seeds"]
+    seeds = runs(tiny_repo)
     new = "{type: progressive, start_layer: 8, start_window: 64, end_window: 8}"
     out = run(["dvc", "exp", "run", "-n", "eighth", "-S", f"+schedules.eighth={new}"], tiny_repo).stdout
     assert set(stages_ran(out)) == chain("eighth", seeds) | AGGREGATION, out
     listed = run(["dvc", "stage", "list", "--name-only"], tiny_repo).stdout.split()
     assert chain("eighth", seeds) <= set(listed)
-    config = json.loads((tiny_repo / "models/masked/eighth/s0/config.json").read_text())
+    config = json.loads((tiny_repo / "models/masked/eighth/b0-s0/config.json").read_text())
     assert config["layer_windows"][:8] == [None] * 8 and config["layer_windows"][-1] == 8
     assert "eighth" in json.loads((tiny_repo / "metrics/summary.json").read_text())
 
@@ -93,7 +100,7 @@ def test_new_schedule_adds_its_stages(tiny_repo):
 @pytest.mark.slow
 def test_queue_runs_every_experiment(tiny_repo):
     """Two queued experiments (report settings only, so each reruns just the aggregation), run by one worker."""
-    queued = {"q-samples1": "report.max_samples=1", "q-boot": "report.bootstrap_samples=300"}
+    queued = {"q-samples1": "report.max_samples=1", "q-conf": "report.confidence=0.9"}
     for name, change in queued.items():
         run(["dvc", "exp", "run", "--queue", "-n", name, "-S", change], tiny_repo)
     run(["dvc", "queue", "start", "-j", "1"], tiny_repo)
@@ -112,6 +119,6 @@ def test_queue_runs_every_experiment(tiny_repo):
     rows = {r["Experiment"]: r for r in exp_show(tiny_repo)}
     assert set(queued) <= set(rows), rows.keys()
     assert rows["q-samples1"]["report.max_samples"] == "1"
-    assert rows["q-boot"]["report.bootstrap_samples"] == "300"
-    log = run(["dvc", "queue", "logs", "q-boot"], tiny_repo).stdout
+    assert rows["q-conf"]["report.confidence"] == "0.9"
+    log = run(["dvc", "queue", "logs", "q-conf"], tiny_repo).stdout
     assert "Running stage 'summarize'" in log and "Running stage 'train_masked" not in log, log

@@ -39,7 +39,7 @@ def test_default_params_are_valid():
     p = load_params(ROOT / "params.yaml")
     assert isinstance(p, Params)
     assert p.model.n_layer == 12 and p.data.context_length <= p.model.n_positions
-    assert {"full", "half", "quarter", "aggressive", "increasing", "interleaved"} <= set(p.schedules)
+    assert {"full", "half", "quarter", "aggressive"} <= set(p.schedules)
     assert p.schedule("half").windows == [None] * 6 + [512, 256, 128, 64, 32, 16]
     assert p.context == p.data.context_length
     with pytest.raises(ParamsError, match=r"schedules\.nope"):
@@ -53,10 +53,10 @@ def test_params_error_is_a_value_error():
 BAD = [
     # (changes, dotted field the message must contain)
     ({"schedules.half.end_windw": 16}, "schedules.half.end_windw"),
-    ({"schedules.increasing.windows": [0] + [None] * 11}, "schedules.increasing.windows[0]"),
-    ({"schedules.increasing.windows": [-4] + [None] * 11}, "schedules.increasing.windows[0]"),
-    ({"schedules.increasing.windows": ["16"] + [None] * 11}, "schedules.increasing.windows[0]"),
-    ({"schedules.increasing.windows": [16] * 13}, "schedules.increasing.windows"),
+    ({"schedules.mine": {"type": "explicit", "windows": [0] + [None] * 11}}, "schedules.mine.windows[0]"),
+    ({"schedules.mine": {"type": "explicit", "windows": [-4] + [None] * 11}}, "schedules.mine.windows[0]"),
+    ({"schedules.mine": {"type": "explicit", "windows": ["16"] + [None] * 11}}, "schedules.mine.windows[0]"),
+    ({"schedules.mine": {"type": "explicit", "windows": [16] * 13}}, "schedules.mine.windows"),
     ({"schedules": {}}, "schedules"),
     ({"schedules": DELETE}, "schedules"),
     ({"schedules.baseline": {"type": "none"}}, "schedules.baseline"),
@@ -205,7 +205,8 @@ def test_train_masked_fails_on_params_before_touching_anything(raw, tmp_path):
     """A typo in a schedule stops a training stage at once, before data, model or torchrun."""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_change(raw, {"schedules.half.end_windw": 16})))
     before = sorted(p.name for p in tmp_path.iterdir())
-    args = ["--schedule", "half", "--seed", "0", "--baseline", "x", "--data", "x", "--model", "x", "--live", "x"]
+    args = ["--schedule", "half", "--baseline", "0", "--seed", "0", "--baseline-model", "x", "--data", "x"]
+    args += ["--model", "x", "--live", "x"]
     proc = _run_stage(tmp_path, "stages.train_masked", *args)
     _assert_one_line_error(proc, "schedules.half.end_windw")
     assert sorted(p.name for p in tmp_path.iterdir()) == before == ["params.yaml"]
@@ -213,7 +214,8 @@ def test_train_masked_fails_on_params_before_touching_anything(raw, tmp_path):
 
 def test_train_masked_unknown_schedule_is_a_params_error(raw, tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    args = ["--schedule", "halff", "--seed", "0", "--baseline", "x", "--data", "x", "--model", "x", "--live", "x"]
+    args = ["--schedule", "halff", "--baseline", "0", "--seed", "0", "--baseline-model", "x", "--data", "x"]
+    args += ["--model", "x", "--live", "x"]
     proc = _run_stage(tmp_path, "stages.train_masked", *args)
     _assert_one_line_error(proc, "schedules.halff")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]

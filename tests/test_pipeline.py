@@ -16,33 +16,41 @@ pytestmark = pytest.mark.slow
 def test_every_stage_runs_and_writes_its_outputs(tiny_pipeline):
     repo = tiny_pipeline
     params = load_params(repo / "params.yaml")
-    names, seeds = list(params.schedules), params.finetune_seeds
+    names, bases, seeds = list(params.schedules), params.baseline_seeds, params.finetune_seeds
+    runs = [(b, k) for b in bases for k in seeds]
     stages = set(run(["dvc", "stage", "list", "--name-only"], repo).stdout.split())
-    expected = {"validate", "download", "tokenize", "train_baseline", "evaluate_baseline", "summarize", "report"}
+    expected = {"validate", "download", "tokenize", "evaluate_baseline", "summarize", "report"}
+    expected |= {f"train_baseline@{b}" for b in bases}
     expected |= {"benchmark_kernel"} | {f"benchmark@{s}" for s in names} | {f"evaluate@{s}" for s in names}
-    expected |= {f"train_masked@{s}-{k}" for s in names for k in seeds}
+    expected |= {f"train_masked@{s}-{b}-{k}" for s in names for b, k in runs}
     assert stages == expected
 
     for split in ("train", "validation", "test", "code"):
         blocks = np.load(repo / "data/tokenized" / f"{split}.npy")
         assert blocks.ndim == 2 and blocks.shape[1] == params.context
+    for b in bases:
+        info = json.loads((repo / "models/baseline" / f"b{b}" / "train_info.json").read_text())
+        assert info["baseline"] == b and info["seed"] == params.seed + 1000 * b  # each baseline its own seed
+    n_docs = min(params.evaluate.max_documents, len(np.load(repo / "data/tokenized/test.npy")))
     for name in names:
-        for k in seeds:
-            model_dir = repo / "models/masked" / name / f"s{k}"
+        for b, k in runs:
+            model_dir = repo / "models/masked" / name / f"b{b}-s{k}"
             config = json.loads((model_dir / "config.json").read_text())
             assert config["layer_windows"] == params.schedules[name].windows
             assert config["attention_sinks"] == params.schedules[name].sinks
             info = json.loads((model_dir / "train_info.json").read_text())
-            assert info["finetune_seed"] == k and info["threads"] == params.cpu_threads
-            live = repo / "metrics/train" / f"{name}-s{k}"
+            assert (info["baseline"], info["finetune_seed"]) == (b, k) and info["threads"] == params.cpu_threads
+            live = repo / "metrics/train" / f"{name}-b{b}-s{k}"
             assert math.isfinite(json.loads((live / "metrics.json").read_text())["val_loss"])
             assert (live / "plots/metrics/val_loss.tsv").read_text().startswith("step\tval_loss")
         evaluated = json.loads((repo / "metrics/eval" / f"{name}.json").read_text())
-        assert set(evaluated) >= {"zero_shot", *(f"s{k}" for k in seeds)}
-        with np.load(repo / "eval" / name / "s0.npz") as arrays:
-            test_blocks = min(params.evaluate.max_blocks, len(np.load(repo / "data/tokenized/test.npy")))
-            assert arrays["nll_test"].shape == (test_blocks, params.context - 1)
-            assert arrays["copy_nll"].shape == (len(params.copy.distances), params.copy.n_sequences, 2)
+        assert set(evaluated) >= {*(f"b{b}-zs" for b in bases), *(f"b{b}-s{k}" for b, k in runs)}
+        with np.load(repo / "eval" / name / "b0-s0.npz") as arrays:
+            assert arrays["nll_test"].shape == (n_docs, params.context - 1)  # one row per test document
+            assert arrays["nll_code"].shape == (n_docs, params.context - 1)  # the first seed scores every domain
+        with np.load(repo / "eval" / name / "b0-zs.npz") as arrays:
+            copy_shape = (len(params.copy.distances), params.copy.schedule_sequences, 2)
+            assert arrays["copy_nll"].shape == copy_shape
     assert not list(repo.glob("checkpoints/**/state*.pt"))  # finished runs clean their checkpoints
     page = (repo / "plots/report.html").read_text()
     assert all(name in page for name in names)
@@ -54,7 +62,8 @@ def test_summary_contract(tiny_pipeline):
     assert set(summary) == {"baseline", *params.schedules}
     for name, s in params.schedules.items():
         rec = summary[name]
-        assert rec["n_seeds"] == len(params.finetune_seeds)
+        assert rec["n_seeds"] == len(params.finetune_seeds) and rec["n_baselines"] == len(params.baseline_seeds)
+        assert len(rec["zero_shot_vs_baseline_pct_baselines"]) == len(params.baseline_seeds)
         assert len(rec["zero_shot_vs_baseline_pct_ci95"]) == 2
         lo, hi = rec["zero_shot_vs_baseline_pct_ci95"]
         assert lo <= rec["zero_shot_vs_baseline_pct"] <= hi
@@ -68,15 +77,20 @@ def test_summary_contract(tiny_pipeline):
     drop = summary["baseline"]["copy_loss_drop"]
     assert set(drop) == {str(d) for d in params.copy.distances}
     assert all(len(e["ci95"]) == 2 for e in drop.values())
+    docs = min(params.evaluate.max_documents, params.data.test_documents)
+    assert summary["baseline"]["test_documents"] == {"test": docs, "code": docs, "repeated": docs}
 
 
 def test_tiny_baseline_beats_its_unigram_model(tiny_pipeline):
-    """On the very tokens test_ppl averages over (the scored test blocks' labels), recomputed here with Counter."""
+    """On the very tokens test_ppl averages over (each scored test document's labels), recomputed with Counter."""
     from collections import Counter
 
     params = load_params(tiny_pipeline / "params.yaml")
     train = np.load(tiny_pipeline / "data/tokenized/train.npy").ravel().tolist()
-    scored = np.load(tiny_pipeline / "data/tokenized/test.npy")[: params.evaluate.max_blocks, 1:].ravel().tolist()
+    n = params.evaluate.max_documents
+    docs = np.load(tiny_pipeline / "data/tokenized/test.npy")[:n]
+    lengths = np.load(tiny_pipeline / "data/tokenized/test.lengths.npy")[:n]
+    scored = [t for row, length in zip(docs, lengths) for t in row[1:length].tolist()]
     vocab = json.loads((tiny_pipeline / "metrics/eval/baseline.json").read_text())["vocab_size"]
     counts = Counter(train)
     total = len(train) + vocab  # add-one smoothing over the whole vocabulary
@@ -100,14 +114,35 @@ def test_metrics_show_works_from_git_alone(tiny_repo):
 
 
 def test_readme_blocks_are_the_generated_markdown(tiny_pipeline):
-    """`python -m lmask.readme` puts the summary and benchmark markdown between README's markers."""
-    from lmask.readme import BENCH_END, BENCH_START, README_END, README_START
-
-    run(["python", "-m", "lmask.readme"], tiny_pipeline)
-    readme = (tiny_pipeline / "README.md").read_text()
-    results = readme[readme.index(README_START) + len(README_START) : readme.index(README_END)]
-    bench = readme[readme.index(BENCH_START) + len(BENCH_START) : readme.index(BENCH_END)]
-    assert results.strip() == (tiny_pipeline / "metrics/summary.md").read_text().strip()
-    assert bench.strip() == (tiny_pipeline / "metrics/benchmark.md").read_text().strip()
-    run(["git", "checkout", "README.md"], tiny_pipeline)
-    assert yaml.safe_load((tiny_pipeline / "params.yaml").read_text())["data"]["context_length"] == 64
+    """`python -m lmask.readme` fills every generated block from the pipeline's outputs; `--check` then passes, and
+    fails again once an output changes. The replicate comparison of a summary with itself changes no word."""
+    repo = tiny_pipeline
+    out = run(
+        [
+            "python",
+            "-m",
+            "lmask.replicate",
+            "compare",
+            "metrics/summary.json",
+            "metrics/summary.json",
+            "--out",
+            "metrics/replicate.json",
+        ],
+        repo,
+    ).stdout
+    assert "0 of " in out and "0 reversals" in out
+    try:
+        run(["python", "-m", "lmask.readme"], repo)
+        assert run(["python", "-m", "lmask.readme", "--check"], repo).returncode == 0
+        readme = (repo / "README.md").read_text()
+        head = readme[readme.index("<!-- headline:start -->") : readme.index("<!-- headline:end -->")]
+        assert all(f"| {name} |" in head for name in load_params(repo / "params.yaml").schedules if name != "full")
+        results = (repo / "docs/results.md").read_text()
+        assert (repo / "metrics/summary.md").read_text().strip() in results
+        assert (repo / "metrics/benchmark.md").read_text().strip() in results
+        (repo / "metrics/benchmark.md").write_text("changed\n")
+        assert run(["python", "-m", "lmask.readme", "--check"], repo, check=False).returncode == 1
+    finally:
+        run(["git", "checkout", "README.md", "docs/results.md", "metrics/benchmark.md"], repo)
+        (repo / "metrics/replicate.json").unlink()
+    assert yaml.safe_load((repo / "params.yaml").read_text())["data"]["context_length"] == 64

@@ -40,7 +40,7 @@ def test_gpu_preset_is_the_seed_setup(params_copy):
     for cfg in (p.train, p.masked):
         assert (cfg.steps, cfg.batch_size, cfg.lr, cfg.warmup_steps) == (4000, 16, 5e-5, 1000)  # the seed's
         assert isinstance(cfg.lr, float) and (cfg.micro_batch_size, cfg.nproc) == (16, 1)
-    assert p.evaluate.max_blocks is None  # the whole test split
+    assert p.evaluate.max_documents is None  # every test article
     # Every copy distance fits context 1024, up to near the context.
     assert max(p.copy.distances) >= 512
     assert all(p.copy.offset + d + p.copy.span <= 1024 for d in p.copy.distances)
@@ -59,8 +59,9 @@ def test_gpu_preset_comments_state_the_token_budget_and_what_is_unmeasured(param
     comments = (ROOT / "presets/gpu.yaml").read_text()
     per_model = p.train.steps * p.train.batch_size * p.data.context_length
     assert per_model == 65_536_000 and "65.5M tokens" in comments
-    models = 1 + len(p.schedules) * len(p.finetune_seeds)  # baseline + one fine-tune per schedule and seed
-    assert f"{models} × 65.5M ≈ {models * per_model / 1e6:.0f}M tokens" in comments
+    n_base = len(p.baseline_seeds)
+    models = n_base + len(p.schedules) * n_base * len(p.finetune_seeds)  # baselines + their fine-tunes
+    assert f"{models} × 65.5M ≈ {models * per_model / 1e9:.2f}B tokens" in comments
     assert "NOT yet measured" in comments
 
 
@@ -85,7 +86,7 @@ def test_tiny_preset_merges(params_copy):
     p = load_params(params_copy)
     assert (p.train.steps, p.masked.steps, p.data.context_length, p.model.n_positions) == (200, 2, 64, 64)
     assert (p.model.n_embd, p.tokenizer.vocab_size, p.cpu_threads) == (32, 320, 1)
-    assert p.evaluate.max_blocks == 8 and p.copy.distances == [4, 16, 40]
+    assert p.evaluate.max_documents == 12 and p.copy.distances == [4, 16, 40]
     assert (p.benchmark.seq_lens, p.benchmark.n_embd, p.benchmark.vocab_size) == ([64, 128], 32, 320)
     assert p.model.position_init == "sinusoidal"  # untouched keys keep params.yaml's values
     assert "# Per-layer windows" in params_copy.read_text()
@@ -109,20 +110,21 @@ def test_gpu_smoke_script_prepares_valid_params(tmp_path):
     assert (p.model.n_layer, p.model.n_embd, p.model.n_head, p.data.context_length) == (12, 768, 12, 1024)
     for cfg in (p.train, p.masked):
         assert (cfg.steps, cfg.nproc, cfg.micro_batch_size, cfg.batch_size) == (50, 2, 8, 16)
-    assert p.attention.backend == "flex" and p.evaluate.max_blocks == 4
+    assert p.attention.backend == "flex" and p.evaluate.max_documents == 4
     assert "variant: offline" in (out / "smoke.txt").read_text()
     # The stages run with dvc.yaml's cmd lines (new flags; nproc handled by the stage itself, no torchrun here).
     lines = proc.stdout.splitlines()
     assert (
-        "train_masked@half-0: python -m stages.train_masked --schedule half --seed 0 --baseline models/baseline "
-        "--data data/tokenized --model models/masked/half/s0 --live metrics/train/half-s0"
+        "train_masked@half-0-0: python -m stages.train_masked --schedule half --baseline 0 --seed 0 "
+        "--baseline-model models/baseline/b0 --data data/tokenized --model models/masked/half/b0-s0 "
+        "--live metrics/train/half-b0-s0"
     ) in lines
     assert [line.split(":")[0] for line in lines if ": python -m stages." in line] == [
         "validate",
         "download",
         "tokenize",
-        "train_baseline",
-        "train_masked@half-0",
+        "train_baseline@0",
+        "train_masked@half-0-0",
     ]
     assert "torchrun" not in proc.stdout
 
@@ -183,22 +185,20 @@ def test_gpu_benchmark_script_runs_on_cpu_with_tiny_shapes(tiny_project, tmp_pat
             assert r["full_time_s"] > 0 and r["time_s"] == statistics.median(r["times_s"])
             assert min(r["round_speedups"]) <= r["speedup"] <= max(r["round_speedups"])
             assert r["speedup"] == pytest.approx(statistics.median(r["round_speedups"]))  # median of per-round ratios
-            assert set(r["attention_paths"]) <= {"causal", "blocked", "masked"}  # CPU: no flex
+            assert set(r["attention_paths"]) <= {"causal", "band", "blocked", "masked"}  # CPU: no flex
             paths |= set(r["attention_paths"])
         assert result["run"]["attention_paths"] == ", ".join(sorted(paths))
         assert set(result["summary"]) == {name}
         assert set(result["summary"][name]["fwd_bwd"]["64"]) == {"speedup", "ceiling", "efficiency"}
 
     kernel = json.loads((dest / "kernel.json").read_text())
-    assert set(kernel) == {"summary", "run", "records"} and kernel["run"]["device_name"] == "cpu"
-    assert [(r["mode"], r["window"], r["seq_len"]) for r in kernel["records"]] == [
-        ("kernel", 16, 64),
-        ("kernel", 16, 128),
-    ]
+    assert set(kernel) == {"summary", "run", "crossover", "records"} and kernel["run"]["device_name"] == "cpu"
+    timed = {(r["mode"], r["kernel"], r["window"], r["seq_len"]) for r in kernel["records"]}
+    assert {("kernel", k, 16, t) for k in ("band", "blocked") for t in (64, 128)} <= timed  # both kernels, each T
     for r in kernel["records"]:
         assert r["speedup"] == pytest.approx(statistics.median(r["round_speedups"]))
-        assert r["attention_paths"] == ["blocked"]
-    assert "kernel  w16" in proc.stdout  # the printed table
+        assert r["attention_paths"] == [r["kernel"]]  # each row timed the kernel it names
+    assert "band_w16" in proc.stdout and "blocked_w16" in proc.stdout  # the printed table
 
 
 @pytest.mark.parametrize(

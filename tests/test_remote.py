@@ -184,18 +184,18 @@ def test_s3_wrong_or_missing_credentials_fail_clearly(small_dvc_repo, s3_server,
 def test_corrupted_cache_object_never_reaches_the_workspace(tiny_repo, tmp_path):
     """A cache file made writable and edited: DVC rehashes it (it trusts only read-only cache files whose mtime
     matches its records), deletes it, and refuses to check it out or push it."""
-    target = "models/baseline/model.safetensors"
-    obj = cache_object(tiny_repo, "models/baseline", "model.safetensors")
+    target = "models/baseline/b0/model.safetensors"
+    obj = cache_object(tiny_repo, "models/baseline/b0", "model.safetensors")
     flip_byte(obj, bit_rot=False)
 
     status = run(["dvc", "status"], tiny_repo).stdout
-    assert "not in cache:" in status and "models/baseline" in status, status
+    assert "not in cache:" in status and "models/baseline/b0" in status, status
     assert not obj.exists(), "DVC should have removed the corrupted cache object"
 
     (tiny_repo / target).unlink()
-    checkout = run(["dvc", "checkout", "models/baseline"], tiny_repo, check=False)
+    checkout = run(["dvc", "checkout", "models/baseline/b0"], tiny_repo, check=False)
     assert checkout.returncode != 0
-    assert "Checkout failed for following targets:\nmodels/baseline" in checkout.stderr, checkout
+    assert "Checkout failed for following targets:\nmodels/baseline/b0" in checkout.stderr, checkout
     assert not (tiny_repo / target).exists()
 
     env = home_env(tmp_path)
@@ -211,9 +211,9 @@ def test_corrupted_cache_object_never_reaches_the_workspace(tiny_repo, tmp_path)
 def test_bit_rot_is_caught_on_pull_by_verify(tiny_repo, tmp_path):
     """Bit rot (a flipped byte in a read-only file, mtime kept) is invisible to DVC in the original repo and is pushed;
     the committed `verify = true` makes `dvc pull` rehash downloads, reject the object and fail."""
-    target = "models/baseline/model.safetensors"
+    target = "models/baseline/b0/model.safetensors"
     good = hashlib.md5((tiny_repo / target).read_bytes()).hexdigest()
-    obj = cache_object(tiny_repo, "models/baseline", "model.safetensors")
+    obj = cache_object(tiny_repo, "models/baseline/b0", "model.safetensors")
     flip_byte(obj, bit_rot=True)
     env = home_env(tmp_path)
     # DVC trusts its recorded hash while inode, size and mtime are unchanged: nothing noticed, the object is pushed.

@@ -178,18 +178,13 @@ def test_dvc_offline_template_renders_a_vega_lite_plot(tmp_path):
 
 
 def test_readme_blocks_are_the_committed_markdown():
-    """README's results, benchmark and long-run blocks are metrics/summary.md, metrics/benchmark.md and
-    results/long/summary.md verbatim (written by `python -m lmask.readme` after `dvc repro`), never typed."""
-    from lmask.readme import BENCH_END, BENCH_START, LONG_END, LONG_START, README_END, README_START, replace_block
+    """Every generated block of README.md and docs/results.md is what `python -m lmask.readme` writes from the
+    committed outputs (metrics/summary.json and .md, metrics/benchmark.md, metrics/replicate.json,
+    results/stage_times.md): nothing between the markers is typed or stale."""
+    from lmask.readme import render
 
-    readme = (ROOT / "README.md").read_text()
-    summary = (ROOT / "metrics/summary.md").read_text()
-    bench = (ROOT / "metrics/benchmark.md").read_text()
-    long_run = (ROOT / "results/long/summary.md").read_text()
-    regenerated = replace_block(replace_block(readme, summary), bench, BENCH_START, BENCH_END)
-    assert replace_block(regenerated, long_run, LONG_START, LONG_END) == readme
-    block = readme[readme.index(README_START) + len(README_START) : readme.index(README_END)]
-    assert block.strip() == summary.strip()
+    for doc, text in render(ROOT).items():
+        assert (ROOT / doc).read_text() == text, f"{doc} is stale: run `python -m lmask.readme`"
 
 
 def test_benchmark_markdown_kernel_row_decomposes_the_fraction_of_ideal():
@@ -218,15 +213,15 @@ def test_benchmark_markdown_kernel_row_decomposes_the_fraction_of_ideal():
         return {"x": {"summary": {}, "run": run, "records": list(records)}}
 
     text = benchmark_markdown(files(model, kernel))
-    assert "| 4096 | 64 | 20.0 | 200.0 | 10.00x | 32.3x | 0.31 | 1.50 | 0.46 | 2.50 | 32.3x |" in text
+    row = "| kernel | 4096 | 64 | **blocked** | 20.0 | 200.0 | 10.00x | 32.3x | 0.31 | 1.50 | 0.46 | 2.50 | 32.3x |"
+    assert row in text
     # Records written before the decomposition was measured still render.
-    assert "| 4096 | 64 | 20.0 | 200.0 | 10.00x | 32.3x | 0.31 | n/a | n/a | n/a | n/a |" in benchmark_markdown(
-        files(model, old)
-    )
+    old_row = "| kernel | 4096 | 64 | **blocked** | 20.0 | 200.0 | 10.00x | 32.3x | 0.31 | n/a | n/a | n/a | n/a |"
+    assert old_row in benchmark_markdown(files(model, old))
 
 
 def test_benchmark_targets_verdicts():
-    def rec(schedule, mode, T, speedup, ceiling, window=None):
+    def rec(schedule, mode, T, speedup, ceiling, window=None, **extra):
         return dict(
             schedule=schedule,
             mode=mode,
@@ -235,6 +230,7 @@ def test_benchmark_targets_verdicts():
             ceiling=ceiling,
             efficiency=speedup / ceiling,
             window=window,
+            **extra,
         )
 
     records = [
@@ -242,19 +238,22 @@ def test_benchmark_targets_verdicts():
         rec("half", "fwd_bwd", 4096, 1.10, 1.12),
         rec("quarter", "fwd_bwd", 4096, 1.19, 1.19),
         rec("aggressive", "fwd_bwd", 4096, 1.15, 1.25),  # 0.92 < 0.95
-        rec("w64", "kernel", 4096, 30.0, 32.3, 64),
-        rec("w64", "kernel", 1024, 1.0, 8.3, 64),  # T < 2048: not part of the kernel target
+        rec("blocked_w64", "kernel", 3072, 15.0, 24.3, 64, kernel="blocked", dispatched=True),  # 0.62 >= 0.5
+        rec("band_w64", "kernel", 3072, 1.0, 24.3, 64, kernel="band", dispatched=False),  # not the dispatched one
+        rec("blocked_w16", "kernel_fwd_bwd", 3072, 20.0, 96.3, 16, kernel="blocked", dispatched=False),
+        rec("band_w16", "kernel_fwd_bwd", 3072, 30.0, 96.3, 16, kernel="band", dispatched=True),  # 0.31 < 0.4
+        rec("blocked_w64", "kernel", 1024, 1.0, 8.3, 64, kernel="blocked"),  # T = 1024: not a kernel target
         rec("half", "fwd", 1024, 0.96, 1.03),
     ]
-    (model, held_model, ev_model), (_, held_kernel, _), (_, held_short, ev_short) = benchmark_targets(records)
-    assert held_model is False and "aggressive 0.92" in ev_model
-    assert held_kernel is True
-    assert held_short is True and "half fwd 0.960x" in ev_short
+    targets = {target: (held, evidence) for target, held, evidence in benchmark_targets(records)}
+    assert len(targets) == 7
+    held, evidence = targets["whole model, fwd+bwd, T=4096: efficiency >= 0.95 for half, quarter, aggressive"]
+    assert held is False and "aggressive 0.92" in evidence
+    assert targets["kernel, T=3072, w=64, fwd: fraction of ideal >= 0.5"] == (True, "blocked 0.62")
+    assert targets["kernel, T=3072, w=16, fwd+bwd: fraction of ideal >= 0.4"] == (False, "band 0.31")
+    assert targets["kernel, T=3072, w=256, fwd: fraction of ideal >= 0.8"][0] is None  # not measured
+    held, evidence = targets["T=1024 (ceiling ~1): no schedule more than 5% slower than full"]
+    assert held is True and "half fwd 0.960x" in evidence
     records.append(rec("quarter", "fwd", 1024, 0.94, 1.04))
-    assert benchmark_targets(records)[2][1] is False
-    # A window whose 0.9 x ideal is above the memory-floor bound is named in the evidence.
-    records.append(dict(rec("w16", "kernel", 4096, 12.0, 128.3, 16), attainable=83.0))
-    held_kernel, ev_kernel = benchmark_targets(records)[1][1:]
-    assert held_kernel is False and "exceeds the memory-floor bound at T=4096 w=16 (83x)" in ev_kernel
-    assert "w=64 (" not in ev_kernel
+    assert benchmark_targets(records)[-1][1] is False
     assert benchmark_targets(records[:1])[0][1] is None  # not measured

@@ -2,44 +2,50 @@
 
 from __future__ import annotations
 
-from lmask.tables import generation_rows, q1
+from lmask.tables import gap_cell, generation_rows, pct, q1
 
 
-def copy_drop(values: dict[int, tuple[float, float, float]]) -> dict[str, dict]:
-    return {str(d): {"value": v, "ci95": [lo, hi]} for d, (v, lo, hi) in values.items()}
+def gate(values: dict[int, tuple[float, float, float, str]]) -> dict[str, dict]:
+    return {str(d): {"value": v, "ci95": [lo, hi], "verdict": w} for d, (v, lo, hi, w) in values.items()}
 
 
 def baseline(drop: dict[str, dict], reach: int | None) -> dict:
     return {"copy_loss_drop": drop, "copy_range": reach}
 
 
-def test_q1_says_not_testable_when_no_interval_is_above_zero():
-    drop = copy_drop({8: (0.02, -0.01, 0.05), 512: (0.001, -0.002, 0.004)})
+def test_q1_says_not_testable_when_no_distance_passes_the_gate():
+    drop = gate({8: (0.02, -0.01, 0.05, "no clear difference"), 512: (0.001, -0.002, 0.004, "no clear difference")})
     text = q1({"baseline": baseline(drop, None)})
-    assert "Q1 is not testable here" in text and "(8, 512 tokens)" in text
+    assert "Q1 is not testable here" in text and "(8, 512 tokens; largest +0.0200 [-0.0100, +0.0500]" in text
 
 
-def test_q1_reports_the_longest_distance_above_zero_and_its_size():
-    faint = copy_drop({8: (0.05, 0.01, 0.09), 128: (0.02, 0.005, 0.03), 512: (0.0, -0.01, 0.01)})
-    text = q1({"baseline": baseline(faint, 128)})
-    assert "uses distant context, faintly" in text and "up to d = 128 tokens (+0.0200 [+0.0050, +0.0300]" in text
-    strong = copy_drop({8: (3.0, 2.5, 3.5), 128: (2.0, 1.5, 2.5), 512: (0.0, -0.01, 0.01)})
-    text = q1({"baseline": baseline(strong, 128)})
-    assert "uses distant context:" in text and "faintly" not in text and "not testable" not in text
+def test_q1_reports_the_longest_distance_that_passes():
+    drop = gate({8: (0.5, 0.3, 0.7, "better"), 128: (0.2, 0.1, 0.3, "better"), 512: (0.0, -0.1, 0.1, "no")})
+    text = q1({"baseline": baseline(drop, 128)})
+    assert "use distant context" in text and "up to d = 128 tokens (+0.2000 [+0.1000, +0.3000] nats)" in text
+    assert "not testable" not in text
 
 
-def test_generation_rows_show_bleu_with_its_interval_and_flag_degenerate_output():
+def test_a_cell_shows_interval_baselines_and_word_or_too_few_documents():
+    g = {"pct": -0.5, "pct_ci95": [-0.9, -0.1], "pct_baselines": [-0.4, -0.6, -0.5], "verdict": "better"}
+    assert gap_cell(g) == "-0.50% [-0.90, -0.10] (-0.40, -0.60, -0.50): better"
+    assert pct(0.3, None) == "+0.30% [too few documents]"
+
+
+def test_generation_rows_show_bleu_and_continuation_nll_with_intervals():
     generation = {
+        "prompts": 32,
         "bleu": {"value": 1.02, "ci95": [0.35, 1.86]},
-        "continuation_nll": 6.7484,
-        "distinct_2": 0.0282,
-        "degenerate_fraction": 0.75,
+        "continuation_nll": {"value": 6.7484, "ci95": [6.5, 7.0]},
+        "distinct_2": 0.9282,
+        "degenerate_fraction": 0.03125,
     }
-    (row,) = generation_rows({"half": {"generation": generation}})
+    (row,) = generation_rows({"half": {"generation": generation}, "none": {"generation": {"prompts": 0}}})
     assert row == {
         "model": "half",
-        "BLEU (95% CI over prompts)": "1.02 [0.35, 1.86]",
-        "NLL of the true continuation": "6.748",
-        "distinct-2 (greedy)": "0.028",
-        "degenerate outputs": "75%",
+        "prompts": "32",
+        "BLEU (95% CI)": "1.02 [0.35, 1.86]",
+        "NLL of the true continuation (95% CI)": "6.748 [6.500, 7.000]",
+        "distinct-2": "0.928",
+        "degenerate samples": "3%",
     }

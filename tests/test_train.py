@@ -50,6 +50,7 @@ def prepare(root: Path, **train) -> Params:
         params.tokenizer,
         params.context,
         params.data.code_package,
+        params.data.test_documents,
         root / "data/tokenizer",
         root / "data/tokenized",
     )
@@ -75,7 +76,7 @@ def workdir(tiny_data, tmp_path, monkeypatch) -> Path:
 
 
 def train(params: Params, stop_after: int | None = None) -> dict:
-    return train_baseline(params, *(Path(p) for p in TRAIN_ARGS), stop_after=stop_after)
+    return train_baseline(params, 0, *(Path(p) for p in TRAIN_ARGS), stop_after=stop_after)
 
 
 def clean_outputs() -> None:
@@ -165,8 +166,8 @@ def test_stale_checkpoint_is_ignored(workdir, capsys):
 def test_non_finite_loss_stops_with_a_clear_error(workdir, monkeypatch):
     make = lmask.train.initial_model
 
-    def poisoned(params, tokenizer):
-        model = make(params, tokenizer)
+    def poisoned(params, tokenizer, seed):
+        model = make(params, tokenizer, seed)
         with torch.no_grad():
             model.transformer.ln_f.weight[0] = float("nan")
         return model
@@ -219,7 +220,8 @@ def test_same_bits_with_and_without_a_competing_cpu_load(tmp_path):
     raw = yaml.safe_load((repo / "params.yaml").read_text())
     raw["cpu_threads"] = 2  # the default run's setting: two threads, which a busy machine could otherwise shrink
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    cmd = [sys.executable, "-m", "stages.train_baseline", "--data", "data/tokenized", "--tokenizer", "data/tokenizer"]
+    cmd = [sys.executable, "-m", "stages.train_baseline", "--baseline", "0", "--data", "data/tokenized"]
+    cmd += ["--tokenizer", "data/tokenizer"]
 
     def run_stage(out: str) -> bytes:
         subprocess.run(
