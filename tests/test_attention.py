@@ -156,7 +156,8 @@ def test_dropout_runs_on_masked_path():
 def test_path_selection():
     q, k, _ = qkv(1, 2, 64)
     pad = torch.ones(1, 1, 64, 64, dtype=torch.bool)
-    assert select_path(q, k, 16) == "band"  # windowed prefill on CPU, small window
+    assert q.requires_grad and select_path(q, k, 16) == "band"  # training on CPU, small window
+    assert select_path(q.detach(), k.detach(), 16) == "blocked"  # forward only (evaluation): blocked at every window
     assert select_path(q, k, A.BAND_MAX_WINDOW) == "band"  # the crossover is inclusive
     assert select_path(q[:, :, :40], k[:, :, :40], A.BAND_MAX_WINDOW + 1) == "blocked"  # above it: blocked
     assert select_path(q, k, 16, backend="band") == "band"
@@ -332,7 +333,7 @@ def test_windowed_gpt2_under_cpu_bf16_autocast_matches_fp32():
         before = PATH_COUNTS.copy()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             bf16 = model(x).logits
-    assert dict(PATH_COUNTS - before) == {"band": 2}  # both layers windowed (small windows), prefill: the band path
+    assert dict(PATH_COUNTS - before) == {"blocked": 2}  # both layers windowed; forward only: the blocked path
     assert bf16.dtype == torch.bfloat16
     err = (bf16.float() - fp32).abs().max().item()
     assert err < 0.03

@@ -92,8 +92,10 @@ def test_rounds_alternate_and_warmup_is_not_timed(tmp_path, monkeypatch, capsys)
         windows = [None, None] if name == "full" else [None, 8]
         assert r["ceiling"] == pytest.approx(flops_ceiling(windows, r["seq_len"], 16, 50, 0))
         assert r["tokens_per_s"] == pytest.approx(r["seq_len"] / r["time_s"])
-        # Paths counted over every call, warm-up included: narrow's full layer is causal SDPA, its window blocked.
-        assert r["attention_paths"] == (["causal"] if name == "full" else ["band", "causal"])
+        # Paths counted over every call, warm-up included: narrow's full layer is causal SDPA, its small window the
+        # band kernel in training (fwd+bwd) and the blocked one forward only.
+        window_path = "band" if r["mode"] == "fwd_bwd" else "blocked"
+        assert r["attention_paths"] == (["causal"] if name == "full" else sorted([window_path, "causal"]))
 
     on_disk = json.loads(out.read_text())
     assert set(on_disk) == {"summary", "run", "records"}
@@ -111,15 +113,16 @@ def test_schedule_records_measure_real_calls(tmp_path):
     records = bench.run_schedule(p, SINKY, tmp_path / "sinky.json")["records"]
     by_name = {(r["schedule"], r["seq_len"], r["mode"]): r for r in records}
     assert set(by_name) == {("sinky", T, m) for T, m in ((32, "fwd"), (64, "fwd"), (64, "fwd_bwd"))}
-    for (name, T, _), r in by_name.items():
+    for (name, T, mode), r in by_name.items():
         assert len(r["times_s"]) == len(r["round_speedups"]) == 2 and all(t > 0 for t in r["times_s"])
         assert r["speedup"] == pytest.approx(statistics.median(r["round_speedups"]))
         windows, sinks = ([None, None], 0) if name == "full" else ([16, 4], 2)
         assert r["ceiling"] == pytest.approx(flops_ceiling(windows, T, 16, 50, sinks))
         assert r["kv_cache_bytes"] <= r["full_kv_cache_bytes"]
         assert r["device"] == "cpu"
-        # The attention paths that ran: full layers take causal SDPA; small windows below T the band path on CPU.
-        assert r["attention_paths"] == (["causal"] if name == "full" else ["band"])
+        # The paths that ran: full layers take causal SDPA; small windows below T on CPU the band path in training
+        # (fwd+bwd), the blocked path forward only.
+        assert r["attention_paths"] == (["causal"] if name == "full" else ["band" if mode == "fwd_bwd" else "blocked"])
 
 
 def test_experiment_dims_section(tmp_path):
@@ -160,7 +163,9 @@ def test_kernel_records(tmp_path):
         assert len(r["times_s"]) == len(r["round_speedups"]) == p.kernel_repeats
         assert r["speedup"] == pytest.approx(statistics.median(r["round_speedups"]))
         assert r["attention_paths"] == [r["kernel"]]
-        assert r["dispatched"] == (r["kernel"] == ("band" if r["window"] <= BAND_MAX_WINDOW else "blocked"))
+        training = r["mode"] == "kernel_fwd_bwd"
+        dispatched = "band" if training and r["window"] <= BAND_MAX_WINDOW else "blocked"
+        assert r["dispatched"] == (r["kernel"] == dispatched)
         assert r["pair_overhead"] >= 1
         if r["mode"] == "kernel":  # the memory floor caps the forward ideal: attainable = min(ideal, causal / floor)
             assert r["floor_time_s"] > 0

@@ -57,12 +57,14 @@ def edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new, 1))
 
 
+# A new explicit schedule after aggressive's last line, its first window(s) bad.
+MINE = "    end_window: 1\n  mine:\n    type: explicit\n    windows: [{}, 32, 64, 128, 256, 512" + ", null" * 6 + "]\n"
 BAD_PARAMS = [
     ("typo", "    end_window: 16\n", "    end_windw: 16\n", "schedules.half.end_windw"),
-    ("window 0", "windows: [16, 32,", "windows: [0, 32,", r"schedules.increasing.windows\[0\]"),
-    ("window -4", "windows: [16, 32,", "windows: [-4, 32,", r"schedules.increasing.windows\[0\]"),
-    ("string window", "windows: [16, 32,", "windows: [wide, 32,", r"schedules.increasing.windows\[0\]"),
-    ("13 windows", "windows: [16, 32,", "windows: [16, 16, 32,", "schedules.increasing.windows has 13 entries"),
+    ("window 0", "    end_window: 1\n", MINE.format("0"), r"schedules.mine.windows\[0\]"),
+    ("window -4", "    end_window: 1\n", MINE.format("-4"), r"schedules.mine.windows\[0\]"),
+    ("string window", "    end_window: 1\n", MINE.format("wide"), r"schedules.mine.windows\[0\]"),
+    ("13 windows", "    end_window: 1\n", MINE.format("16, 16"), "schedules.mine.windows has 13 entries"),
     ("batch 0", "  batch_size: 4\n", "  batch_size: 0\n", "train.batch_size"),
     (
         "sinks > context",

@@ -39,7 +39,7 @@ def test_default_params_are_valid():
     p = load_params(ROOT / "params.yaml")
     assert isinstance(p, Params)
     assert p.model.n_layer == 12 and p.data.context_length <= p.model.n_positions
-    assert {"full", "half", "quarter", "aggressive"} <= set(p.schedules)
+    assert {"full", "half", "aggressive"} <= set(p.schedules)
     assert p.schedule("half").windows == [None] * 6 + [512, 256, 128, 64, 32, 16]
     assert p.context == p.data.context_length
     with pytest.raises(ParamsError, match=r"schedules\.nope"):
@@ -60,7 +60,7 @@ BAD = [
     ({"schedules": {}}, "schedules"),
     ({"schedules": DELETE}, "schedules"),
     ({"schedules.baseline": {"type": "none"}}, "schedules.baseline"),
-    ({"schedules.quarter.start_layer": 12}, "schedules.quarter.start_layer"),
+    ({"schedules.aggressive.start_layer": 12}, "schedules.aggressive.start_layer"),
     ({"schedules.aggressive.sinks": 1024}, "schedules.aggressive.sinks"),
     ({"schedules.aggressive.sinks": 5000}, "schedules.aggressive.sinks"),
     ({"train.batch_size": 0}, "train.batch_size"),

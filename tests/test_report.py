@@ -117,12 +117,12 @@ def test_report_renders_offline_in_chromium(tiny_pipeline, tmp_path):
 @pytest.mark.slow
 def test_dropping_a_schedule_forgets_it_and_dvc_plots_render_offline(tiny_repo, tmp_path):
     raw = yaml.safe_load((tiny_repo / "params.yaml").read_text())
-    del raw["schedules"]["interleaved"]
+    del raw["schedules"]["aggressive"]
     (tiny_repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     out = run(["dvc", "repro", "report"], tiny_repo).stdout
     assert set(stages_ran(out)) == {"validate", "summarize", "report"}, out
     summary = json.loads((tiny_repo / "metrics/summary.json").read_text())
-    assert "interleaved" not in summary and "interleaved" not in (tiny_repo / "plots/report.html").read_text()
+    assert "aggressive" not in summary and "aggressive" not in (tiny_repo / "plots/report.html").read_text()
 
     plots = tmp_path / "dvc_plots"
     run(["dvc", "plots", "show", "-o", str(plots)], tiny_repo)

@@ -138,11 +138,28 @@ def test_seed_schedules_resolve_through_params_in_both_readings():
     assert {n: s.windows for n, s in resolve_schedules(halving, 12).items()} == HALVING
 
 
-def test_default_params_keep_the_seed_windows():
+@pytest.fixture(scope="module")
+def with_progressions(tmp_path_factory):
+    """params.yaml with presets/progressions.yaml merged in (quarter, increasing, interleaved added)."""
+    import shutil
+
+    from lmask.preset import apply_preset
+
+    path = tmp_path_factory.mktemp("progressions") / "params.yaml"
+    shutil.copy2(ROOT / "params.yaml", path)
+    apply_preset(ROOT / "presets" / "progressions.yaml", path)
+    return load_params(path)
+
+
+def test_default_params_keep_the_seed_windows(with_progressions):
     p = load_params(ROOT / "params.yaml")
-    for name in ("full", "half", "quarter", "aggressive"):
+    assert set(p.schedules) == {"full", "half", "aggressive"}
+    for name in ("full", "half", "aggressive"):
         assert p.schedules[name].windows == GEOMETRIC[name], name
-    assert p.schedules["increasing"].windows == GEOMETRIC["half"][6:][::-1] + [None] * 6  # half's, mirrored
+    q = with_progressions
+    for name in ("full", "half", "quarter", "aggressive"):
+        assert q.schedules[name].windows == GEOMETRIC[name], name
+    assert q.schedules["increasing"].windows == GEOMETRIC["half"][6:][::-1] + [None] * 6  # half's, mirrored
 
 
 def test_linear_and_increasing():
@@ -241,9 +258,9 @@ def test_windowed_layers_and_describe():
     assert f"pairs={pair_fraction([8, F], 64, 2):.3f}" in lines[2]
 
 
-def test_default_direction_schedules_cost_about_as_much_as_half():
+def test_progressions_cost_about_as_much_as_half(with_progressions):
     """increasing mirrors half's windows (equal pairs); interleaved is tuned to half's pairs within 1%."""
-    p = load_params(ROOT / "params.yaml")
+    p = with_progressions
     T = p.data.context_length
 
     def cost(name):
