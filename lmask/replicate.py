@@ -13,6 +13,7 @@ the resulting summary to ``results/replicate/summary.json``. ``compare`` lines u
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -83,7 +84,11 @@ def run(seeds: list[int], workdir: Path, out: Path, root: Path = Path(".")) -> P
     params["baseline_seeds"] = seeds
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     cache = (root / ".dvc" / "cache").resolve()
-    subprocess.run(["git", "init", "-q"], cwd=workdir, check=True)
+    # A committed git repo: dvclive (the training stages' logger) refuses an empty one.
+    who = {"GIT_AUTHOR_NAME": "lmask", "GIT_AUTHOR_EMAIL": "lmask@localhost"}
+    who |= {"GIT_COMMITTER_NAME": who["GIT_AUTHOR_NAME"], "GIT_COMMITTER_EMAIL": who["GIT_AUTHOR_EMAIL"]}
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", f"replicate from {seeds}"]):
+        subprocess.run(cmd, cwd=workdir, check=True, env={**os.environ, **who})
     subprocess.run(["dvc", "cache", "dir", "--local", str(cache)], cwd=workdir, check=True)
     subprocess.run(["dvc", "repro", "summarize"], cwd=workdir, check=True)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -77,7 +77,10 @@ def test_one_schedule_change_reruns_exactly_its_chain(tiny_repo):
     for item in changed:
         path, key = item.split(":", 1)
         about_half = "half" in path or key.startswith("half.") or ".half." in key
-        assert about_half, f"{item} changed although only schedules.half did"
+        # Holm corrects within a family (one comparison across schedules), so another schedule's adjusted p-value
+        # (and at most its word) follows half's change; its estimates and intervals do not move.
+        family_wise = key.endswith(".p_holm") or key.endswith(".verdict")
+        assert about_half or family_wise, f"{item} changed although only schedules.half did"
 
     rows = exp_show(tiny_repo)
     exp = next(r for r in rows if r["Experiment"] == "half-w32")

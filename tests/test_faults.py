@@ -150,11 +150,14 @@ def test_changed_corpus_file_reruns_download(tiny_repo):
 
 @pytest.mark.slow
 def test_corpus_too_small_for_one_block_leaves_no_partial_folders(tiny_repo):
-    use_text_corpus(tiny_repo, {"train.txt": (" = A = \nshort.\n = B = \nshort.\n = C = \nshort.\n" * 2).encode()})
+    # Three long articles (the test split takes them), forty stubs: validation and train get stubs only.
+    long = "".join(f" = Long {i} = \n" + "words in a long article " * 100 + "\n" for i in range(3))
+    stubs = "".join(f" = Stub {i} = \nshort.\n" for i in range(40))
+    use_text_corpus(tiny_repo, {"train.txt": (long + stubs).encode()})
     proc = run(["dvc", "repro", "tokenize"], tiny_repo, check=False)
     assert proc.returncode != 0
     line = one_error_line(proc.stderr + proc.stdout)
-    assert "fewer than one block of data.context_length=64" in line and "data/raw/" in line, line
+    assert "no document fills one block of data.context_length=64" in line and "data/raw/train.jsonl" in line, line
     leftovers = [p.name for p in (tiny_repo / "data").iterdir() if p.name.startswith(".") and p.name != ".gitignore"]
     assert not leftovers, leftovers
 

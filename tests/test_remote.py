@@ -119,7 +119,7 @@ def test_local_remote_round_trip(tiny_repo, tmp_path):
     assert "Cache and remote 'storage' are in sync." in run(["dvc", "status", "-c"], tiny_repo, extra_env=env).stdout
 
     other = clone(tiny_repo, tmp_path / "clone")
-    assert not (other / "models" / "baseline").exists()  # only .gitignore files came with git
+    assert not (other / "models" / "baseline" / "b0").exists()  # only .gitignore files came with git
     run(["dvc", "pull"], other, extra_env=env)
     assert_same_and_nothing_to_run(other, tiny_repo, env)
 
