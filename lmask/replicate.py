@@ -67,19 +67,25 @@ def _seeds(summary: dict) -> list[int]:
     return summary["baseline"].get("baseline_seeds", [])
 
 
+def copy_project(root: Path, dest: Path) -> Path:
+    """Copy the repo's tracked and untracked-but-not-ignored files (not data, models or caches) into ``dest``."""
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for rel in files:
+        if (root / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / rel, dest / rel)
+    return dest
+
+
 def run(seeds: list[int], workdir: Path, out: Path, root: Path = Path(".")) -> Path:
     """The whole experiment from other baseline seeds, in a copy of the repo; returns the copied summary."""
     import yaml
 
     if workdir.exists():
         shutil.rmtree(workdir)
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"], cwd=root, capture_output=True, text=True, check=True
-    ).stdout.split()
-    for rel in files:
-        if (root / rel).is_file():
-            (workdir / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(root / rel, workdir / rel)
+    copy_project(root, workdir)
     params = yaml.safe_load((workdir / "params.yaml").read_text())
     params["baseline_seeds"] = seeds
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

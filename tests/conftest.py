@@ -67,15 +67,9 @@ def stages_ran(dvc_output: str) -> list[str]:
 
 def copy_project(dest: Path) -> Path:
     """Copy the project's tracked and untracked-but-not-ignored files (not data, models or caches)."""
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.split()
-    for rel in files:
-        src = ROOT / rel
-        if src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    return dest
+    from lmask.replicate import copy_project as copy
+
+    return copy(ROOT, dest)
 
 
 def make_tiny_repo(dest: Path) -> Path:
