@@ -84,7 +84,7 @@ def test_gpu_preset_scales_to_two_gpus_by_halving_the_micro_batch(params_copy, t
 def test_tiny_preset_merges(params_copy):
     apply_preset("tiny", params_copy)
     p = load_params(params_copy)
-    assert (p.train.steps, p.masked.steps, p.data.context_length, p.model.n_positions) == (200, 2, 64, 64)
+    assert (p.train.steps, p.masked.steps, p.data.context_length, p.model.n_positions) == (400, 2, 64, 64)
     assert (p.model.n_embd, p.tokenizer.vocab_size, p.cpu_threads) == (32, 320, 1)
     assert p.evaluate.max_documents == 12 and p.copy.distances == [4, 16, 40]
     assert (p.benchmark.seq_lens, p.benchmark.n_embd, p.benchmark.vocab_size) == ([64, 128], 32, 320)
