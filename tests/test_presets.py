@@ -1,11 +1,14 @@
 """Presets merge into params.yaml and pass the same validation as every stage, without network access; the GPU
-scripts (scripts/gpu_smoke.sh, scripts/gpu_benchmark.sh) prepare valid params and run on a CPU at tiny shapes."""
+entry points (python -m lmask.gpu_smoke / lmask.gpu_benchmark, and their wrappers scripts/gpu_smoke.sh,
+scripts/gpu_benchmark.sh) prepare valid params, reject bad input in one line and run on a CPU at tiny shapes."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,11 +100,19 @@ def test_missing_preset_is_named(params_copy):
         apply_preset("nope", params_copy)
 
 
-def test_gpu_smoke_script_prepares_valid_params(tmp_path):
-    """scripts/gpu_smoke.sh's params (GPU preset, offline fallback, 50 steps) validate; CPU, no training."""
+SMOKE_PREPARE = {
+    # The wrapper as the device docs call it (environment variables), and the module with its flags.
+    "script": "SMOKE_PREPARE_ONLY=1 NPROC=2 BACKEND=flex bash scripts/gpu_smoke.sh {out}",
+    "module": f"{sys.executable} -m lmask.gpu_smoke {{out}} --prepare-only --nproc 2 --backend flex",
+}
+
+
+@pytest.mark.parametrize("how", SMOKE_PREPARE)
+def test_gpu_smoke_prepares_valid_params(tmp_path, how):
+    """python -m lmask.gpu_smoke's params (GPU preset, offline fallback, 50 steps) validate; CPU, no training."""
     out = tmp_path / "results"
     params_before = (ROOT / "params.yaml").read_text()
-    proc = run(f"SMOKE_PREPARE_ONLY=1 NPROC=2 BACKEND=flex bash scripts/gpu_smoke.sh {out}", ROOT, timeout=120)
+    proc = run(SMOKE_PREPARE[how].format(out=out), ROOT, timeout=120)
     assert "variant: offline" in proc.stdout  # hub unreachable in CI (HF_HUB_OFFLINE=1 in conftest.env)
     assert (ROOT / "params.yaml").read_text() == params_before  # worked in a temporary copy
     p = load_params(out / "params.yaml")
@@ -112,6 +123,7 @@ def test_gpu_smoke_script_prepares_valid_params(tmp_path):
         assert (cfg.steps, cfg.nproc, cfg.micro_batch_size, cfg.batch_size) == (50, 2, 8, 16)
     assert p.attention.backend == "flex" and p.evaluate.max_documents == 4
     assert "variant: offline" in (out / "smoke.txt").read_text()
+    assert sorted(f.name for f in out.iterdir()) == ["params.yaml", "smoke.txt"]  # nothing trained
     # The stages run with dvc.yaml's cmd lines (new flags; nproc handled by the stage itself, no torchrun here).
     lines = proc.stdout.splitlines()
     assert (
@@ -129,9 +141,44 @@ def test_gpu_smoke_script_prepares_valid_params(tmp_path):
     assert "torchrun" not in proc.stdout
 
 
-def test_gpu_smoke_script_rejects_an_nproc_that_does_not_divide_the_batch(tmp_path):
-    proc = run(f"SMOKE_PREPARE_ONLY=1 NPROC=3 bash scripts/gpu_smoke.sh {tmp_path}", ROOT, check=False, timeout=60)
-    assert proc.returncode == 2 and "NPROC must divide the global batch 16" in proc.stderr
+@pytest.mark.parametrize(
+    "cmd,message",
+    [
+        ("SMOKE_PREPARE_ONLY=1 NPROC=3 bash scripts/gpu_smoke.sh {out}", "NPROC must divide the global batch 16"),
+        ("{python} -m lmask.gpu_smoke {out} --nproc 0", "NPROC must divide the global batch 16"),
+        ("{python} -m lmask.gpu_smoke {out} --nproc two", "got 'two'"),
+        ("BACKEND=nope bash scripts/gpu_smoke.sh {out}", "attention.backend must be one of"),
+    ],
+)
+def test_gpu_smoke_names_a_bad_value_in_one_line(tmp_path, cmd, message):
+    """NPROC and BACKEND fail in one line naming them, exit code 2, before anything is prepared or trained."""
+    out = tmp_path / "results"
+    proc = run(cmd.format(python=sys.executable, out=out), ROOT, check=False, timeout=60)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("gpu_smoke: ")  # no traceback
+    assert not (out / "smoke.txt").exists()
+
+
+def test_gpu_smoke_runs_a_stage_as_dvc_does(tmp_path):
+    """A stage runs through a shell in the project copy, logged and timed (no GPU: no memory sampled); a failing
+    one prints its log's tail, is recorded in smoke.txt and ends the run with exit code 1."""
+    from lmask import gpu_smoke
+
+    work, results = tmp_path / "work", tmp_path / "results"
+    work.mkdir()
+    results.mkdir()
+    log = gpu_smoke.Log(results / "smoke.txt")
+    env = {"PATH": os.environ["PATH"]}
+    gpu_smoke.run_stage("ok", "pwd; echo to-stderr >&2", work, results, env, log)
+    assert (results / "ok.log").read_text().split() == [str(work), "to-stderr"]
+    line = (results / "smoke.txt").read_text()
+    assert line.startswith("ok ") and " s   peak GPU memory (busiest GPU, all processes) " in line
+    with pytest.raises(SystemExit) as exc:
+        gpu_smoke.run_stage("bad", "echo oops; exit 3", work, results, env, log)
+    assert exc.value.code == 1
+    assert (results / "smoke.txt").read_text().endswith("bad FAILED: echo oops; exit 3\n")
+    (results / "m.mem").write_text("512\n80000\n1024\n")  # nvidia-smi: one line per GPU per sample
+    assert gpu_smoke.peak_mib(results / "m.mem") == "80000 MiB" and gpu_smoke.peak_mib(results / "none") == "n/a"
 
 
 TINY_BENCH = {
@@ -155,15 +202,11 @@ def tiny_project(tmp_path_factory) -> Path:
     return dest
 
 
-def test_gpu_benchmark_script_runs_on_cpu_with_tiny_shapes(tiny_project, tmp_path):
-    """scripts/gpu_benchmark.sh end to end (BENCH_DEVICE=cpu, tiny dims): one file per windowed schedule plus
+def test_gpu_benchmark_runs_on_cpu_with_tiny_shapes(tiny_project, tmp_path):
+    """python -m lmask.gpu_benchmark end to end (--device cpu, tiny dims): one file per windowed schedule plus
     kernel.json, in the pipeline's format, fwd and fwd+bwd at every T."""
-    proc = run(
-        f"bash scripts/gpu_benchmark.sh {tmp_path}",
-        tiny_project,
-        extra_env={"BENCH_DEVICE": "cpu", "BENCH_OVERRIDES": json.dumps(TINY_BENCH)},
-        timeout=600,
-    )
+    cmd = [sys.executable, "-m", "lmask.gpu_benchmark", str(tmp_path), "--device", "cpu"]
+    proc = run([*cmd, "--overrides", json.dumps(TINY_BENCH)], tiny_project, timeout=600)
     assert "device: cpu" in proc.stdout
     dest = tmp_path / "benchmark_cpu"
     params = load_params(tiny_project / "params.yaml")
@@ -175,6 +218,7 @@ def test_gpu_benchmark_script_runs_on_cpu_with_tiny_shapes(tiny_project, tmp_pat
         result = json.loads((dest / f"{name}.json").read_text())
         assert set(result) == {"summary", "run", "records"}  # as metrics/benchmark/<schedule>.json
         assert result["run"]["device"] == "cpu" and result["run"]["device_name"] == "cpu"
+        assert result["run"]["source"] == "python -m lmask.gpu_benchmark"
         records = result["records"]
         assert {(r["schedule"], r["mode"], r["seq_len"]) for r in records} == {
             (name, m, T) for m in ("fwd", "fwd_bwd") for T in (64, 128)
@@ -199,24 +243,62 @@ def test_gpu_benchmark_script_runs_on_cpu_with_tiny_shapes(tiny_project, tmp_pat
         assert r["speedup"] == pytest.approx(statistics.median(r["round_speedups"]))
         assert r["attention_paths"] == [r["kernel"]]  # each row timed the kernel it names
     assert "band_w16" in proc.stdout and "blocked_w16" in proc.stdout  # the printed table
+    model_table = proc.stdout.split("\n\n")[-2]  # the whole-model table, then the kernel one, then the last line
+    assert "fwd_bwd" in model_table and "kernel" not in model_table and "no FlexAttention" not in proc.stderr
 
 
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        ({"repeats": 0}, "benchmark.repeats must be a positive integer"),
-        ({"colour": 1}, "benchmark.colour is not a known parameter"),
-        ({"seq_lens": "64"}, "benchmark.seq_lens must be"),
-        ({"n_layer": 3}, "benchmark.n_layer (3) differs"),
+        ('{"repeats": 0}', "benchmark.repeats must be a positive integer"),
+        ('{"colour": 1}', "benchmark.colour is not a known parameter"),
+        ('{"seq_lens": "64"}', "benchmark.seq_lens must be"),
+        ('{"n_layer": 3}', "benchmark.n_layer (3) differs"),
+        ('{"device": "tpu"}', "benchmark.device must be one of"),
+        ("[1]", "BENCH_OVERRIDES must be a JSON object"),
+        ("{repeats: 3}", "BENCH_OVERRIDES is not valid JSON"),
     ],
 )
-def test_gpu_benchmark_script_names_a_bad_override(tiny_project, tmp_path, overrides, message):
-    proc = run(
-        f"bash scripts/gpu_benchmark.sh {tmp_path}",
-        tiny_project,
-        check=False,
-        extra_env={"BENCH_DEVICE": "cpu", "BENCH_OVERRIDES": json.dumps(overrides)},
-        timeout=120,
-    )
-    assert proc.returncode != 0 and message in proc.stderr
+def test_gpu_benchmark_names_a_bad_override(tiny_project, tmp_path, overrides, message):
+    """One line naming the field, exit code 2, before torch loads: nothing is timed or written."""
+    cmd = [sys.executable, "-m", "lmask.gpu_benchmark", str(tmp_path), "--device", "cpu", "--overrides", overrides]
+    proc = run(cmd, tiny_project, check=False, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("gpu_benchmark: params: ")
     assert not list(tmp_path.rglob("*.json"))  # failed before any timing
+
+
+def test_gpu_benchmark_script_passes_its_environment(tiny_project, tmp_path):
+    """scripts/gpu_benchmark.sh runs the module from the repo root with BENCH_* as before (DEST relative to the
+    caller's directory)."""
+    env = {"BENCH_DEVICE": "cpu", "BENCH_OVERRIDES": '{"colour": 1}', "BENCH_PARAMS": "params.yaml"}
+    proc = run(f"bash {tiny_project}/scripts/gpu_benchmark.sh dest", tmp_path, check=False, extra_env=env)
+    assert proc.returncode == 2 and "benchmark.colour is not a known parameter" in proc.stderr
+    assert (tmp_path / "dest").is_dir() and not list(tmp_path.rglob("*.json"))
+    proc = run(
+        f"bash {tiny_project}/scripts/gpu_benchmark.sh dest",
+        tmp_path,
+        check=False,
+        extra_env={"BENCH_PARAMS": "x.yaml"},
+    )
+    assert proc.returncode == 2 and "gpu_benchmark: params: x.yaml: params file not found" in proc.stderr
+
+
+def test_gpu_benchmark_names_every_record_that_missed_flex_attention():
+    """On CUDA a windowed layer must run flex: a fallback, or a later schedule that silently ran the blocked path
+    after one (lmask.attention stops choosing flex once a call failed), is named; wide windows and CPUs are not."""
+    from lmask.gpu_benchmark import missing_flex
+    from lmask.params import Schedule
+
+    schedule = Schedule("half", [None, 128, None, 512], 0)
+    records = [
+        {"mode": "fwd", "seq_len": 256, "attention_paths": ["causal", "flex"]},  # 128 < 256: flex ran
+        {"mode": "fwd", "seq_len": 128, "attention_paths": ["causal"]},  # no window below T: nothing to miss
+        {"mode": "fwd", "seq_len": 1024, "attention_paths": ["causal", "flex", "flex_fallback"]},  # failed mid-run
+        {"mode": "fwd_bwd", "seq_len": 1024, "attention_paths": ["band", "blocked", "causal"]},  # flex never chosen
+    ]
+    assert missing_flex(schedule, records, "cuda") == [
+        "fwd@1024 (causal, flex, flex_fallback)",
+        "fwd_bwd@1024 (band, blocked, causal)",
+    ]
+    assert missing_flex(schedule, records, "cpu") == []  # backend auto never picks flex on a CPU
