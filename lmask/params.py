@@ -29,7 +29,7 @@ DATA_SOURCES = ("embedded", "hf", "text")
 TOKENIZER_KINDS = ("bpe", "gpt2")
 MODEL_INITS = ("scratch", "pretrained")
 POSITION_INITS = ("default", "sinusoidal")
-BACKENDS = ("auto", "blocked", "flex", "masked")
+ATTENTION_BACKENDS = ("auto", "blocked", "flex", "masked")  # paths attention.backend may force (lmask.attention)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SPLITS = ("train", "validation", "test")
 RESERVED_NAMES = ("baseline",)
@@ -133,7 +133,7 @@ class AttentionParams:
     backend: str = "auto"  # auto | blocked | flex | masked
 
     def check(self) -> None:
-        _choice("attention.backend", self.backend, BACKENDS)
+        _choice("attention.backend", self.backend, ATTENTION_BACKENDS)
 
 
 @dataclass

@@ -94,10 +94,6 @@ class Families:
                 out["p_holm"] = None if adjusted is None else round(adjusted, 4)
 
 
-def _round(x: float | None, digits: int) -> float | None:
-    return None if x is None else round(x, digits)
-
-
 def pct_gap(est: Estimate) -> dict[str, Any]:
     """An NLL gap as a perplexity change in %, with its interval and per-baseline estimates."""
     e = est.map(nll_gap_to_pct)
