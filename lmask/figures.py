@@ -12,7 +12,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from lmask.summary import BASELINE, DOMAINS
+from lmask.summary import BASELINE, EVAL_DOMAINS
 
 Records = dict[str, dict[str, Any]]
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"]
@@ -181,7 +181,7 @@ def domains_figure(records: Records) -> go.Figure:
     """Gap to the full control per evaluation domain, with intervals."""
     names = [n for n in records if "domains" in records[n]]
     fig = go.Figure()
-    for i, d in enumerate(DOMAINS):
+    for i, d in enumerate(EVAL_DOMAINS):
         g = [records[n]["domains"][d]["vs_full"] for n in names]
         fig.add_trace(
             go.Bar(

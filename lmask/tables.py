@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from lmask.stats import TOO_FEW
-from lmask.summary import BASELINE, DOMAIN_ROLE, DOMAINS
+from lmask.summary import BASELINE, DOMAIN_ROLE, EVAL_DOMAINS
 
 Records = dict[str, dict[str, Any]]
 
@@ -263,10 +263,10 @@ def q2(records: Records) -> str:
 
 
 def q4(records: Records) -> str:
-    parts = [f"Domains: {'; '.join(f'{d}: {DOMAIN_ROLE[d]}' for d in DOMAINS)}."]
+    parts = [f"Domains: {'; '.join(f'{d}: {DOMAIN_ROLE[d]}' for d in EVAL_DOMAINS)}."]
     for name in windowed(records):
         dom = records[name]["domains"]
-        cells = [f"{d} {gap_cell(dom[d]['vs_full'])}" for d in DOMAINS]
+        cells = [f"{d} {gap_cell(dom[d]['vs_full'])}" for d in EVAL_DOMAINS]
         parts.append(f"{name} vs full: " + ", ".join(cells) + ".")
     return " ".join(parts)
 
