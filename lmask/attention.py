@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from lmask.band import BAND_MAX_WINDOW, band_attention
 from lmask.blocking import blocked_layout
-from lmask.params import ATTENTION_BACKENDS
+from lmask.param_sections import ATTENTION_BACKENDS
 from lmask.schedule import visible
 
 # What ``backend`` accepts: the paths params.yaml's attention.backend may force, and ``band``, which the kernel
