@@ -41,10 +41,12 @@ import torch.nn.functional as F
 
 from lmask.band import BAND_MAX_WINDOW, band_attention
 from lmask.blocking import blocked_layout
+from lmask.param_sections import ATTENTION_BACKENDS
 from lmask.schedule import visible
 
-BACKENDS = ("auto", "band", "blocked", "flex", "masked")
-PATHS = ("causal", "band", "blocked", "flex", "masked")
+# What ``backend`` accepts: the paths params.yaml's attention.backend may force, and ``band``, which the kernel
+# benchmark forces to time it against ``blocked`` (lmask.benchmark.KERNELS).
+BACKENDS = tuple(sorted({*ATTENTION_BACKENDS, "band"}))
 
 
 def window_mask(
@@ -461,7 +463,6 @@ def windowed_attention(
 
 __all__ = [
     "BACKENDS",
-    "PATHS",
     "blocked_attention",
     "causal_attention",
     "PATH_COUNTS",

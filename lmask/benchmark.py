@@ -43,9 +43,6 @@ from lmask.model import apply_windows, new_model, scratch_config
 from lmask.params import BenchmarkParams, Schedule
 from lmask.schedule import attention_pairs
 
-MODES = ("fwd", "fwd_bwd", "kernel", "kernel_fwd_bwd")
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Measurement
 

@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lmask.analysis import analyse
-from lmask.data import load_blocks, load_documents, unigram_perplexity
+from lmask.data import HELDOUT, load_blocks, load_documents, unigram_perplexity
 from lmask.device import autocast, pick_device
 from lmask.generation import generation_report, prompts_from_documents
 from lmask.io import DataError, atomic_dir, write_json
@@ -83,7 +83,7 @@ class EvalData:
 
 def eval_data(params: Params, data_dir: Path, n_sequences: int) -> EvalData:
     cap = params.evaluate.max_documents
-    domains = {d: tuple(a[:cap] for a in load_documents(data_dir, d)) for d in ("test", "code")}
+    domains = {d: tuple(a[:cap] for a in load_documents(data_dir, d)) for d in HELDOUT}
     domains["repeated"] = repeated_text_documents(*domains["test"])
     pairs = copy_pairs(*domains["test"], params.copy, params.seed)
     pairs = [CopyPairs(p.distance, p.same[:n_sequences], p.control[:n_sequences], p.start) for p in pairs]

@@ -12,7 +12,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from lmask.summary import BASELINE, DOMAINS
+from lmask.summary import BASELINE, EVAL_DOMAINS
+from lmask.tables import pareto
 
 Records = dict[str, dict[str, Any]]
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"]
@@ -67,16 +68,6 @@ def schedule_figure(records: Records, context: int) -> go.Figure:
     )
     fig.update_yaxes(autorange="reversed")
     return _layout(fig, f"Attention window per layer (context {context}; 'Ns' = N sink tokens)", 120 + 40 * len(names))
-
-
-def pareto(points: dict[str, tuple[float, float]]) -> list[str]:
-    """Names not dominated in (cost, gap), both lower-is-better, in order of cost."""
-    front = [
-        n
-        for n, (c, g) in points.items()
-        if not any((c2 <= c and g2 <= g) and (c2 < c or g2 < g) for m, (c2, g2) in points.items() if m != n)
-    ]
-    return sorted(front, key=lambda n: points[n][0])
 
 
 def quality_cost_figure(records: Records, speedups: dict[str, float]) -> go.Figure:
@@ -181,7 +172,7 @@ def domains_figure(records: Records) -> go.Figure:
     """Gap to the full control per evaluation domain, with intervals."""
     names = [n for n in records if "domains" in records[n]]
     fig = go.Figure()
-    for i, d in enumerate(DOMAINS):
+    for i, d in enumerate(EVAL_DOMAINS):
         g = [records[n]["domains"][d]["vs_full"] for n in names]
         fig.add_trace(
             go.Bar(
@@ -310,7 +301,6 @@ __all__ = [
     "domains_figure",
     "heatmap_figure",
     "lines_figure",
-    "pareto",
     "quality_cost_figure",
     "schedule_figure",
     "speedup_figure",

@@ -11,9 +11,7 @@ is the same ratio.
 from __future__ import annotations
 
 from lmask.blocking import blocked_layout
-from lmask.schedule import attention_pairs
-
-Windows = list[int | None]
+from lmask.schedule import Windows, attention_pairs
 
 
 def forward_flops_per_token(windows: Windows, seq_len: int, n_embd: int, vocab_size: int, sinks: int = 0) -> float:

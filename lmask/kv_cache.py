@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-Windows = list[int | None]
+from lmask.schedule import Windows
 
 
 class WindowedLayer(DynamicLayer):

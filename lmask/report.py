@@ -3,7 +3,7 @@ benchmark markdown for README.
 
 Reads the summary (lmask.summary: every number with its interval), the per-model evaluation files (curves, texts,
 attention), the training curves (dvclive) and the benchmark files. plotly.js is inlined once, so the page opens with
-no network. The research answers are generated from the data (lmask.tables); Q3 adds the measured speed here.
+no network. The research answers are generated from the data (lmask.tables; Q3's also from the benchmark files).
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from lmask.io import atomic_dir, read_json, write_text
 from lmask.params import Params
 from lmask.summary import BASELINE, load_model_files
 from lmask.tables import (
-    compared,
+    largest_t_speedups,
     markdown_table,
     method_note,
-    pct,
     position_rows,
+    q3,
     research_answers,
     results_rows,
     scale_note,
@@ -113,55 +113,6 @@ def speed_rows(inp: Inputs) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["schedule", "mode", "seq_len", "speedup", "ceiling", "efficiency"])
 
 
-def largest_t_speedups(inp: Inputs) -> dict[str, dict[str, Any]]:
-    """Per schedule: its forward record at the largest benchmarked T (where windows can pay)."""
-    out = {}
-    for name, f in inp.benchmark.items():
-        fwd = [r for r in f["records"] if r["mode"] == "fwd"]
-        if name != "kernel" and fwd:
-            out[name] = max(fwd, key=lambda r: r["seq_len"])
-    return out
-
-
-def q3(inp: Inputs) -> str:
-    """Efficiency vs quality: cost in pairs and measured speed beside each gap; who is on the Pareto front."""
-    recs = {n: r for n, r in inp.records.items() if "vs_full_pct" in r}
-    if not recs:
-        return "No windowed schedule to compare."
-    speed = largest_t_speedups(inp)
-    points = {n: (r["attention_pairs"], r["vs_full_pct"]) for n, r in recs.items()}
-    full = next((n for n in inp.records if n != BASELINE and n not in recs), None)
-    if full is not None:
-        points[full] = (1.0, 0.0)  # the control: all pairs, no gap
-    front = figures.pareto(points)
-    parts = []
-    for name, r in recs.items():
-        s = speed.get(name)
-        timing = (
-            f", {s['speedup']:.2f}x measured speedup at T={s['seq_len']} (ceiling {s['ceiling']:.2f}x, rounds "
-            f"{min(s['round_speedups']):.2f}-{max(s['round_speedups']):.2f})"
-            if s
-            else ", not timed"
-        )
-        own = [
-            e for e in inp.benchmark.get(name, {}).get("experiment", {}).get("records", []) if e["mode"] == "fwd_bwd"
-        ]
-        timing += "".join(
-            f", {e['speedup']:.2f}x fwd+bwd on the evaluated models' own dims at T={e['seq_len']} (ceiling "
-            f"{e['ceiling']:.2f}x)"
-            for e in own
-        )
-        parts.append(
-            f"{name}: {r['attention_pairs']:.2f} of full attention's pairs{timing}; quality "
-            f"{compared(r['vs_full'], 'the full control')} ({pct(r['vs_full_pct'], r['vs_full_pct_ci95'])})."
-        )
-    return (
-        " ".join(parts)
-        + f" On the point estimates the Pareto front (fewest pairs for the smallest gap) is {', '.join(front)};"
-        " where intervals overlap, the ordering along it is not established."
-    )
-
-
 def samples_html(inp: Inputs, max_samples: int) -> str:
     """True continuation and each model's seeded sample (degenerate ones flagged), for the first prompts."""
     esc = html.escape
@@ -190,7 +141,7 @@ def html_table(rows: list[dict[str, str]]) -> str:
 
 
 def build_html(inp: Inputs, params: Params) -> str:
-    speed = {n: r["speedup"] for n, r in largest_t_speedups(inp).items()}
+    speed = {n: r["speedup"] for n, r in largest_t_speedups(inp.benchmark).items()}
     curves = inp.curves.dropna(subset=["val_loss"])
     figs = [
         ("Schedules", figures.schedule_figure(inp.records, params.context)),
@@ -227,9 +178,7 @@ def build_html(inp: Inputs, params: Params) -> str:
         html_table(position_rows(inp.records)),
         "<h2>Research questions</h2>",
     ]
-    answers = research_answers(inp.records, inp.meta)
-    answers.insert(2, ("Q3. What efficiency does each schedule buy, for what quality?", q3(inp)))
-    for question, answer in answers:
+    for question, answer in research_answers(inp.records, inp.meta, inp.benchmark):
         parts += [f"<h3>{html.escape(question)}</h3>", f"<p>{html.escape(answer)}</p>"]
     for i, (title, fig) in enumerate(figs):
         # plotly.js inlined once (first figure), so the page works offline and stays one file.
@@ -282,7 +231,7 @@ def write_report(inp: Inputs, params: Params, page: Path, plots_dir: Path, bench
         for name, df in plot_frames(inp).items():
             df.to_csv(tmp / f"{name}.csv", index=False)
     bench = benchmark_markdown(inp.benchmark) if any(f["records"] for f in inp.benchmark.values()) else ""
-    write_text(bench_markdown, bench + ("\n" if bench else "") + "**Q3.** " + q3(inp) + "\n")
+    write_text(bench_markdown, bench + ("\n" if bench else "") + "**Q3.** " + q3(inp.records, inp.benchmark) + "\n")
 
 
-__all__ = ["Inputs", "build_html", "load_inputs", "markdown_table", "plot_frames", "q3", "write_report"]
+__all__ = ["Inputs", "build_html", "load_inputs", "markdown_table", "plot_frames", "write_report"]

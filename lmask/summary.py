@@ -26,7 +26,9 @@ from lmask.schedule import pair_fraction, receptive_field, windowed_layers
 from lmask.stats import Estimate, gap_array, holm, holm_adjusted, nll_gap_to_pct, run_estimate, verdict
 
 BASELINE = "baseline"
-DOMAINS = ("test", "code", "repeated")
+# The texts evaluate scores every model on (an ``nll_<domain>`` array each): the held-out documents (lmask.data.HELDOUT)
+# and the repeated text built from the test ones (lmask.synthetic.repeated_text_documents).
+EVAL_DOMAINS = ("test", "code", "repeated")
 # Where each evaluation domain stands relative to training (the report says it beside every per-domain gap).
 DOMAIN_ROLE = {
     "test": "Wikipedia articles held out by title: in-domain",
@@ -94,10 +96,6 @@ class Families:
                 out["p_holm"] = None if adjusted is None else round(adjusted, 4)
 
 
-def _round(x: float | None, digits: int) -> float | None:
-    return None if x is None else round(x, digits)
-
-
 def pct_gap(est: Estimate) -> dict[str, Any]:
     """An NLL gap as a perplexity change in %, with its interval and per-baseline estimates."""
     e = est.map(nll_gap_to_pct)
@@ -145,7 +143,7 @@ def schedule_record(
     s: Schedule, files: ModelFiles, base: ModelFiles, full: ModelFiles | None, params: Params, fam: Families
 ) -> dict[str, Any]:
     ctx, conf = params.context, params.report.confidence
-    tuned = {d: files.runs(f"nll_{d}") for d in DOMAINS}
+    tuned = {d: files.runs(f"nll_{d}") for d in EVAL_DOMAINS}
     rec: dict[str, Any] = {
         "windows": s.windows,
         "sinks": s.sinks,
@@ -166,9 +164,9 @@ def schedule_record(
         "vs_baseline": fam.add("vs_baseline", pct_gap(tuned_vs_base), tuned_vs_base),
     }
     if full is not None and not s.is_full:
-        control = {d: full.runs(f"nll_{d}") for d in DOMAINS}
+        control = {d: full.runs(f"nll_{d}") for d in EVAL_DOMAINS}
         rec["domains"] = {}
-        for d in DOMAINS:
+        for d in EVAL_DOMAINS:
             e = compare(tuned[d], control[d], conf)
             rec["domains"][d] = {"vs_full": fam.add(f"vs_full/{d}", pct_gap(e), e)}
         rec["gaps"]["vs_full"] = rec["domains"]["test"]["vs_full"]
@@ -203,7 +201,7 @@ def generation(files: ModelFiles, confidence: float) -> dict[str, Any]:
 def baseline_record(base: ModelFiles, params: Params, fam: Families) -> dict[str, Any]:
     conf, bases = params.report.confidence, base.metrics["baseline_seeds"]
     rec: dict[str, Any] = {}
-    for d in DOMAINS:
+    for d in EVAL_DOMAINS:
         rec[f"{d}_ppl"] = round(math.exp(float(np.nanmean(base.runs(f"nll_{d}")))), 3)
         rec[f"{d}_ppl_baselines"] = [base.metrics[f"b{k}"][f"{d}_ppl"] for k in bases]
     rec["test_unigram_ppl"] = base.metrics["test_unigram_ppl"]
@@ -283,7 +281,7 @@ def run_meta(params: Params, metrics_dir: Path) -> dict[str, Any]:
 
 __all__ = [
     "BASELINE",
-    "DOMAINS",
+    "EVAL_DOMAINS",
     "DOMAIN_ROLE",
     "Families",
     "ModelFiles",

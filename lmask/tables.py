@@ -1,4 +1,5 @@
-"""Words and tables generated from ``metrics/summary.json``: README's results block and the research answers.
+"""Words and tables generated from ``metrics/summary.json``: README's results block and the research answers (all four;
+Q3 also reads the benchmark files, so only the report stage, which has them, can give its answer).
 
 Every sentence is built from the records (lmask.summary), and every comparative word comes from a Holm-corrected
 test within its family (``lmask.stats.verdict``: "better" / "worse" only where it rejects "no difference", which
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from lmask.stats import TOO_FEW
-from lmask.summary import BASELINE, DOMAIN_ROLE, DOMAINS
+from lmask.summary import BASELINE, DOMAIN_ROLE, EVAL_DOMAINS
 
 Records = dict[str, dict[str, Any]]
 
@@ -180,11 +181,22 @@ def method_note(meta: dict[str, Any]) -> str:
     )
 
 
-def research_answers(records: Records, meta: dict[str, Any]) -> list[tuple[str, str]]:
-    """The seed's questions (Q2's speed part and Q3 live in the report, which also reads the benchmark)."""
+Q3 = "Q3. What efficiency does each schedule buy, for what quality?"
+# Q3's answer where the benchmark files are not at hand: the summarize stage does not wait for the benchmark.
+Q3_ELSEWHERE = (
+    'Answered with the measured speed at the end of metrics/benchmark.md (docs/results.md, "Speed and memory"), '
+    "which the report stage writes from the benchmark: this summary does not wait for the benchmark."
+)
+
+
+def research_answers(
+    records: Records, meta: dict[str, Any], benchmark: dict[str, dict] | None = None
+) -> list[tuple[str, str]]:
+    """The seed's questions and their answers; Q3's needs the benchmark files (``None``: it says where it is)."""
     return [
         ("Q1. Can deeper layers work with restricted attention windows?", q1(records)),
         ("Q2. Which progression works best, at equal attention pairs?", q2(records)),
+        (Q3, Q3_ELSEWHERE if benchmark is None else q3(records, benchmark)),
         ("Q4. Which text is most amenable to windows?", q4(records)),
     ]
 
@@ -262,11 +274,69 @@ def q2(records: Records) -> str:
     return "Fine-tuned, paired by run and test document: " + " ".join(parts)
 
 
+def pareto(points: dict[str, tuple[float, float]]) -> list[str]:
+    """Names not dominated in (cost, gap), both lower-is-better, in order of cost."""
+    front = [
+        n
+        for n, (c, g) in points.items()
+        if not any((c2 <= c and g2 <= g) and (c2 < c or g2 < g) for m, (c2, g2) in points.items() if m != n)
+    ]
+    return sorted(front, key=lambda n: points[n][0])
+
+
+def largest_t_speedups(benchmark: dict[str, dict]) -> dict[str, dict[str, Any]]:
+    """Per schedule: its forward record at the largest benchmarked T (where windows can pay)."""
+    out = {}
+    for name, f in benchmark.items():
+        fwd = [r for r in f["records"] if r["mode"] == "fwd"]
+        if name != "kernel" and fwd:
+            out[name] = max(fwd, key=lambda r: r["seq_len"])
+    return out
+
+
+def q3(records: Records, benchmark: dict[str, dict]) -> str:
+    """Efficiency vs quality: cost in pairs and measured speed beside each gap; who is on the Pareto front.
+    ``benchmark``: the benchmark files by stem (each schedule's, and ``kernel``)."""
+    recs = {n: r for n, r in records.items() if "vs_full_pct" in r}
+    if not recs:
+        return "No windowed schedule to compare."
+    speed = largest_t_speedups(benchmark)
+    points = {n: (r["attention_pairs"], r["vs_full_pct"]) for n, r in recs.items()}
+    full = next((n for n in records if n != BASELINE and n not in recs), None)
+    if full is not None:
+        points[full] = (1.0, 0.0)  # the control: all pairs, no gap
+    front = pareto(points)
+    parts = []
+    for name, r in recs.items():
+        s = speed.get(name)
+        timing = (
+            f", {s['speedup']:.2f}x measured speedup at T={s['seq_len']} (ceiling {s['ceiling']:.2f}x, rounds "
+            f"{min(s['round_speedups']):.2f}-{max(s['round_speedups']):.2f})"
+            if s
+            else ", not timed"
+        )
+        own = [e for e in benchmark.get(name, {}).get("experiment", {}).get("records", []) if e["mode"] == "fwd_bwd"]
+        timing += "".join(
+            f", {e['speedup']:.2f}x fwd+bwd on the evaluated models' own dims at T={e['seq_len']} (ceiling "
+            f"{e['ceiling']:.2f}x)"
+            for e in own
+        )
+        parts.append(
+            f"{name}: {r['attention_pairs']:.2f} of full attention's pairs{timing}; quality "
+            f"{compared(r['vs_full'], 'the full control')} ({pct(r['vs_full_pct'], r['vs_full_pct_ci95'])})."
+        )
+    return (
+        " ".join(parts)
+        + f" On the point estimates the Pareto front (fewest pairs for the smallest gap) is {', '.join(front)};"
+        " where intervals overlap, the ordering along it is not established."
+    )
+
+
 def q4(records: Records) -> str:
-    parts = [f"Domains: {'; '.join(f'{d}: {DOMAIN_ROLE[d]}' for d in DOMAINS)}."]
+    parts = [f"Domains: {'; '.join(f'{d}: {DOMAIN_ROLE[d]}' for d in EVAL_DOMAINS)}."]
     for name in windowed(records):
         dom = records[name]["domains"]
-        cells = [f"{d} {gap_cell(dom[d]['vs_full'])}" for d in DOMAINS]
+        cells = [f"{d} {gap_cell(dom[d]['vs_full'])}" for d in EVAL_DOMAINS]
         parts.append(f"{name} vs full: " + ", ".join(cells) + ".")
     return " ".join(parts)
 
@@ -338,10 +408,13 @@ __all__ = [
     "copy_rows",
     "headline_markdown",
     "gap_cell",
+    "largest_t_speedups",
     "method_note",
     "position_rows",
     "generation_rows",
     "markdown_table",
+    "pareto",
+    "q3",
     "research_answers",
     "results_rows",
     "scale_note",

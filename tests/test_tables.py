@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lmask.tables import gap_cell, generation_rows, pct, q1
+from lmask.tables import Q3, Q3_ELSEWHERE, gap_cell, generation_rows, pct, q1, q3, research_answers
 
 
 def gate(values: dict[int, tuple[float, float, float, str]]) -> dict[str, dict]:
@@ -49,3 +49,20 @@ def test_generation_rows_show_bleu_and_continuation_nll_with_intervals():
         "distinct-2": "0.928",
         "degenerate samples": "3%",
     }
+
+
+def test_q3_weighs_pairs_and_measured_speed_and_says_where_it_is_without_the_benchmark(monkeypatch):
+    gap = {"pct": -0.1, "pct_ci95": [-0.3, 0.1], "pct_baselines": [-0.1], "verdict": "no clear difference"}
+    half = {"attention_pairs": 0.64, "vs_full_pct": -0.1, "vs_full_pct_ci95": [-0.3, 0.1], "vs_full": gap["verdict"]}
+    records = {"baseline": {}, "full": {"attention_pairs": 1.0}, "half": half}
+    fwd = {"mode": "fwd", "seq_len": 3072, "speedup": 1.11, "ceiling": 1.09, "round_speedups": [1.1, 1.12]}
+    benchmark = {"half": {"records": [{**fwd, "seq_len": 1024, "speedup": 1.0}, fwd]}, "kernel": {"records": []}}
+    text = q3(records, benchmark)
+    assert text.startswith("half: 0.64 of full attention's pairs, 1.11x measured speedup at T=3072 (ceiling 1.09x")
+    assert "no clear difference from the full control (-0.10% [-0.30, +0.10])" in text and "front" in text
+    for other in ("q1", "q2", "q4"):  # they read fields these records do not have
+        monkeypatch.setattr(f"lmask.tables.{other}", lambda records: "")
+    questions = [q for q, _ in research_answers(records, {})]
+    assert questions[2] == Q3 and [q[:2] for q in questions] == ["Q1", "Q2", "Q3", "Q4"]
+    assert dict(research_answers(records, {}))[Q3] == Q3_ELSEWHERE and "metrics/benchmark.md" in Q3_ELSEWHERE
+    assert dict(research_answers(records, {}, benchmark))[Q3] == text

@@ -1,0 +1,339 @@
+"""The sections of params.yaml: one dataclass per section, with its defaults and the checks that need only itself
+(or the context length / layer count it is handed). ``lmask.params`` builds them from the file, resolves the schedules
+and runs the checks that span sections. Pure Python: no torch import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+DATA_SOURCES = ("embedded", "hf", "text")
+TOKENIZER_KINDS = ("bpe", "gpt2")
+MODEL_INITS = ("scratch", "pretrained")
+POSITION_INITS = ("default", "sinusoidal")
+ATTENTION_BACKENDS = ("auto", "blocked", "flex", "masked")  # paths attention.backend may force (lmask.attention)
+DEVICES = ("auto", "cpu", "cuda", "mps")
+SPLITS = ("train", "validation", "test")
+
+
+class ParamsError(ValueError):
+    """A bad value in params.yaml; the message names the field."""
+
+
+@dataclass
+class DataParams:
+    source: str = "embedded"  # embedded | hf | text
+    hf_path: str = "Salesforce/wikitext"
+    hf_name: str | None = "wikitext-103-raw-v1"
+    hf_text_field: str = "text"
+    text_dir: str = "corpus"  # source: text reads text_files from here (a DVC dependency of download)
+    text_files: dict[str, str] = field(default_factory=dict)  # split -> file name inside text_dir
+    validation_fraction: float = 0.05  # embedded/text: share of characters in validation
+    test_documents: int = 32  # embedded/text: articles held out for test; also the code domain's file count
+    max_train_docs: int | None = None  # cap for quick runs (None = all)
+    context_length: int = 1024
+    code_package: str = "dvc"  # held-out code domain: .py files of this installed (pinned) package
+
+    def check(self) -> None:
+        _choice("data.source", self.source, DATA_SOURCES)
+        _positive("data.context_length", self.context_length)
+        if not 0 < self.validation_fraction < 0.5:
+            raise ParamsError(f"data.validation_fraction must be in (0, 0.5), got {self.validation_fraction}")
+        _positive("data.test_documents", self.test_documents)
+        if self.max_train_docs is not None:
+            _positive("data.max_train_docs", self.max_train_docs)
+        extra = sorted(set(self.text_files) - set(SPLITS))
+        if extra:
+            raise ParamsError(f"data.text_files.{extra[0]} is not a split (use {list(SPLITS)})")
+        for split, name in self.text_files.items():
+            if not isinstance(name, str) or PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
+                raise ParamsError(f"data.text_files.{split} must be a file name inside data.text_dir, got {name!r}")
+        if self.source == "text":
+            if "train" not in self.text_files:
+                raise ParamsError("data.text_files.train must name a text file in data.text_dir for source: text")
+            for split, name in self.text_files.items():
+                if not (Path(self.text_dir) / name).is_file():
+                    raise ParamsError(f"data.text_files.{split}: file not found: {Path(self.text_dir) / name}")
+
+
+@dataclass
+class MixParams:
+    """Synthetic copy sequences mixed into every training batch (baseline and fine-tuning alike)."""
+
+    fraction: float = 0.25  # share of training sequences that are synthetic
+    min_period: int = 32  # a synthetic sequence repeats a random token segment of this many tokens ...
+    max_period: int = 512  # ... up to this many, to fill the context
+
+    def check(self, context: int) -> None:
+        if not 0 <= self.fraction <= 1:
+            raise ParamsError(f"mix.fraction must be in [0, 1], got {self.fraction}")
+        _positive("mix.min_period", self.min_period)
+        _positive("mix.max_period", self.max_period)
+        if self.min_period > self.max_period or self.max_period >= context:
+            raise ParamsError(
+                f"mix: need min_period <= max_period < data.context_length ({self.min_period}, {self.max_period}, "
+                f"{context})"
+            )
+
+
+@dataclass
+class TokenizerParams:
+    kind: str = "bpe"  # bpe (trained here) | gpt2 (the real GPT-2 BPE)
+    vocab_size: int = 4096
+
+    def check(self) -> None:
+        _choice("tokenizer.kind", self.kind, TOKENIZER_KINDS)
+        if isinstance(self.vocab_size, bool) or self.vocab_size < 260:
+            raise ParamsError(f"tokenizer.vocab_size must be >= 260 (256 bytes + specials), got {self.vocab_size}")
+
+
+@dataclass
+class ModelParams:
+    init: str = "scratch"  # scratch | pretrained
+    pretrained_name: str = "gpt2"
+    n_layer: int = 12
+    n_embd: int = 128
+    n_head: int = 4
+    n_positions: int = 1024
+    dropout: float = 0.0
+    position_init: str = "sinusoidal"  # default (GPT-2's random init) | sinusoidal (scratch only)
+
+    def check(self) -> None:
+        _choice("model.init", self.init, MODEL_INITS)
+        _choice("model.position_init", self.position_init, POSITION_INITS)
+        for name in ("n_layer", "n_embd", "n_head", "n_positions"):
+            _positive(f"model.{name}", getattr(self, name))
+        if self.n_embd % self.n_head:
+            raise ParamsError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
+        if not 0 <= self.dropout < 1:
+            raise ParamsError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class AttentionParams:
+    backend: str = "auto"  # auto | blocked | flex | masked
+
+    def check(self) -> None:
+        _choice("attention.backend", self.backend, ATTENTION_BACKENDS)
+
+
+@dataclass
+class TrainParams:
+    steps: int = 150
+    batch_size: int = 2  # global batch, in sequences per optimizer step
+    micro_batch_size: int = 2  # per device and forward pass; batch_size = micro × devices × accumulation
+    lr: float = 2e-3
+    min_lr: float = 2e-4
+    warmup_steps: int = 40
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 50
+    eval_batches: int = 4
+    checkpoint_every: int = 50
+    device: str = "auto"  # auto | cpu | cuda | mps
+    nproc: int = 1  # processes (DDP under torchrun); 1 = plain python
+
+    def check(self, section: str) -> None:
+        for name in ("steps", "batch_size", "micro_batch_size", "eval_every", "eval_batches", "checkpoint_every"):
+            _positive(f"{section}.{name}", getattr(self, name))
+        _positive(f"{section}.nproc", self.nproc)
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise ParamsError(f"{section}.lr must be > 0 and {section}.min_lr in [0, lr], got {self.lr}, {self.min_lr}")
+        if self.weight_decay < 0:
+            raise ParamsError(f"{section}.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.grad_clip <= 0:  # clip_grad_norm_ with max <= 0 zeroes or reverses every gradient
+            raise ParamsError(f"{section}.grad_clip must be > 0, got {self.grad_clip}")
+        if self.warmup_steps < 0:
+            raise ParamsError(f"{section}.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.batch_size % (self.micro_batch_size * self.nproc):
+            raise ParamsError(
+                f"{section}.batch_size ({self.batch_size}) must be a multiple of "
+                f"{section}.micro_batch_size × {section}.nproc ({self.micro_batch_size} × {self.nproc})"
+            )
+        _choice(f"{section}.device", self.device, DEVICES)
+
+
+# masked: the fine-tunes start from a trained baseline, at its final learning rate (params.yaml says why).
+MASKED_DEFAULTS = {
+    "steps": 8,
+    "lr": 2e-4,
+    "min_lr": 1e-4,
+    "warmup_steps": 2,
+    "eval_every": 4,
+    "eval_batches": 2,
+    "checkpoint_every": 4,
+}
+
+
+@dataclass
+class EvaluateParams:
+    batch_size: int = 4
+    max_documents: int | None = None  # documents scored per domain (None = all); each is an interval's unit
+    position_buckets: list[int] = field(default_factory=lambda: [64, 256, 512])  # query-position bucket edges
+
+    def check(self, context: int) -> None:
+        _positive("evaluate.batch_size", self.batch_size)
+        if self.max_documents is not None:
+            _positive("evaluate.max_documents", self.max_documents)
+        edges = self.position_buckets
+        for e in edges:
+            _positive("evaluate.position_buckets", e)
+        if edges != sorted(set(edges)) or (edges and edges[-1] >= context - 1):
+            raise ParamsError(
+                f"evaluate.position_buckets must be increasing edges below data.context_length - 1 ({context - 1}), "
+                f"got {edges}"
+            )
+
+
+@dataclass
+class CopyParams:
+    """Copy gain: the loss drop on a span's second occurrence that its first occurrence buys (lmask.synthetic)."""
+
+    distances: list[int] = field(default_factory=lambda: [8, 32, 128, 512, 960])
+    span: int = 8  # tokens per span; the gain is measured on tokens 2..span of the second occurrence
+    offset: int = 16  # first occurrence starts here (clear of sink tokens)
+    n_sequences: int = 32  # pairs of sequences per distance, for each baseline (the Q1 gate)
+    schedule_sequences: int = 10  # the first ones, for each schedule's zero-shot models (fewer: they are many)
+    min_gain: float = 0.05  # nats: the gate needs a gain above this (Holm-corrected across distances)
+    batch_size: int = 8
+
+    def check(self, context: int) -> None:
+        if self.schedule_sequences > self.n_sequences:
+            raise ParamsError(
+                f"copy.schedule_sequences ({self.schedule_sequences}) must be <= copy.n_sequences ({self.n_sequences})"
+            )
+        if not self.min_gain >= 0:
+            raise ParamsError(f"copy.min_gain must be a number >= 0 (nats), got {self.min_gain}")
+        for name in ("span", "n_sequences", "schedule_sequences", "batch_size"):
+            _positive(f"copy.{name}", getattr(self, name))
+        if isinstance(self.offset, bool) or not isinstance(self.offset, int) or self.offset < 0:
+            raise ParamsError(f"copy.offset must be an integer >= 0, got {self.offset!r}")
+        if self.span < 2:
+            raise ParamsError(f"copy.span must be >= 2 (the first token of a span cannot be copied), got {self.span}")
+        if not self.distances:
+            raise ParamsError("copy.distances must be a non-empty list of distances")
+        for d in self.distances:
+            _positive("copy.distances", d)
+            if d < self.span:
+                raise ParamsError(f"copy.distances: {d} is shorter than copy.span ({self.span}); the copies overlap")
+            if self.offset + d + self.span > context:
+                raise ParamsError(
+                    f"copy.distances: {d} does not fit: copy.offset + distance + copy.span = "
+                    f"{self.offset + d + self.span} > data.context_length ({context})"
+                )
+
+
+@dataclass
+class GenerationParams:
+    n_prompts: int = 32  # test documents long enough give one prompt each (the interval's unit)
+    prompt_tokens: int = 960  # long enough that every window of the seed's schedules binds
+    new_tokens: int = 32
+    temperature: float = 1.0
+    top_k: int = 50
+
+    def check(self, context: int) -> None:
+        for name in ("n_prompts", "prompt_tokens", "new_tokens", "top_k"):
+            _positive(f"generation.{name}", getattr(self, name))
+        if self.temperature <= 0:
+            raise ParamsError(f"generation.temperature must be > 0, got {self.temperature}")
+        if self.prompt_tokens + self.new_tokens > context:
+            raise ParamsError(
+                f"generation.prompt_tokens + generation.new_tokens ({self.prompt_tokens + self.new_tokens}) must be "
+                f"<= data.context_length ({context}): the reference continuation comes from one test block"
+            )
+
+
+@dataclass
+class AnalysisParams:
+    batch_size: int = 1  # test blocks in the analysed batch
+    heatmap_layers: list[int] | None = None  # None: first, middle and last layer
+    heatmap_tokens: int = 64  # heatmaps show the first N queries x keys of the first block
+
+    def check(self, n_layer: int) -> None:
+        _positive("analysis.batch_size", self.batch_size)
+        _positive("analysis.heatmap_tokens", self.heatmap_tokens)
+        for layer in self.heatmap_layers or []:
+            if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n_layer:
+                raise ParamsError(f"analysis.heatmap_layers: {layer!r} is not a layer index (model.n_layer={n_layer})")
+
+    def layers(self, n_layer: int) -> list[int]:
+        return self.heatmap_layers if self.heatmap_layers else sorted({0, n_layer // 2, n_layer - 1})
+
+
+@dataclass
+class ReportParams:
+    title: str = "Layer-wise attention windows in GPT-2"
+    max_samples: int = 4  # generation samples shown per model
+    confidence: float = 0.95  # of every interval; verdicts use Holm at 1 - confidence within each family
+
+    def check(self) -> None:
+        if isinstance(self.max_samples, bool) or self.max_samples < 0:
+            raise ParamsError(f"report.max_samples must be >= 0, got {self.max_samples}")
+        if not 0.5 < self.confidence < 1:
+            raise ParamsError(f"report.confidence must be in (0.5, 1), got {self.confidence}")
+
+
+@dataclass
+class BenchmarkParams:
+    seq_lens: list[int] = field(default_factory=lambda: [1024, 3072])  # CPU
+    gpu_seq_lens: list[int] = field(default_factory=lambda: [1024, 2048, 4096, 8192, 16384])
+    fwd_bwd_seq_lens: list[int] | None = field(default_factory=list)  # T that also time fwd+bwd; None = every T
+    kernel_windows: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024])
+    n_layer: int = 12
+    n_embd: int = 768
+    n_head: int = 12
+    vocab_size: int = 50257
+    batch_size: int = 1
+    warmup: int = 1  # untimed rounds per T and mode before the timed rounds
+    repeats: int = 2  # timed rounds per T and mode; the order alternates between rounds
+    kernel_repeats: int = 5  # timed rounds of the one-layer kernel comparison
+    band_max_window: int = 256  # the kernel benchmark times the band kernel up to this window (crossover sweep)
+    experiment_repeats: int = 6  # timed rounds at the experiment's own dims and context (0 = skip)
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int | None = None  # torch threads on CPU (None = torch's default)
+
+    def check(self) -> None:
+        for name in ("seq_lens", "gpu_seq_lens", "kernel_windows"):
+            values = getattr(self, name)
+            if not values:
+                raise ParamsError(f"benchmark.{name} must be a non-empty list of positive integers")
+            for v in values:
+                _positive(f"benchmark.{name}", v)
+        for v in self.fwd_bwd_seq_lens or []:
+            _positive("benchmark.fwd_bwd_seq_lens", v)
+            if v not in self.seq_lens and v not in self.gpu_seq_lens:
+                raise ParamsError(f"benchmark.fwd_bwd_seq_lens: {v} is in neither benchmark.seq_lens nor gpu_seq_lens")
+        for name in (
+            "n_layer",
+            "n_embd",
+            "n_head",
+            "vocab_size",
+            "batch_size",
+            "repeats",
+            "kernel_repeats",
+            "band_max_window",
+        ):
+            _positive(f"benchmark.{name}", getattr(self, name))
+        if self.warmup < 0:
+            raise ParamsError(f"benchmark.warmup must be an integer >= 0, got {self.warmup!r}")
+        if isinstance(self.experiment_repeats, bool) or not isinstance(self.experiment_repeats, int):
+            raise ParamsError(f"benchmark.experiment_repeats must be an integer >= 0, got {self.experiment_repeats!r}")
+        if self.experiment_repeats < 0:
+            raise ParamsError(f"benchmark.experiment_repeats must be an integer >= 0, got {self.experiment_repeats!r}")
+        if self.n_embd % self.n_head:
+            raise ParamsError(f"benchmark.n_embd ({self.n_embd}) must be divisible by benchmark.n_head ({self.n_head})")
+        _choice("benchmark.device", self.device, ("auto", "cpu", "cuda"))
+        if self.threads is not None:
+            _positive("benchmark.threads", self.threads)
+
+
+def _choice(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ParamsError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+def _positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ParamsError(f"{name} must be a positive integer, got {value!r}")
