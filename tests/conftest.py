@@ -92,7 +92,9 @@ def tiny_pipeline(tmp_path_factory) -> Path:
 def tiny_repo(tiny_pipeline, tmp_path) -> Path:
     """A private copy of the finished tiny pipeline (git history and DVC cache included) that a test may change."""
     dest = tmp_path / "repo"
-    shutil.copytree(tiny_pipeline, dest, symlinks=True)
+    # Not .dvc/tmp: DVC's locks and queue state belong to the original (a fresh clone has none either).
+    skip = tiny_pipeline / ".dvc"
+    shutil.copytree(tiny_pipeline, dest, symlinks=True, ignore=lambda d, names: {"tmp"} if Path(d) == skip else set())
     return dest
 
 
