@@ -6,11 +6,11 @@ JSON file each: a ``summary`` (speedup, ceiling, efficiency per mode and T: what
 full ``records``.
 
 Modes:
-- ``fwd`` / ``fwd_bwd``: the whole model (random weights, GPT-2-small dims by default, positions extended to the
-  longest T). Each round times full attention and every schedule in the same process, full first in one round and
-  last in the next, after ``warmup`` untimed rounds. ``time_s`` is the median over rounds; ``speedup`` is the median
-  over rounds of t(full) / t(schedule) within the round (``round_speedups``); ``ceiling`` = FLOP ratio
-  (``lmask.flops``), ``efficiency`` = speedup / ceiling.
+- ``fwd`` / ``fwd_bwd``: the whole model (random weights, GPT-2-small width by default, one layer per entry of the
+  schedule's windows, i.e. model.n_layer; positions extended to the longest T). Each round times full attention and
+  every schedule in the same process, full first in one round and last in the next, after ``warmup`` untimed rounds.
+  ``time_s`` is the median over rounds; ``speedup`` is the median over rounds of t(full) / t(schedule) within the
+  round (``round_speedups``); ``ceiling`` = FLOP ratio (``lmask.flops``), ``efficiency`` = speedup / ceiling.
 - ``kernel``: one layer's attention alone at each window vs causal SDPA; ``ceiling`` = causal pairs / window pairs
   (the ideal), ``attainable`` = that ideal capped by a measured memory floor (see ``bench_kernel``).
 
@@ -113,10 +113,12 @@ def _record(**kw: Any) -> dict[str, Any]:
 def bench_model(
     p: BenchmarkParams, schedule: Schedule, seq_lens: list[int], device: torch.device, progress: Any
 ) -> list[dict[str, Any]]:
-    """fwd / fwd_bwd records of one schedule against full attention (interleaved rounds, one process)."""
-    config = scratch_config(p.vocab_size, p.n_layer, p.n_embd, p.n_head, max(seq_lens), 0.0, 0, 0)
+    """fwd / fwd_bwd records of one schedule against full attention (interleaved rounds, one process); the model
+    has one layer per entry of ``schedule.windows`` (model.n_layer: params.yaml resolves the schedules with it)."""
+    n_layer = len(schedule.windows)
+    config = scratch_config(p.vocab_size, n_layer, p.n_embd, p.n_head, max(seq_lens), 0.0, 0, 0)
     model = new_model(config, seed=0).to(device)
-    full = [None] * p.n_layer
+    full = [None] * n_layer
     ref = "<full attention>"  # the reference's key: not a valid schedule name, so it cannot collide with one
     names = [ref, schedule.name]
     windows = {ref: (full, 0), schedule.name: (schedule.windows, schedule.sinks)}
@@ -324,10 +326,9 @@ def table(records: list[dict[str, Any]], header: bool = True) -> str:
 
 
 def pick(p: BenchmarkParams) -> tuple[torch.device, list[int]]:
-    """Device and sequence lengths (``gpu_seq_lens`` on CUDA)."""
+    """Device and sequence lengths (``gpu_seq_lens`` on CUDA). CPU threads are not set here: the caller pinned
+    cpu_threads before torch loaded (``lmask.determinism.pin_cpu``), and the file records the count that ran."""
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if p.device == "auto" else p.device)
-    if device.type == "cpu" and p.threads:
-        torch.set_num_threads(p.threads)
     return device, p.gpu_seq_lens if device.type == "cuda" else p.seq_lens
 
 
@@ -343,11 +344,14 @@ def _write(
     return result
 
 
+EXPERIMENT_DIMS = ("n_embd", "n_head", "vocab_size", "seq_len")  # the depth is the schedule's (model.n_layer)
+
+
 def experiment_params(p: BenchmarkParams, dims: dict[str, int]) -> BenchmarkParams:
-    """The benchmark params at the experiment's own model dims and context (``dims``: n_layer, n_embd, n_head,
-    vocab_size, seq_len), fwd and fwd+bwd at that one T, ``experiment_repeats`` rounds."""
+    """The benchmark params at the experiment's own model dims and context (``dims``: n_embd, n_head, vocab_size,
+    seq_len), fwd and fwd+bwd at that one T, ``experiment_repeats`` rounds."""
     T = dims["seq_len"]
-    model = {k: dims[k] for k in ("n_layer", "n_embd", "n_head", "vocab_size")}
+    model = {k: dims[k] for k in ("n_embd", "n_head", "vocab_size")}
     return dataclasses.replace(
         p, **model, seq_lens=[T], gpu_seq_lens=[T], fwd_bwd_seq_lens=[T], repeats=p.experiment_repeats
     )
@@ -369,15 +373,19 @@ def run_schedule(
 ) -> dict[str, Any]:
     """Time one windowed schedule against full attention (the whole model); write ``out``.
 
-    With ``experiment`` (the experiment's dims and context) and ``experiment_repeats`` > 0, also time the schedule
-    at those dims: the models the experiment evaluates, not only GPT-2 small. They go to the file's
-    ``experiment`` section (its own summary and records), beside the GPT-2-small ones.
+    Both models have one layer per entry of ``schedule.windows`` (model.n_layer). With ``experiment`` (the
+    experiment's width, heads, vocabulary and context: ``EXPERIMENT_DIMS``) and ``experiment_repeats`` > 0, also
+    time the schedule at those dims: the models the experiment evaluates, not only GPT-2 small. They go to the
+    file's ``experiment`` section (its own summary and records, and the dims with n_layer), beside the GPT-2-small
+    ones.
     """
     device, seq_lens = pick(p)
     fwd_bwd = set(seq_lens if p.fwd_bwd_seq_lens is None else p.fwd_bwd_seq_lens)
     calls = (p.warmup + p.repeats) * 2 * sum(2 if T in fwd_bwd else 1 for T in seq_lens)
-    exp_p = experiment_params(p, experiment) if experiment and p.experiment_repeats > 0 else None
-    if exp_p is not None:
+    exp_p, exp_dims = None, {}
+    if experiment and p.experiment_repeats > 0:
+        exp_p = experiment_params(p, experiment)
+        exp_dims = {"n_layer": len(schedule.windows), **{k: experiment[k] for k in EXPERIMENT_DIMS}}  # recorded
         calls += (p.warmup + exp_p.repeats) * 2 * 2
     t0 = time.perf_counter()
     extra: dict[str, Any] = {}
@@ -386,7 +394,7 @@ def run_schedule(
         if exp_p is not None:
             exp_records = bench_model(exp_p, schedule, exp_p.seq_lens, device, progress)
             _ceiling_check(exp_records)
-            extra["experiment"] = {"dims": dict(experiment), "summary": summary(exp_records), "records": exp_records}
+            extra["experiment"] = {"dims": exp_dims, "summary": summary(exp_records), "records": exp_records}
     _ceiling_check(records)
     return _write(out, records, device, time.perf_counter() - t0, **extra)
 

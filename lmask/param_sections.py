@@ -281,8 +281,7 @@ class BenchmarkParams:
     gpu_seq_lens: list[int] = field(default_factory=lambda: [1024, 2048, 4096, 8192, 16384])
     fwd_bwd_seq_lens: list[int] | None = field(default_factory=list)  # T that also time fwd+bwd; None = every T
     kernel_windows: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024])
-    n_layer: int = 12
-    n_embd: int = 768
+    n_embd: int = 768  # the layer count is model.n_layer (the schedules' windows have one entry per layer)
     n_head: int = 12
     vocab_size: int = 50257
     batch_size: int = 1
@@ -291,8 +290,7 @@ class BenchmarkParams:
     kernel_repeats: int = 5  # timed rounds of the one-layer kernel comparison
     band_max_window: int = 256  # the kernel benchmark times the band kernel up to this window (crossover sweep)
     experiment_repeats: int = 6  # timed rounds at the experiment's own dims and context (0 = skip)
-    device: str = "auto"  # auto | cpu | cuda
-    threads: int | None = None  # torch threads on CPU (None = torch's default)
+    device: str = "auto"  # auto | cpu | cuda; CPU threads: the top-level cpu_threads, pinned before torch loads
 
     def check(self) -> None:
         for name in ("seq_lens", "gpu_seq_lens", "kernel_windows"):
@@ -305,16 +303,7 @@ class BenchmarkParams:
             _positive("benchmark.fwd_bwd_seq_lens", v)
             if v not in self.seq_lens and v not in self.gpu_seq_lens:
                 raise ParamsError(f"benchmark.fwd_bwd_seq_lens: {v} is in neither benchmark.seq_lens nor gpu_seq_lens")
-        for name in (
-            "n_layer",
-            "n_embd",
-            "n_head",
-            "vocab_size",
-            "batch_size",
-            "repeats",
-            "kernel_repeats",
-            "band_max_window",
-        ):
+        for name in ("n_embd", "n_head", "vocab_size", "batch_size", "repeats", "kernel_repeats", "band_max_window"):
             _positive(f"benchmark.{name}", getattr(self, name))
         if self.warmup < 0:
             raise ParamsError(f"benchmark.warmup must be an integer >= 0, got {self.warmup!r}")
@@ -325,8 +314,6 @@ class BenchmarkParams:
         if self.n_embd % self.n_head:
             raise ParamsError(f"benchmark.n_embd ({self.n_embd}) must be divisible by benchmark.n_head ({self.n_head})")
         _choice("benchmark.device", self.device, ("auto", "cpu", "cuda"))
-        if self.threads is not None:
-            _positive("benchmark.threads", self.threads)
 
 
 def _choice(name: str, value: Any, choices: tuple) -> None:

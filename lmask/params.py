@@ -118,11 +118,6 @@ class Params:
                     raise ParamsError(f"{key}: {s!r} is not an integer in [0, {limit})")
             if not seeds or len(set(seeds)) != len(seeds):
                 raise ParamsError(f"{key} must be a non-empty list of distinct seeds, got {seeds}")
-        if self.benchmark.n_layer != self.model.n_layer:
-            raise ParamsError(
-                f"benchmark.n_layer ({self.benchmark.n_layer}) must equal model.n_layer ({self.model.n_layer}): "
-                "the benchmark times the schedules' per-layer windows"
-            )
         for s in self.schedules.values():
             if s.sinks >= ctx:
                 raise ParamsError(f"schedules.{s.name}.sinks ({s.sinks}) must be < data.context_length ({ctx})")

@@ -26,8 +26,8 @@ def main() -> None:
     else:
         m = params.model
         vocab = params.tokenizer.vocab_size if params.tokenizer.kind == "bpe" else 50257  # gpt2: GPT-2's BPE
-        dims = {"n_layer": m.n_layer, "n_embd": m.n_embd, "n_head": m.n_head, "vocab_size": vocab}
-        benchmark.run_schedule(params.benchmark, schedule, args.out, {**dims, "seq_len": params.data.context_length})
+        dims = {"n_embd": m.n_embd, "n_head": m.n_head, "vocab_size": vocab, "seq_len": params.data.context_length}
+        benchmark.run_schedule(params.benchmark, schedule, args.out, dims)  # depth: the schedule's model.n_layer
 
 
 if __name__ == "__main__":

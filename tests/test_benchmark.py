@@ -29,7 +29,6 @@ def tiny(**kw) -> BenchmarkParams:
         seq_lens=[32, 64],
         fwd_bwd_seq_lens=[64],
         kernel_windows=[8, 64],
-        n_layer=2,
         n_embd=16,
         n_head=2,
         vocab_size=50,
@@ -128,10 +127,10 @@ def test_schedule_records_measure_real_calls(tmp_path):
 def test_experiment_dims_section(tmp_path):
     """The experiment's own dims and context, timed beside the benchmark dims, with the ceiling check."""
     p = tiny(repeats=2, experiment_repeats=2)
-    dims = {"n_layer": 2, "n_embd": 8, "n_head": 2, "vocab_size": 30, "seq_len": 48}
+    dims = {"n_embd": 8, "n_head": 2, "vocab_size": 30, "seq_len": 48}
     result = bench.run_schedule(p, NARROW, tmp_path / "narrow.json", dims)
     exp = result["experiment"]
-    assert exp["dims"] == dims
+    assert exp["dims"] == {"n_layer": 2, **dims}  # the depth is the schedule's (model.n_layer), recorded beside
     assert [(r["seq_len"], r["mode"]) for r in exp["records"]] == [(48, "fwd"), (48, "fwd_bwd")]
     for r in exp["records"] + result["records"]:
         assert len(r["round_speedups"]) == 2
@@ -272,7 +271,8 @@ def test_stage_names_an_unknown_schedule_and_a_bad_field(params_file, tmp_path):
         ("n_head", 5),
         ("vocab_size", "big"),
         ("device", "tpu"),
-        ("threads", 0),
+        ("threads", 2),  # gone: CPU threads are cpu_threads
+        ("n_layer", 12),  # gone: the depth is model.n_layer
         ("colour", 1),
     ],
 )

@@ -100,7 +100,6 @@ BAD = [
     ({"finetune_seeds": [0, -1]}, "finetune_seeds"),
     ({"finetune_seeds": 0}, "finetune_seeds"),
     ({"finetune_seeds": [[0], [1]]}, "finetune_seeds"),
-    ({"benchmark.n_layer": 2}, "benchmark.n_layer"),
     ({"benchmark.fwd_bwd_seq_lens": [999]}, "benchmark.fwd_bwd_seq_lens"),
     ({"seed": "x"}, "seed"),
     ({"mix.fraction": 1.5}, "mix.fraction"),
@@ -119,6 +118,16 @@ def test_bad_value_names_the_field(raw, changes, field):
     with pytest.raises(ParamsError) as err:
         params_from_dict(with_change(raw, changes))
     assert field in str(err.value)
+
+
+@pytest.mark.parametrize("key, source", [("n_layer", "model.n_layer"), ("threads", "cpu_threads")])
+def test_benchmark_depth_and_threads_have_one_source(raw, key, source):
+    """benchmark.n_layer and benchmark.threads are gone (they only repeated model.n_layer and cpu_threads): even at
+    the value of the param they repeated, either is rejected as unknown, in one message naming it."""
+    value = raw["model"]["n_layer"] if source == "model.n_layer" else raw["cpu_threads"]
+    assert key not in raw["benchmark"] and value is not None
+    with pytest.raises(ParamsError, match=rf"^benchmark\.{key} is not a known parameter \(known: [^\n]*$"):
+        params_from_dict(with_change(raw, {f"benchmark.{key}": value}))
 
 
 def test_changes_in_the_table_are_applied(raw):

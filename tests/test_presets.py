@@ -50,7 +50,7 @@ def test_gpu_preset_is_the_seed_setup(params_copy):
     b = p.benchmark
     assert (b.fwd_bwd_seq_lens, b.warmup, b.repeats) == (None, 1, 5)  # fwd+bwd at every T
     assert b.gpu_seq_lens == [1024, 2048, 4096, 8192, 16384]
-    assert (b.n_layer, b.n_embd, b.n_head, b.vocab_size) == (12, 768, 12, 50257)  # GPT-2 small
+    assert (b.n_embd, b.n_head, b.vocab_size) == (768, 12, 50257)  # GPT-2 small (depth: model.n_layer, 12)
     # Comments and untouched sections survive the merge.
     text = params_copy.read_text()
     assert "# Per-layer windows" in text and set(p.schedules) == set(yaml.safe_load(text)["schedules"])
@@ -253,7 +253,8 @@ def test_gpu_benchmark_runs_on_cpu_with_tiny_shapes(tiny_project, tmp_path):
         ('{"repeats": 0}', "benchmark.repeats must be a positive integer"),
         ('{"colour": 1}', "benchmark.colour is not a known parameter"),
         ('{"seq_lens": "64"}', "benchmark.seq_lens must be"),
-        ('{"n_layer": 3}', "benchmark.n_layer (3) differs"),
+        ('{"n_layer": 3}', "benchmark.n_layer is not a known parameter"),  # the depth is model.n_layer
+        ('{"threads": 1}', "benchmark.threads is not a known parameter"),  # CPU threads: cpu_threads
         ('{"device": "tpu"}', "benchmark.device must be one of"),
         ("[1]", "BENCH_OVERRIDES must be a JSON object"),
         ("{repeats: 3}", "BENCH_OVERRIDES is not valid JSON"),
