@@ -50,7 +50,12 @@ AGGREGATION = {"validate", "summarize", "report"}
 
 
 @pytest.mark.slow
-def test_one_schedule_change_reruns_exactly_its_chain(tiny_repo):
+def test_schedule_changes_rerun_exactly_their_chains(tiny_repo):
+    """A changed schedule reruns exactly its chain, and a new schedule adds (and runs) its own stages.
+
+    One experiment makes both changes (one DVC run instead of two: the suite's slowest test); dvc status checks the
+    changed schedule alone first, and the stages run must be exactly the two chains and the aggregation.
+    """
     seeds = runs(tiny_repo)
     # Before running: dvc status names exactly the stages that read schedules.half (and the aggregation).
     params = tiny_repo / "params.yaml"
@@ -60,44 +65,38 @@ def test_one_schedule_change_reruns_exactly_its_chain(tiny_repo):
     assert set(status) == chain("half", seeds) | AGGREGATION, status
     params.write_text(original)
 
-    out = run(["dvc", "exp", "run", "-n", "half-w32", "-S", "schedules.half.end_window=32"], tiny_repo).stdout
-    assert set(stages_ran(out)) == chain("half", seeds) | AGGREGATION, out
-    names = schedules(tiny_repo)
-    others = {s for n in names if n != "half" for s in chain(n, seeds)}
+    new = "{type: progressive, start_layer: 8, start_window: 64, end_window: 8}"
+    changes = ["-S", "schedules.half.end_window=32", "-S", f"+schedules.eighth={new}"]
+    out = run(["dvc", "exp", "run", "-n", "half-w32-eighth", *changes], tiny_repo).stdout
+    assert set(stages_ran(out)) == chain("half", seeds) | chain("eighth", seeds) | AGGREGATION, out
+    others = {s for n in schedules(tiny_repo) if n not in ("half", "eighth") for s in chain(n, seeds)}
     baselines = {f"train_baseline@{b}" for b, _ in seeds}
     assert stages_skipped(out) >= {"download", "tokenize", "evaluate_baseline", *baselines, *others}, out
 
-    diff = json.loads(run(["dvc", "params", "diff", "--json"], tiny_repo).stdout)
-    assert diff["params.yaml"] == {"schedules.half.end_window": {"old": 16, "new": 32, "diff": 16}}
-
-    # dvc metrics diff shows that schedule's lines only: no timing noise from models that did not change.
-    metrics = json.loads(run(["dvc", "metrics", "diff", "--json"], tiny_repo).stdout)
-    changed = {f"{path}:{key}" for path, diff in metrics.items() for key, d in diff.items() if d.get("diff")}
-    assert changed, metrics
-    for item in changed:
-        path, key = item.split(":", 1)
-        about_half = "half" in path or key.startswith("half.") or ".half." in key
-        # Holm corrects within a family (one comparison across schedules), so another schedule's adjusted p-value
-        # (and at most its word) follows half's change; its estimates and intervals do not move.
-        family_wise = key.endswith(".p_holm") or key.endswith(".verdict")
-        assert about_half or family_wise, f"{item} changed although only schedules.half did"
-
-    rows = exp_show(tiny_repo)
-    exp = next(r for r in rows if r["Experiment"] == "half-w32")
-    assert exp["schedules.half.end_window"] == "32"
-
-
-@pytest.mark.slow
-def test_new_schedule_adds_its_stages(tiny_repo):
-    seeds = runs(tiny_repo)
-    new = "{type: progressive, start_layer: 8, start_window: 64, end_window: 8}"
-    out = run(["dvc", "exp", "run", "-n", "eighth", "-S", f"+schedules.eighth={new}"], tiny_repo).stdout
-    assert set(stages_ran(out)) == chain("eighth", seeds) | AGGREGATION, out
     listed = run(["dvc", "stage", "list", "--name-only"], tiny_repo).stdout.split()
     assert chain("eighth", seeds) <= set(listed)
     config = json.loads((tiny_repo / "models/masked/eighth/b0-s0/config.json").read_text())
     assert config["layer_windows"][:8] == [None] * 8 and config["layer_windows"][-1] == 8
     assert "eighth" in json.loads((tiny_repo / "metrics/summary.json").read_text())
+
+    diff = json.loads(run(["dvc", "params", "diff", "--json"], tiny_repo).stdout)
+    assert diff["params.yaml"]["schedules.half.end_window"] == {"old": 16, "new": 32, "diff": 16}, diff
+
+    # dvc metrics diff shows those schedules' lines only: no timing noise from models that did not change.
+    metrics = json.loads(run(["dvc", "metrics", "diff", "--json"], tiny_repo).stdout)
+    changed = {f"{path}:{key}" for path, diff in metrics.items() for key, d in diff.items() if d.get("diff")}
+    assert changed, metrics
+    for item in changed:
+        path, key = item.split(":", 1)
+        about_them = any(n in path or key.startswith(f"{n}.") or f".{n}." in key for n in ("half", "eighth"))
+        # Holm corrects within a family (one comparison across schedules), so another schedule's adjusted p-value
+        # (and at most its word) follows the change; its estimates and intervals do not move.
+        family_wise = key.endswith(".p_holm") or key.endswith(".verdict")
+        assert about_them or family_wise, f"{item} changed although only half and eighth did"
+
+    rows = exp_show(tiny_repo)
+    exp = next(r for r in rows if r["Experiment"] == "half-w32-eighth")
+    assert exp["schedules.half.end_window"] == "32"
 
 
 @pytest.mark.slow

@@ -12,7 +12,14 @@ import yaml
 from lmask.params import Params, ParamsError, load_params, params_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
-DELETE = object()  # with_change: remove the key
+
+
+class _Delete:
+    def __repr__(self) -> str:  # a stable test id: xdist workers must collect the same names
+        return "DELETE"
+
+
+DELETE = _Delete()  # with_change: remove the key
 
 
 @pytest.fixture(scope="module")
