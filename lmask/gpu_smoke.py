@@ -50,7 +50,8 @@ PROG = "gpu_smoke"
 ROOT = Path(__file__).resolve().parents[1]
 COPIED = ("lmask", "stages", "presets", "corpus", "params.yaml", "dvc.yaml")  # what the stages read
 STEPS = 50
-GLOBAL_BATCH = 16  # the GPU preset's train.batch_size / masked.batch_size
+# The GPU preset's global batch (train.batch_size; masked.batch_size is the same): NPROC must divide it.
+GLOBAL_BATCH: int = yaml.safe_load((ROOT / "presets" / "gpu.yaml").read_text())["train"]["batch_size"]
 SCHEDULE, BASELINE, SEED = "half", 0, 0
 STAGES = ("validate", "download", "tokenize", "train_baseline", "train_masked")
 
@@ -74,7 +75,7 @@ def smoke_overrides(nproc: int, backend: str, online: bool, steps: int = STEPS) 
     train = {
         "steps": steps,
         "warmup_steps": 10,
-        "micro_batch_size": GLOBAL_BATCH // nproc,  # global batch kept: micro batch 16 / NPROC per GPU
+        "micro_batch_size": GLOBAL_BATCH // nproc,  # global batch kept: micro batch GLOBAL_BATCH / NPROC per GPU
         "nproc": nproc,
         "eval_every": 25,
         "eval_batches": 2,
@@ -251,7 +252,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     default_results = Path(env.get("OUT") or "smoke-results")
     p.add_argument("results", nargs="?", type=Path, default=default_results, help="$OUT or ./smoke-results")
-    p.add_argument("--nproc", default=env.get("NPROC") or "1", help="GPUs, dividing the global batch 16 (NPROC; 1)")
+    nproc_help = f"GPUs, dividing the global batch {GLOBAL_BATCH} (NPROC; 1)"
+    p.add_argument("--nproc", default=env.get("NPROC") or "1", help=nproc_help)
     p.add_argument("--backend", default=env.get("BACKEND") or "auto", help="attention.backend (BACKEND; auto)")
     p.add_argument(
         "--prepare-only",

@@ -68,14 +68,14 @@ def _tiny_pipeline_build(request, tmp_path_factory) -> None:
         if yield_cpu:
             os.nice(10)
         return  # another worker started it
-    log = (dest.parent / "build.log").open("w")
-    subprocess.Popen(
-        [sys.executable, "-m", "tests.tiny_pipeline", str(dest)],
-        cwd=ROOT,
-        env=env(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    with (dest.parent / "build.log").open("w") as log:  # the child keeps its own handle
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.tiny_pipeline", str(dest)],
+            cwd=ROOT,
+            env=env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     if yield_cpu:
         os.nice(10)
 
