@@ -341,7 +341,7 @@ def q4(records: Records) -> str:
     return " ".join(parts)
 
 
-def headline_markdown(records: Records, meta: dict[str, Any], source: str = "metrics/summary.json") -> str:
+def headline_markdown(records: Records, meta: dict[str, Any], source: str) -> str:
     """README's short results block: each windowed schedule against the full control and zero-shot, and Q1's gate.
     ``source``: the summary file ``records`` came from (named in the block's marker comment)."""
     rows = [
