@@ -84,6 +84,20 @@ def test_blocked_matches_reference_fp64(B, H, T, window, sinks, block, middle_pa
         torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize("B,H,T,window,sinks", CASES)
+def test_blocked_without_autograd_writes_the_same_output(B, H, T, window, sinks, middle_path):
+    """Under no_grad the pieces go into one preallocated output instead of being concatenated: the same bits as the
+    autograd path, and the reference's values."""
+    q, k, v = qkv(B, H, T, seed=T + window)
+    with torch.no_grad():
+        got = blocked_attention(q, k, v, window, sinks, block=4)
+        want = reference(q, k, v, window, sinks)
+    tracked = blocked_attention(q, k, v, window, sinks, block=4)
+    assert tracked.requires_grad and not got.requires_grad and got.is_contiguous()
+    assert torch.equal(got, tracked.detach())
+    torch.testing.assert_close(got, want, atol=1e-10, rtol=0)
+
+
 @pytest.mark.parametrize("T,window,sinks", [(1000, 64, 0), (777, 256, 4), (1500, 1024, 1)])
 def test_blocked_matches_masked_sdpa_fp32(T, window, sinks, middle_path):
     """The issue's tolerance: fp32 max abs diff <= 1e-5 against masked SDPA, outputs and grads of q, k, v."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from lmask.model import apply_windows, load_model, new_model, scratch_config
 from lmask.params import AnalysisParams, GenerationParams, ParamsError
 
 CPU = torch.device("cpu")
+ROOT = Path(__file__).resolve().parents[1]
 
 WINDOWS = [None, 4, 2, None]
 
@@ -204,3 +206,53 @@ def test_generation_report_flags_looping_output():
     np.testing.assert_allclose(looping["per_prompt_distinct2"], 1 / 9)
     assert DEGENERATE_DISTINCT2 > 1 / 9
     np.testing.assert_allclose(looping["per_prompt_bleu"], 0.0)
+
+
+def test_later_seeds_score_the_test_domain_only(monkeypatch, tmp_path):
+    """evaluate_schedule's scoring plan, two baselines x two seeds (the tiny pipeline runs one seed): each zero-shot
+    model gets the copy probe; the first seed of every baseline also scores the other domains and generation; only
+    the first run is analysed; later seeds score the test domain alone."""
+    import lmask.evaluate as E
+    from lmask.params import load_params
+
+    planned = {}
+
+    def fake_evaluate(params, data_dir, first, variants, n_seq, desc):
+        planned.update({name: parts for name, (_, parts) in variants.items()})
+        return {name: ({}, {}) for name in variants}, None, [0] * 7
+
+    monkeypatch.setattr(E, "_evaluate", fake_evaluate)
+    monkeypatch.setattr(E, "_write", lambda out_dir, out_metrics, results, header: header)
+    params = load_params(ROOT / "params.yaml")
+    bases = {k: tmp_path / f"b{k}" for k in (0, 1)}
+    runs = {(k, s): tmp_path / f"b{k}-s{s}" for k in (0, 1) for s in (0, 1)}
+    header = E.evaluate_schedule(params, "half", tmp_path, bases, runs, tmp_path / "m.json", tmp_path / "out")
+    assert header["finetune_seeds"] == [0, 1] and header["baseline_seeds"] == [0, 1]
+    test_only = E.Parts()
+    assert planned == {
+        "b0-zs": E.Parts(copy=True),
+        "b1-zs": E.Parts(copy=True),
+        "b0-s0": E.Parts(domains=True, generation=True, analysis=True),
+        "b1-s0": E.Parts(domains=True, generation=True),
+        "b0-s1": test_only,
+        "b1-s1": test_only,
+    }
+
+
+def test_summary_reads_every_seed_of_a_key_and_only_the_seeds_that_scored_it():
+    """ModelFiles.runs: per baseline, the test NLL of both seeds; the code domain (first seed only) of one."""
+    from lmask.summary import ModelFiles
+
+    def arr(value):
+        return np.full((2, 3), float(value))
+
+    arrays = {
+        f"b{k}-s{s}": {"nll_test": arr(10 * k + s), **({"nll_code": arr(100 + k)} if s == 0 else {})}
+        for k in (0, 1)
+        for s in (0, 1)
+    }
+    arrays |= {f"b{k}-zs": {"copy_nll": arr(-k)} for k in (0, 1)}
+    files = ModelFiles("half", {"baseline_seeds": [0, 1], "finetune_seeds": [0, 1]}, arrays, {})
+    assert [[float(a[0, 0]) for a in per] for per in files.runs("nll_test")] == [[0, 1], [10, 11]]
+    assert [[float(a[0, 0]) for a in per] for per in files.runs("nll_code")] == [[100], [101]]
+    assert [[float(a[0, 0]) for a in per] for per in files.runs("copy_nll@zs")] == [[0], [-1]]
