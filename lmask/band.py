@@ -139,7 +139,7 @@ class _BandAttention(torch.autograd.Function):
         else:
             probs = torch.softmax(s, dim=-1)
         del s
-        ob = torch.zeros_like(qb)
+        ob = _rows_zeroed_outside(qb, P, G * b)
         torch.bmm(probs[..., sinks:], _views(vb, L, G, b, D), out=ob[P : P + G * b].view(G, b, D))
         if sinks > 0:
             _heads(ob, BH, R, P).baddbmm_(probs[..., :sinks].reshape(BH, R, sinks), _sink(vb, BH, R, P, sinks))
@@ -159,11 +159,11 @@ class _BandAttention(torch.autograd.Function):
         # Query-major: dS = P ∘ (dO·Vᵀ − δ) per query tile, dQ = dS·K_slab.
         ds = torch.bmm(_views(gob, b, G, b, D, P), _views(vb, L, G, b, D).mT)
         ds.sub_(_views(delta, b, G, b, 1, P)).mul_(p_slab)
-        gqb = torch.zeros_like(qb)
+        gqb = _rows_zeroed_outside(qb, P, G * b)
         torch.bmm(ds, _views(kb, L, G, b, D), out=gqb[P : P + G * b].view(G, b, D))
         # Key-major: chunk r of query tile g + r holds key tile g's scores; transpose those chunks into [G, b, L]
         # (one pass over the small band) so dK and dV are one GEMM each over every query that sees a key tile.
-        gkb, gvb = torch.zeros_like(kb), torch.zeros_like(vb)
+        gkb, gvb = _rows_zeroed_outside(kb, P, G * b), _rows_zeroed_outside(vb, P, G * b)
         for src, grad, other in ((p_slab, gvb, gob), (ds, gkb, qb)):
             tr = src.new_empty(G, b, L)
             tiles = tr.view(G, b, n, b)
@@ -180,6 +180,16 @@ class _BandAttention(torch.autograd.Function):
             _sink(gvb, BH, R, P, sinks).baddbmm_(p_sink.mT, _heads(gob, BH, R, P))
         gq = _unbuffer(gqb, B, H, T, P, R).mul_(scale)
         return gq, _unbuffer(gkb, B, H, T, P, R), _unbuffer(gvb, B, H, T, P, R), None, None, None, None
+
+
+def _rows_zeroed_outside(like: torch.Tensor, first: int, rows: int) -> torch.Tensor:
+    """A buffer shaped like ``like`` whose rows [first, first + rows) are left for a GEMM to write (``out=``) and
+    the rest are zero: clearing the whole buffer first cost a full pass over memory for rows about to be
+    overwritten."""
+    buf = torch.empty_like(like)
+    buf[:first].zero_()
+    buf[first + rows :].zero_()
+    return buf
 
 
 def _heads(buf: torch.Tensor, BH: int, R: int, P: int) -> torch.Tensor:
