@@ -63,16 +63,6 @@ def home_env(tmp_path: Path) -> dict[str, str]:
     return {"HOME": str(home)}
 
 
-def cache_object(repo: Path, out: str, relpath: str) -> Path:
-    """The .dvc/cache file holding ``relpath`` inside directory output ``out`` (looked up through dvc.lock)."""
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    dir_md5 = next(o["md5"] for stage in lock["stages"].values() for o in stage.get("outs", []) if o["path"] == out)
-    cache = repo / ".dvc" / "cache" / "files" / "md5"
-    entries = json.loads((cache / dir_md5[:2] / dir_md5[2:]).read_text())
-    md5 = next(e["md5"] for e in entries if e["relpath"] == relpath)
-    return cache / md5[:2] / md5[2:]
-
-
 def flip_byte(path: Path, bit_rot: bool) -> None:
     """Corrupt one byte in place (same inode).
 
@@ -180,58 +170,56 @@ def test_s3_wrong_or_missing_credentials_fail_clearly(small_dvc_repo, s3_server,
     assert "Unable to locate credentials" in push.stderr, push.stderr
 
 
-@pytest.mark.slow
-def test_corrupted_cache_object_never_reaches_the_workspace(tiny_repo, tmp_path):
+def test_corrupted_cache_object_never_reaches_the_workspace(outs_repo, tmp_path):
     """A cache file made writable and edited: DVC rehashes it (it trusts only read-only cache files whose mtime
     matches its records), deletes it, and refuses to check it out or push it."""
-    target = "models/baseline/b0/model.safetensors"
-    obj = cache_object(tiny_repo, "models/baseline/b0", "model.safetensors")
+    target = "models/model.bin"
+    obj = local_object(outs_repo / ".dvc" / "cache", md5_of(outs_repo / target))
     flip_byte(obj, bit_rot=False)
 
-    status = run(["dvc", "status"], tiny_repo).stdout
-    assert "not in cache:" in status and "models/baseline/b0" in status, status
+    status = run(["dvc", "status"], outs_repo).stdout
+    assert "not in cache:" in status and target in status, status
     assert not obj.exists(), "DVC should have removed the corrupted cache object"
 
-    (tiny_repo / target).unlink()
-    checkout = run(["dvc", "checkout", "models/baseline/b0"], tiny_repo, check=False)
+    (outs_repo / target).unlink()
+    checkout = run(["dvc", "checkout", target], outs_repo, check=False)
     assert checkout.returncode != 0
-    assert "Checkout failed for following targets:\nmodels/baseline/b0" in checkout.stderr, checkout
-    assert not (tiny_repo / target).exists()
+    assert f"Checkout failed for following targets:\n{target}" in checkout.stderr, checkout
+    assert not (outs_repo / target).exists()
 
-    env = home_env(tmp_path)
     # DVC 3.67 pushes the rest (exit 0) and warns: "Some of the cache files do not exist neither locally nor on
     # remote. Missing cache files:\nmd5: <hash>".
-    push = run(["dvc", "push"], tiny_repo, extra_env=env)
+    push = run(["dvc", "push"], outs_repo)
     assert f"Missing cache files:\nmd5: {obj.parent.name}{obj.name}" in push.stderr, push
-    pushed = Path(env["HOME"]) / ".local/share/lmask/dvc-storage/files/md5" / obj.parent.name / obj.name
-    assert not pushed.exists(), "the corrupted object was pushed"
+    assert not local_object(tmp_path / "remote", obj.parent.name + obj.name).exists(), "the corrupted object was pushed"
+    assert local_object(tmp_path / "remote", md5_of(outs_repo / "notes.txt")).exists(), "the rest was pushed"
 
 
-@pytest.mark.slow
-def test_bit_rot_is_caught_on_pull_by_verify(tiny_repo, tmp_path):
-    """Bit rot (a flipped byte in a read-only file, mtime kept) is invisible to DVC in the original repo and is pushed;
-    the committed `verify = true` makes `dvc pull` rehash downloads, reject the object and fail."""
-    target = "models/baseline/b0/model.safetensors"
-    good = hashlib.md5((tiny_repo / target).read_bytes()).hexdigest()
-    obj = cache_object(tiny_repo, "models/baseline/b0", "model.safetensors")
-    flip_byte(obj, bit_rot=True)
-    env = home_env(tmp_path)
+def test_bit_rot_is_caught_on_pull_by_verify(outs_repo, tmp_path):
+    """Bit rot in the local cache (a flipped byte in a read-only file, mtime kept) is invisible to DVC in the
+    original repo and is pushed; `verify = true` on the remote (as the committed default remote has it) makes
+    `dvc pull` rehash downloads, reject the object and fail."""
+    target = "models/model.bin"
+    good = md5_of(outs_repo / target)
+    flip_byte(local_object(outs_repo / ".dvc" / "cache", good), bit_rot=True)
     # DVC trusts its recorded hash while inode, size and mtime are unchanged: nothing noticed, the object is pushed.
-    assert UP_TO_DATE in run(["dvc", "status"], tiny_repo).stdout
-    run(["dvc", "push"], tiny_repo, extra_env=env)
+    assert UP_TO_DATE in run(["dvc", "status"], outs_repo).stdout
+    run(["dvc", "push"], outs_repo)
 
-    verified = clone(tiny_repo, tmp_path / "verified")
-    pull = run(["dvc", "pull"], verified, extra_env=env, check=False)
+    verified = clone(outs_repo, tmp_path / "verified")
+    pull = run(["dvc", "pull"], verified, check=False)
     assert pull.returncode != 0
-    assert "Checkout failed for following targets" in pull.stderr and "models/baseline" in pull.stderr, pull
-    assert not (verified / target).exists(), "the corrupted file reached the workspace"
-    assert (verified / "data" / "tokenized").is_dir(), "the intact outputs should still be pulled"
+    assert f"Checkout failed for following targets:\n{target}" in pull.stderr, pull
+    pulled = sha256_outs(verified)
+    assert pulled[target] is None, "the corrupted file reached the workspace"
+    assert all(h is not None for f, h in pulled.items() if f != target), "the intact outputs should still be pulled"
 
     # Why verify is committed: without it the corrupted bytes reach the workspace and `dvc status` stays clean.
-    unverified = clone(tiny_repo, tmp_path / "unverified")
-    run(["dvc", "remote", "modify", "--local", DEFAULT_REMOTE, "verify", "false"], unverified)
-    run(["dvc", "pull"], unverified, extra_env=env)
-    assert hashlib.md5((unverified / target).read_bytes()).hexdigest() != good
+    unverified = clone(outs_repo, tmp_path / "unverified")
+    run(["dvc", "remote", "modify", "--local", "local", "verify", "false"], unverified)
+    run(["dvc", "pull"], unverified)
+    assert md5_of(unverified / target) != good
+    assert UP_TO_DATE in run(["dvc", "status"], unverified).stdout
 
 
 def test_s3_server_binds_loopback_only(s3_server):
