@@ -284,8 +284,8 @@ def blocked_attention(
 
     Three pieces, each as sparse backward as forward: head (queries < P, dense over keys < P), middle (full query
     blocks, one batched call over key slabs: no T×T tensor, no padding copy), tail (the last < b queries). Without
-    autograd (evaluation, generation) every piece writes into one preallocated output; with it they are
-    concatenated, a copy that cost 21 % of the forward at w = 64, T = 3072 (profile in the benchmark docs).
+    autograd (evaluation, generation) every piece writes into one preallocated output: one pass over the output
+    fewer than concatenating them, which autograd needs.
     """
     B, H, T, D = query.shape
     layout = blocked_layout(window, T, sinks, block)

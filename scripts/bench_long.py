@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -61,7 +62,8 @@ def main() -> None:
             for name in SCHEDULES:
                 shutil.copy2(work / "bench" / f"{name}.json", dest / f"{name}.json")
             shutil.copy2(params, dest / "params.yaml")
-            (dest / "benchmark.md").write_text(benchmark_markdown(files) + "\n")
+            made_by = f"`{shlex.join(['python', 'scripts/bench_long.py', *sys.argv[1:]])}` from the JSON files here"
+            (dest / "benchmark.md").write_text(benchmark_markdown(files, made_by) + "\n")
     print(f"wrote {args.out}")
 
 
