@@ -96,6 +96,7 @@ BLOCKS: dict[tuple[str, str], Callable[[Path], str]] = {
     ("docs/results.md", "replicate"): _replicate,
     ("docs/results.md", "benchmark"): _file("metrics/benchmark.md"),
     ("docs/results.md", "long"): _long_results,
+    ("docs/results.md", "bench-long"): _file("results/bench-long/benchmark.md"),
 }
 
 
