@@ -7,8 +7,9 @@ outside the default pipeline's 10-min benchmark budget.
 It copies the project into a temporary folder, applies presets/progressions.yaml (the seed's ``quarter``) and
 presets/bench-long.yaml (plus the overrides given here), and runs the benchmark stage's own code,
 ``python -m stages.benchmark --schedule S``, once per schedule: each times S and full attention interleaved in one
-process. Then it writes into --out each schedule's JSON, the merged params.yaml, and benchmark.md
-(``lmask.bench_tables``: the tables and the targets). Nothing in the working tree changes except --out.
+process. Then it writes into --out each schedule's JSON, the merged params.yaml, the command (command.txt) and
+benchmark.md (``lmask.bench_tables``: the tables and the targets); ``--render`` rewrites benchmark.md from those
+files. Nothing in the working tree changes except --out.
 """
 
 from __future__ import annotations
@@ -31,12 +32,23 @@ def main() -> None:
     ap.add_argument("--seq-lens", type=int, nargs="+", help="T to time, fwd and fwd+bwd (default: the preset's)")
     ap.add_argument("--repeats", type=int, help="timed rounds per T (default: the preset's)")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench-long")
+    ap.add_argument("--render", action="store_true", help="only rewrite --out/benchmark.md from the files there")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from lmask.bench_tables import benchmark_markdown
-    from lmask.io import atomic_dir
+    from lmask.io import atomic_dir, write_text
     from lmask.preset import apply_preset
     from lmask.replicate import copy_project
+
+    def markdown(files: dict[str, dict], command: str) -> str:
+        return benchmark_markdown(files, f"`{command}` from the JSON files here") + "\n"
+
+    if args.render:  # after a change to lmask.bench_tables: same numbers, new text
+        command = (args.out / "command.txt").read_text().strip()
+        files = {name: json.loads((args.out / f"{name}.json").read_text()) for name in SCHEDULES}
+        write_text(args.out / "benchmark.md", markdown(files, command))
+        print(f"wrote {args.out / 'benchmark.md'}")
+        return
 
     override: dict = {}
     if args.seq_lens:
@@ -62,8 +74,9 @@ def main() -> None:
             for name in SCHEDULES:
                 shutil.copy2(work / "bench" / f"{name}.json", dest / f"{name}.json")
             shutil.copy2(params, dest / "params.yaml")
-            made_by = f"`{shlex.join(['python', 'scripts/bench_long.py', *sys.argv[1:]])}` from the JSON files here"
-            (dest / "benchmark.md").write_text(benchmark_markdown(files, made_by) + "\n")
+            command = shlex.join(["python", "scripts/bench_long.py", *sys.argv[1:]])
+            (dest / "command.txt").write_text(command + "\n")
+            (dest / "benchmark.md").write_text(markdown(files, command))
     print(f"wrote {args.out}")
 
 
