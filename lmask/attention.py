@@ -336,7 +336,11 @@ def blocked_attention(
             attn_mask=mask,
             scale=scaling,
         )
-        put(P, mid.view(B, n_mid, H, b, D).transpose(2, 3).reshape(B, n_mid * b, H, D))
+        mid = mid.view(B, n_mid, H, b, D).transpose(2, 3)  # [B, n, b, H, D]
+        if out is None:
+            pieces.append(mid.reshape(B, n_mid * b, H, D))
+        else:  # straight into the output: reshaping first would copy the middle twice
+            out[:, P:end].view(B, n_mid, b, H, D).copy_(mid)
 
     start, k0 = layout.tail_start, layout.tail_key_start
     if start < T:  # tail: fewer than b queries; keys from start - P (the window) plus the sinks
