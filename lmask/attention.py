@@ -9,10 +9,9 @@ Window semantics: query i sees key j iff j <= i and (i - j < window or j < sinks
 Paths (``select_path`` picks one; ``backend`` forces one where it is correct):
 
 - ``causal``: full layers, SDPA with ``is_causal`` (flash on GPU; the CPU flash kernel skips the upper triangle).
-- ``band``: windowed training for small windows (w <= ``lmask.band.BAND_MAX_WINDOW``, the measured fwd+bwd
-  crossover; forward-only calls take ``blocked``, which won there at every window): tiles
-  of 4-16 queries and explicit batched GEMMs over all heads at once, backward from the saved probabilities
-  (``lmask.band``). ``auto`` picks it over ``blocked`` on every device where flex is not chosen.
+- ``band``: small windows on the CPU (w <= ``lmask.band.BAND_MAX_WINDOW``, the measured crossover), forward and
+  backward: a fused C++ kernel that computes exactly the visible pairs (``lmask.band``). ``auto`` picks it where it
+  built; elsewhere those windows take ``blocked``.
 - ``blocked``: windowed prefill without an explicit mask. Queries are cut into blocks of ``b``; each block attends
   to a slab of its own and the preceding keys the window reaches (plus sink keys), one batched attention call over
   all blocks. Work is O(T·(w + b)) instead of O(T²), forward and backward. On CPU the slabs are overlapping strided
@@ -39,7 +38,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lmask.band import BAND_MAX_WINDOW, band_attention
+from lmask.band import BAND_MAX_WINDOW, band_attention, band_available
 from lmask.blocking import blocked_layout
 from lmask.param_sections import ATTENTION_BACKENDS
 from lmask.schedule import visible
@@ -462,9 +461,10 @@ def select_path(
         return "masked"  # padding, cache decoding, dropout: the explicit mask is the correct path
     if backend == "flex" or (backend == "auto" and flex_available(query.device)):
         return "flex"
-    if backend == "band" or (backend == "auto" and window <= BAND_MAX_WINDOW and query.requires_grad):
-        # Small windows in training: the band kernel beat the blocked one in fwd+bwd below the measured crossover;
-        # forward only (evaluation), the blocked one won at every window (metrics/benchmark/kernel.json).
+    small_on_cpu = backend == "auto" and window <= BAND_MAX_WINDOW and query.device.type == "cpu"
+    if backend == "band" or (small_on_cpu and band_available()):
+        # Small windows on the CPU: the band kernel beat the blocked one below the measured crossover, forward and
+        # fwd+bwd (metrics/benchmark/kernel.json); where it did not build, blocked is exact too.
         return "band"
     return "blocked"
 

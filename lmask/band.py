@@ -1,205 +1,86 @@
-"""Band attention for small windows: tiles sized to the window, explicit batched matmuls, forward and backward.
+"""Band attention for small windows on the CPU: a fused C++ kernel that computes exactly the window's pairs.
 
 Same window rule as ``lmask.attention`` (query i sees key j iff j <= i and (i - j < window or j < sinks)), for
 Tq == Tk and no padding mask. Returns [B, T, H, D].
 
-Why a second kernel. The blocked path feeds SDPA's CPU flash kernel with query blocks of 32 or more: at w = 16 each
-query then computes 64 keys for 16 needed, and the flash kernel's per-block bookkeeping (online softmax, splits,
-one task per block and head) costs more than the few pairs. Here the tiles are small (b = 4..16 queries, see
-``band_block``), the scores are one dense [tiles, b, P + b] tensor, and the work is three batched GEMMs (one
-``baddbmm`` that also adds the band mask, a softmax, one ``bmm``), all heads and tiles in a single call each.
+Why a kernel of its own. At w = 16 every general path computes several times the pairs the window needs (SDPA's
+flash kernel on query blocks of 32 or more; batched GEMMs on tiles of 4..16 queries) and pays one pass over memory
+per op. ``csrc/band.cpp`` takes each query's visible keys directly: scores 8 keys at a time in AVX2 registers, a
+vectorized softmax over a per-thread buffer of w floats, the weighted sum of value rows, the output written once
+in the [B, T, H, D] layout the model wants. The backward recomputes the probabilities from the saved log-sum-exp
+(flash-style) and accumulates dK and dV in key order. The work is O(T·w·D), the memory traffic one read of each
+input and one write of each output. fp32 with D a multiple of 8 takes the AVX2 code; fp64 (the gradient tests),
+other head sizes and CPUs without AVX2 take a plain C++ loop with the same rule.
 
-Layout. q, k and v are copied once into per-(batch, head) buffers of R = P + T' rows (T' = T rounded up to b;
-q scaled by ``scaling``): q at rows [0, T), k and v at rows [P, P + T) behind P zero rows. Tile g (all heads
-flattened) then holds queries at rows g·b .. g·b + b and its key slab at rows g·b .. g·b + P + b of the key buffer:
-one uniform stride, so every operand is an ``as_strided`` view and one GEMM call covers all heads. The zero rows in
-front of each head are masked in that head's first P / b tiles only; tiles past T' in each head compute padding
-that is never read. Sinks are extra score columns against each head's first ``sinks`` keys, one more GEMM.
-
-Backward uses the saved probabilities (no recomputation: they are small when w is small): dS = P ∘ (dP − rowsum(dO
-∘ O)); dQ = dS·K; dK and dV accumulate slab chunk r of tile g into key tile g + r with in-place ``baddbmm_``, so no
-[tiles, P + b, D] slab gradient is ever built.
+Building. ``torch.utils.cpp_extension.load`` compiles the source once per machine (about 20 s; ninja and a C++
+compiler with OpenMP) and caches the library under ``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``),
+keyed by the source and flags. Where it cannot build, ``band_available`` says why once and the dispatch takes the
+blocked path instead; forcing ``backend="band"`` then raises.
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from lmask.schedule import visible
+SOURCE = Path(__file__).with_name("csrc") / "band.cpp"
 
-# Windows up to BAND_MAX_WINDOW take this path (``lmask.attention.select_path``); larger ones the blocked path.
-# Measured crossover: see ``band_block`` and metrics/benchmark/kernel.json ("crossover").
-BAND_MAX_WINDOW = 32
-
-
-def band_block(window: int) -> int:
-    """Queries per tile. A query computes P + b keys for w needed (P = w - 1 rounded up to b), so small tiles waste
-    less, but tiles below 4 queries make GEMMs too small to pay for their call. Measured (roughly: the 2-core CPU was
-    shared) at T = 3072, 12 × 64, fwd+bwd: b = 4 at w = 4, and 4, 8 and 16 within noise of each other at w = 16."""
-    return 4 if window <= 4 else 8 if window <= 8 else 16
+# Windows up to BAND_MAX_WINDOW take this path on the CPU (``lmask.attention.select_path``); larger ones the blocked
+# path. Measured crossover: metrics/benchmark/kernel.json ("crossover").
+BAND_MAX_WINDOW = 64
 
 
-def band_prev(window: int, block: int) -> int:
-    """P: keys before a tile's first query that its slab holds (the window's reach, rounded up to the tile)."""
-    return -(-(window - 1) // block) * block
+@functools.cache
+def _build() -> Any:
+    """Compile and load the kernel (cached by torch per source and flags); returns ``torch.ops.lmask``."""
+    from torch.utils.cpp_extension import load
+
+    capability = torch.backends.cpu.get_cpu_capability()  # AVX2 / AVX512 on x86 hosts that have them
+    vector = ["-mavx2", "-mfma"] if capability in ("AVX2", "AVX512") else []
+    # One build for AVX2 and AVX-512 hosts alike (the kernel is written for AVX2), so they compute the same floats.
+    load(
+        name=f"lmask_band_{'avx2' if vector else 'generic'}",
+        sources=[str(SOURCE)],
+        extra_cflags=["-O3", "-fopenmp", *vector],
+        extra_ldflags=["-fopenmp"],
+        is_python_module=False,
+    )
+    return torch.ops.lmask
 
 
-def band_pairs(window: int, seq_len: int, sinks: int = 0, block: int | None = None) -> int:
-    """(query, key) scores the band kernel computes for one (batch, head), padding tiles included."""
-    b = block or band_block(window)
-    P = band_prev(window, b)
-    tiles = (P + -(-seq_len // b) * b) // b
-    return tiles * b * (P + b + min(sinks, seq_len))
-
-
-@functools.lru_cache(maxsize=64)
-def _masks(
-    window: int, sinks: int, b: int, P: int, R: int, device: torch.device, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Additive masks (0 / -inf): the band [b, P + b] shared by every tile, the edge [P / b, b, P + b] of each head's
-    first tiles (slab rows before position 0), and the sink columns [R, sinks] (None without sinks)."""
-    a = torch.arange(b, device=device)[:, None]
-    c = torch.arange(P + b, device=device)[None, :]
-    band = visible(a + P, c, window)  # query a + P against slab row c, in slab coordinates (causal and in window)
-    m = torch.arange(P // b, device=device)[:, None, None]
-    edge = (m * b + c - P >= 0).expand(P // b, b, P + b)  # slab row c of tile m is position m·b + c - P
-
-    def additive(allowed: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(allowed.shape, device=device, dtype=dtype).masked_fill_(~allowed, float("-inf"))
-
-    sink = None
-    if sinks > 0:
-        i = torch.arange(R, device=device)[:, None]
-        j = torch.arange(sinks, device=device)[None, :]
-        sink = additive(visible(i, j, window, sinks) & ~visible(i, j, window))  # only where the window misses it
-    return additive(band), additive(edge), sink
-
-
-def _views(buf: torch.Tensor, rows: int, tiles: int, b: int, D: int, first: int = 0) -> torch.Tensor:
-    """[tiles, rows, D] view of a [N, D] buffer: tile g = rows first + g·b .. + rows (overlapping when rows > b)."""
-    return buf.as_strided((tiles, rows, D), (b * D, D, 1), buf.storage_offset() + first * D)
-
-
-def _buffer(x: torch.Tensor, P: int, R: int, scale: float | None = None) -> torch.Tensor:
-    """[B·H·R + 2P, D] copy of x [B, H, T, D] (any strides): head h at rows h·R + P + position, zeros elsewhere."""
-    B, H, T, D = x.shape
-    buf = x.new_empty(B * H * R + 2 * P, D)
-    heads = buf[: B * H * R].view(B, H, R, D)
-    heads[:, :, :P].zero_()
-    heads[:, :, P + T :].zero_()
-    buf[B * H * R :].zero_()
-    if scale is None:
-        heads[:, :, P : P + T] = x
-    else:
-        torch.mul(x, scale, out=heads[:, :, P : P + T])
-    return buf
-
-
-def _unbuffer(buf: torch.Tensor, B: int, H: int, T: int, P: int, R: int) -> torch.Tensor:
-    """The [B, H, T, D] view of a buffer's content rows."""
-    return buf[: B * H * R].view(B, H, R, buf.shape[-1])[:, :, P : P + T]
+@functools.cache
+def band_available() -> bool:
+    """Whether the kernel builds and loads here; the first failure is warned about once, with its reason."""
+    try:
+        _build()
+    except Exception as err:  # no compiler, no ninja, a failed build: the blocked path is still exact
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        message = f"lmask.band: the CPU band kernel did not build ({reason}); windows take the blocked path"
+        warnings.warn(message, stacklevel=2)
+        return False
+    return True
 
 
 class _BandAttention(torch.autograd.Function):
-    """Tile g (all batch elements and heads flattened) = query rows P + g·b .. + b; its key slab = rows g·b .. + L.
-    Read the other way, key tile g = rows P + g·b .. + b and the queries that can see it = rows P + g·b .. + L."""
-
     @staticmethod
     def forward(
-        ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, sinks: int, b: int, scale: float
+        ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, sinks: int, scale: float
     ) -> torch.Tensor:
-        with torch.autocast(q.device.type, enabled=False):  # the GEMMs run in the inputs' dtype (fp32 or fp64)
-            return _BandAttention._forward(ctx, q, k, v, window, sinks, b, scale)
+        out, lse = _build().band_forward(q, k, v, window, sinks, scale)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.config = (window, sinks, scale)
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
-        with torch.autocast(grad_out.device.type, enabled=False):
-            return _BandAttention._backward(ctx, grad_out)
-
-    @staticmethod
-    def _forward(
-        ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, sinks: int, b: int, scale: float
-    ) -> torch.Tensor:
-        B, H, T, D = q.shape
-        P = band_prev(window, b)
-        R = P + -(-T // b) * b  # rows per head; a multiple of b
-        BH, L = B * H, P + b
-        G = BH * R // b
-        qb, kb, vb = _buffer(q, P, R, scale), _buffer(k, P, R), _buffer(v, P, R)
-        band, edge, sink_mask = _masks(window, sinks, b, P, R, q.device, q.dtype)
-        s = torch.baddbmm(band.expand(G, b, L), _views(qb, b, G, b, D, P), _views(kb, L, G, b, D).transpose(1, 2))
-        if P > 0:  # each head's first P / b tiles reach before position 0: mask those slab rows
-            s.as_strided((BH, P // b, b, L), (R * L, b * L, L, 1)).add_(edge)
-        if sinks > 0:
-            s_sink = torch.baddbmm(sink_mask.expand(BH, R, sinks), _heads(qb, BH, R, P), _sink(kb, BH, R, P, sinks).mT)
-            probs = torch.softmax(torch.cat([s_sink.view(G, b, sinks), s], dim=-1), dim=-1)
-        else:
-            probs = torch.softmax(s, dim=-1)
-        del s
-        ob = _rows_zeroed_outside(qb, P, G * b)
-        torch.bmm(probs[..., sinks:], _views(vb, L, G, b, D), out=ob[P : P + G * b].view(G, b, D))
-        if sinks > 0:
-            _heads(ob, BH, R, P).baddbmm_(probs[..., :sinks].reshape(BH, R, sinks), _sink(vb, BH, R, P, sinks))
-        ctx.save_for_backward(qb, kb, vb, probs, ob)
-        ctx.config = (B, H, T, D, P, R, b, sinks, scale)
-        return _unbuffer(ob, B, H, T, P, R).transpose(1, 2)
-
-    @staticmethod
-    def _backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
-        qb, kb, vb, probs, ob = ctx.saved_tensors
-        B, H, T, D, P, R, b, sinks, scale = ctx.config
-        BH, L, n = B * H, P + b, (P + b) // b
-        G = BH * R // b
-        gob = _buffer(grad_out.transpose(1, 2), P, R)  # padding query rows keep a zero gradient: they add nothing
-        delta = (gob * ob).sum(-1, keepdim=True)  # rowsum(dO ∘ O) per query row
-        p_slab = probs[..., sinks:]
-        # Query-major: dS = P ∘ (dO·Vᵀ − δ) per query tile, dQ = dS·K_slab.
-        ds = torch.bmm(_views(gob, b, G, b, D, P), _views(vb, L, G, b, D).mT)
-        ds.sub_(_views(delta, b, G, b, 1, P)).mul_(p_slab)
-        gqb = _rows_zeroed_outside(qb, P, G * b)
-        torch.bmm(ds, _views(kb, L, G, b, D), out=gqb[P : P + G * b].view(G, b, D))
-        # Key-major: chunk r of query tile g + r holds key tile g's scores; transpose those chunks into [G, b, L]
-        # (one pass over the small band) so dK and dV are one GEMM each over every query that sees a key tile.
-        gkb, gvb = _rows_zeroed_outside(kb, P, G * b), _rows_zeroed_outside(vb, P, G * b)
-        for src, grad, other in ((p_slab, gvb, gob), (ds, gkb, qb)):
-            tr = src.new_empty(G, b, L)
-            tiles = tr.view(G, b, n, b)
-            for r in range(n):
-                tiles[: G - r, :, r].copy_(src[r:, :, P - r * b : P - r * b + b].mT)
-                tiles[G - r :, :, r].zero_()
-            torch.bmm(tr, _views(other, L, G, b, D, P), out=grad[P : P + G * b].view(G, b, D))
-        if sinks > 0:
-            p_sink = probs[..., :sinks].reshape(BH, R, sinks)
-            ds_sink = torch.bmm(_heads(gob, BH, R, P), _sink(vb, BH, R, P, sinks).mT)
-            ds_sink.sub_(_heads(delta, BH, R, P)).mul_(p_sink)
-            _heads(gqb, BH, R, P).baddbmm_(ds_sink, _sink(kb, BH, R, P, sinks))
-            _sink(gkb, BH, R, P, sinks).baddbmm_(ds_sink.mT, _heads(qb, BH, R, P))
-            _sink(gvb, BH, R, P, sinks).baddbmm_(p_sink.mT, _heads(gob, BH, R, P))
-        gq = _unbuffer(gqb, B, H, T, P, R).mul_(scale)
-        return gq, _unbuffer(gkb, B, H, T, P, R), _unbuffer(gvb, B, H, T, P, R), None, None, None, None
-
-
-def _rows_zeroed_outside(like: torch.Tensor, first: int, rows: int) -> torch.Tensor:
-    """A buffer shaped like ``like`` whose rows [first, first + rows) are left for a GEMM to write (``out=``) and
-    the rest are zero: clearing the whole buffer first cost a full pass over memory for rows about to be
-    overwritten."""
-    buf = torch.empty_like(like)
-    buf[:first].zero_()
-    buf[first + rows :].zero_()
-    return buf
-
-
-def _heads(buf: torch.Tensor, BH: int, R: int, P: int) -> torch.Tensor:
-    """[BH, R, D] view of a buffer, row = position (each head's rows P .. P + R; padding included)."""
-    return buf[P : P + BH * R].view(BH, R, buf.shape[-1])
-
-
-def _sink(buf: torch.Tensor, BH: int, R: int, P: int, sinks: int) -> torch.Tensor:
-    """[BH, sinks, D] view: each head's first ``sinks`` positions."""
-    return _heads(buf, BH, R, P)[:, :sinks]
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = _build().band_backward(grad_out, q, k, v, out, lse, *ctx.config)
+        # [B, T, H, D] buffers seen as the [B, H, T, D] inputs: no copy
+        return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2), None, None, None
 
 
 def band_attention(
@@ -209,19 +90,23 @@ def band_attention(
     window: int,
     sinks: int = 0,
     scaling: float | None = None,
-    block: int | None = None,
 ) -> torch.Tensor:
-    """Sliding-window(+sinks) causal attention for Tq == Tk, computing only the band's tiles; returns [B, T, H, D].
+    """Sliding-window(+sinks) causal attention for Tq == Tk on the CPU; returns [B, T, H, D].
 
-    query/key/value: [B, H, T, D], any strides. ``block`` overrides the tile size (tests use it).
+    query/key/value: [B, H, T, D], any strides (the head dimension is made contiguous if it is not).
     """
-    T, D = query.shape[-2], query.shape[-1]
+    if query.device.type != "cpu":
+        raise ValueError(f"band_attention runs on the CPU only, got {query.device}")
+    if not band_available():
+        raise RuntimeError("band_attention: the CPU band kernel did not build here (see the warning above)")
+    D = query.shape[-1]
     scale = D**-0.5 if scaling is None else scaling
-    args = (window, min(sinks, T), block or band_block(window), scale)
-    if query.dtype in (torch.bfloat16, torch.float16):  # scores and softmax in fp32, as SDPA's kernels do
-        out = _BandAttention.apply(query.float(), key.float(), value.float(), *args)
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (query, key, value))
+    if q.dtype in (torch.bfloat16, torch.float16):  # scores and softmax in fp32, as SDPA's kernels do
+        out = _BandAttention.apply(q.float(), k.float(), v.float(), window, min(sinks, q.shape[-2]), scale)
         return out.to(query.dtype)
-    return _BandAttention.apply(query, key, value, *args)
+    with torch.autocast("cpu", enabled=False):
+        return _BandAttention.apply(q, k, v, window, min(sinks, q.shape[-2]), scale)
 
 
-__all__ = ["BAND_MAX_WINDOW", "band_attention", "band_block", "band_pairs", "band_prev"]
+__all__ = ["BAND_MAX_WINDOW", "SOURCE", "band_attention", "band_available"]

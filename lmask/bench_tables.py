@@ -43,12 +43,12 @@ def _kernel_lines(kernel: list[dict], files: dict[str, dict]) -> list[str]:
     lines = [
         "",
         "One layer's attention alone (`mode: kernel` forward, `kernel_fwd_bwd` forward + backward; each against causal "
-        "SDPA in the same mode; ideal = causal pairs / window pairs). *band*: `lmask.band` (small tiles, batched "
-        "GEMMs); *blocked*: `lmask.attention.blocked_attention` (SDPA flash kernel on key slabs); **bold** = the "
-        "kernel the dispatch picks. Fraction of ideal = (needed / computed pairs) x (speed per computed pair "
-        "relative to causal SDPA): *computed / needed* is the tiling's extra work (`band_pairs`, `blocked_pairs`), "
-        "*per-pair speed* what is left. *Memory floor* (forward): one op that reads q, k, v and writes the output, "
-        "the least any kernel moves; *attainable* = min(ideal, causal / floor).",
+        "SDPA in the same mode; ideal = causal pairs / window pairs). *band*: `lmask.band` (fused C++ kernel, "
+        "exactly the window's pairs); *blocked*: `lmask.attention.blocked_attention` (SDPA flash kernel on key "
+        "slabs); **bold** = the kernel the dispatch picks. Fraction of ideal = (needed / computed pairs) x (speed "
+        "per computed pair relative to causal SDPA): *computed / needed* is the tiling's extra work (1 for band; "
+        "`blocked_pairs`), *per-pair speed* what is left. *Memory floor* (forward): one op that reads q, k, v and "
+        "writes the output, the least any kernel moves; *attainable* = min(ideal, causal / floor).",
         "",
         "| mode | T | window | kernel | time (ms) | causal (ms) | speedup | ideal | fraction of ideal "
         "| computed / needed pairs | per-pair speed vs causal | memory floor (ms) | attainable |",
@@ -74,8 +74,7 @@ def _kernel_lines(kernel: list[dict], files: dict[str, dict]) -> list[str]:
                 lines.append(
                     f"\nCrossover ({mode}, T={T}): band faster than blocked at w = {c['band_faster_at']}, blocked at "
                     f"{c['blocked_faster_at']}; the dispatch sends w <= "
-                    f"{f['crossover']['dispatch_band_max_window']} to band in training (fwd+bwd), every window to "
-                    "blocked in forward-only calls."
+                    f"{f['crossover']['dispatch_band_max_window']} to band on the CPU, forward and fwd+bwd."
                 )
     return lines
 

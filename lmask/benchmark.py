@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from lmask import attention
 from lmask.attention import causal_attention, select_path, windowed_attention
-from lmask.band import BAND_MAX_WINDOW, band_pairs
+from lmask.band import BAND_MAX_WINDOW
 from lmask.device import autocast
 from lmask.flops import attention_ceiling, blocked_pairs, flops_ceiling
 from lmask.io import write_json
@@ -181,7 +181,7 @@ KERNELS = ("band", "blocked")  # the two sparse CPU kernels the kernel benchmark
 
 
 def _kernel_pairs(kernel: str, w: int, T: int) -> int:
-    return band_pairs(w, T) if kernel == "band" else blocked_pairs(w, T)
+    return attention_pairs(w, T) if kernel == "band" else blocked_pairs(w, T)  # band computes exactly the window
 
 
 def _kernel_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: int | None, kernel: str, grad: Any) -> Any:

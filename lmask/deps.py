@@ -3,7 +3,8 @@
     python -m lmask.deps            # check: exit 1 naming each stage whose deps differ from its import closure
     python -m lmask.deps --write    # rewrite those deps in dvc.yaml (comments and other deps kept)
 
-The closure is an ast walk from ``python -m stages.<name>``; imports inside functions count, since they run.
+The closure is an ast walk from ``python -m stages.<name>``; imports inside functions count, since they run. A
+module that compiles native code brings its source with it (``NATIVE_SOURCES``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("lmask", "stages")
+# Non-Python files a module builds and runs: lmask.band compiles its kernel from this source at run time.
+NATIVE_SOURCES = {"lmask/band.py": ("lmask/csrc/band.cpp",)}
 
 
 def module_file(module: str, root: Path = ROOT) -> Path | None:
@@ -57,13 +60,14 @@ def closure(module: str, root: Path = ROOT) -> set[str]:
         path = module_file(name, root)
         if path is None:
             continue
-        files.add(path.relative_to(root).as_posix())
+        rel = path.relative_to(root).as_posix()
+        files.update((rel, *NATIVE_SOURCES.get(rel, ())))
         todo.extend(_imported(path))
     return files
 
 
 def _is_code(dep: str) -> bool:
-    return dep.split("/", 1)[0] in PACKAGES and dep.endswith(".py")
+    return dep.split("/", 1)[0] in PACKAGES and dep.endswith((".py", ".cpp"))
 
 
 def sync(dvc_yaml: Path, root: Path = ROOT, write: bool = False) -> list[str]:

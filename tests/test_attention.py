@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from lmask import attention as A
+from lmask import band as band_module
 from lmask.attention import (
     PATH_COUNTS,
     blocked_attention,
@@ -17,7 +18,7 @@ from lmask.attention import (
     window_mask,
     windowed_attention,
 )
-from lmask.band import band_attention, band_block, band_pairs, band_prev
+from lmask.band import band_attention
 from lmask.model import apply_windows, new_model, scratch_config
 
 
@@ -171,9 +172,10 @@ def test_path_selection():
     q, k, _ = qkv(1, 2, 64)
     pad = torch.ones(1, 1, 64, 64, dtype=torch.bool)
     assert q.requires_grad and select_path(q, k, 16) == "band"  # training on CPU, small window
-    assert select_path(q.detach(), k.detach(), 16) == "blocked"  # forward only (evaluation): blocked at every window
-    assert select_path(q, k, A.BAND_MAX_WINDOW) == "band"  # the crossover is inclusive
-    assert select_path(q[:, :, :40], k[:, :, :40], A.BAND_MAX_WINDOW + 1) == "blocked"  # above it: blocked
+    assert select_path(q.detach(), k.detach(), 16) == "band"  # forward only (evaluation) too
+    long_q, long_k, _ = qkv(1, 1, 2 * A.BAND_MAX_WINDOW + 8)
+    assert select_path(long_q, long_k, A.BAND_MAX_WINDOW) == "band"  # the crossover is inclusive
+    assert select_path(long_q, long_k, A.BAND_MAX_WINDOW + 1) == "blocked"  # above it: blocked
     assert select_path(q, k, 16, backend="band") == "band"
     assert select_path(q, k, None) == "causal"
     assert select_path(q, k, 64) == "causal"  # the window covers every key
@@ -347,7 +349,7 @@ def test_windowed_gpt2_under_cpu_bf16_autocast_matches_fp32():
         before = PATH_COUNTS.copy()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             bf16 = model(x).logits
-    assert dict(PATH_COUNTS - before) == {"blocked": 2}  # both layers windowed; forward only: the blocked path
+    assert dict(PATH_COUNTS - before) == {"band": 2}  # both layers windowed and small: the band kernel (in fp32)
     assert bf16.dtype == torch.bfloat16
     err = (bf16.float() - fp32).abs().max().item()
     assert err < 0.03
@@ -373,11 +375,10 @@ def dense_reference_fp64(q, k, v, window, sinks):
 @pytest.mark.parametrize("window", [1, 2, 4, 16, 64])
 @pytest.mark.parametrize("sinks", [0, 4])
 @pytest.mark.parametrize("B,H,T", [(2, 3, 77), (1, 2, 150)])
-@pytest.mark.parametrize("block", [None, 4, 8])
-def test_band_matches_dense_fp64_reference(window, sinks, B, H, T, block):
-    """Outputs and gradients of q, k, v; T is a multiple of no tile size, batch and heads > 1."""
+def test_band_matches_dense_fp64_reference(window, sinks, B, H, T):
+    """Outputs and gradients of q, k, v (fp64: the kernel's plain C++ loop); batch and heads > 1."""
     q, k, v = qkv(B, H, T, seed=window + sinks)
-    got = outputs_and_grads(lambda *x: band_attention(*x, window, sinks, block=block), q, k, v)
+    got = outputs_and_grads(lambda *x: band_attention(*x, window, sinks), q, k, v)
     want = outputs_and_grads(lambda *x: dense_reference_fp64(*x, window, sinks), q, k, v)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
@@ -385,17 +386,24 @@ def test_band_matches_dense_fp64_reference(window, sinks, B, H, T, block):
     assert (dense_reference_fp64(q, k, v, window + 1, sinks) - want[0]).abs().max().item() > 1e-3
 
 
-@pytest.mark.parametrize("T,window,sinks", [(1000, 16, 0), (777, 32, 4), (300, 2, 1)])
-def test_band_matches_masked_sdpa_fp32(T, window, sinks):
-    q, k, v = qkv(1, 4, T, D=64, dtype=torch.float32)
+# fp32 takes the AVX2 code for D a multiple of 8 (D = 64 and 32 as compile-time sizes, 24 at run time) and the plain
+# loop otherwise (D = 20); windows below 8 and sink keys exercise the groups of 8 keys that do not fill.
+@pytest.mark.parametrize(
+    "T,window,sinks,D",
+    [(1000, 16, 0, 64), (777, 32, 4, 64), (300, 2, 1, 64), (500, 13, 3, 32), (200, 9, 2, 24), (200, 9, 2, 20)],
+)
+def test_band_matches_masked_sdpa_fp32(T, window, sinks, D):
+    q, k, v = qkv(2, 3, T, D=D, dtype=torch.float32)
     got = outputs_and_grads(lambda *x: band_attention(*x, window, sinks), q, k, v)
-    want = outputs_and_grads(lambda *x: masked_attention(*x, window, sinks), q, k, v)
+    want = outputs_and_grads(lambda *x: dense_reference_fp64(*x, window, sinks).float(), q, k, v)
     for a, b in zip(got, want, strict=True):  # relative too: at w = 2 the gradients reach ~10 (fp32 rounding)
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    wrong = dense_reference_fp64(q, k, v, window + 1, sinks)
+    assert (wrong.float() - got[0]).abs().max().item() > 1e-3  # the tolerance separates right from wrong
 
 
 def test_band_short_sequences_and_strided_gradient():
-    """T below the window and below the tile, sinks beyond T, and a transposed incoming gradient."""
+    """T below the window, sinks beyond T, and a transposed incoming gradient."""
     for T, window, sinks in [(1, 1, 0), (3, 16, 4), (5, 2, 9)]:
         q, k, v = qkv(2, 2, T, seed=T)
         got = outputs_and_grads(lambda *x, w=window, s=sinks: band_attention(*x, w, s), q, k, v)
@@ -410,6 +418,22 @@ def test_band_short_sequences_and_strided_gradient():
         torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
 
 
+def test_band_takes_any_input_layout():
+    """[B, H, T, D] contiguous, the model's transposed views, and a head dimension that is not contiguous."""
+    g = torch.Generator().manual_seed(11)
+    base = [torch.randn(2, 64, 3, 40, generator=g) for _ in range(3)]
+    views = [x.transpose(1, 2) for x in base]  # the model's layout
+    contiguous = [x.contiguous() for x in views]
+    strided_d = [x.transpose(1, 2)[..., ::2] for x in base]  # D stride 2
+    want = dense_reference_fp64(*views, 8, 1).float()
+    torch.testing.assert_close(band_attention(*views, 8, 1), want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(band_attention(*contiguous, 8, 1), want, atol=1e-5, rtol=1e-5)
+    halves = [x[..., ::2].transpose(1, 2) for x in base]
+    torch.testing.assert_close(
+        band_attention(*strided_d, 8, 1), dense_reference_fp64(*halves, 8, 1).float(), atol=1e-5, rtol=1e-5
+    )
+
+
 def test_band_bf16_matches_masked_in_fp32():
     g = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(2, 300, 4, 32, generator=g).transpose(1, 2).to(torch.bfloat16) for _ in range(3))
@@ -419,21 +443,34 @@ def test_band_bf16_matches_masked_in_fp32():
     torch.testing.assert_close(got.float(), want, atol=2e-2, rtol=1e-2)
 
 
-def test_band_pairs_counts_the_scores_of_its_gemms(monkeypatch):
-    """band_pairs equals the scores of the band kernel's score GEMMs (slab and sink columns, padding tiles
-    included), and the waste over the exact band is (P + b) / w for long sequences."""
-    scores = []
-    real = torch.baddbmm
+def test_band_does_not_depend_on_the_thread_count():
+    """Threads split (batch, head) and position ranges, never one row's sums: 1 and 2 threads agree to the bit."""
+    q, k, v = qkv(2, 4, 700, D=64, dtype=torch.float32, seed=2)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append(outputs_and_grads(lambda *x: band_attention(*x, 16, 2), q, k, v))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
 
-    def count(inp, a, b, *args, **kw):
-        scores.append(a.shape[0] * a.shape[1] * b.shape[2])
-        return real(inp, a, b, *args, **kw)
 
-    monkeypatch.setattr(torch, "baddbmm", count)
-    for T, window, sinks in [(100, 16, 0), (77, 4, 3), (300, 64, 2)]:
-        scores.clear()
-        q, k, v = (torch.randn(1, 1, T, 8) for _ in range(3))
-        band_attention(q, k, v, window, sinks)
-        assert sum(scores) == band_pairs(window, T, sinks)
-    b = band_block(16)
-    assert band_pairs(16, 3072) / (16 * 3072) == pytest.approx((band_prev(16, b) + b) / 16, rel=0.01)
+def test_a_kernel_that_does_not_build_leaves_the_blocked_path(monkeypatch):
+    """No compiler (or a failed build): one warning naming the reason, auto takes blocked, a forced band raises."""
+
+    def broken() -> None:
+        raise RuntimeError("Ninja is required to load C++ extensions")
+
+    band_module.band_available.cache_clear()
+    monkeypatch.setattr(band_module, "_build", broken)
+    try:
+        q, k, _ = qkv(1, 2, 64)
+        with pytest.warns(UserWarning, match="did not build .Ninja is required"):
+            assert select_path(q, k, 16) == "blocked"
+        with pytest.raises(RuntimeError, match="did not build"):
+            band_attention(q, k, k, 16)
+    finally:
+        band_module.band_available.cache_clear()

@@ -92,9 +92,8 @@ def test_rounds_alternate_and_warmup_is_not_timed(tmp_path, monkeypatch, capsys)
         assert r["ceiling"] == pytest.approx(flops_ceiling(windows, r["seq_len"], 16, 50, 0))
         assert r["tokens_per_s"] == pytest.approx(r["seq_len"] / r["time_s"])
         # Paths counted over every call, warm-up included: narrow's full layer is causal SDPA, its small window the
-        # band kernel in training (fwd+bwd) and the blocked one forward only.
-        window_path = "band" if r["mode"] == "fwd_bwd" else "blocked"
-        assert r["attention_paths"] == (["causal"] if name == "full" else sorted([window_path, "causal"]))
+        # band kernel (CPU, w <= BAND_MAX_WINDOW), forward and fwd+bwd.
+        assert r["attention_paths"] == (["causal"] if name == "full" else ["band", "causal"])
 
     on_disk = json.loads(out.read_text())
     assert set(on_disk) == {"summary", "run", "records"}
@@ -119,9 +118,9 @@ def test_schedule_records_measure_real_calls(tmp_path):
         assert r["ceiling"] == pytest.approx(flops_ceiling(windows, T, 16, 50, sinks))
         assert r["kv_cache_bytes"] <= r["full_kv_cache_bytes"]
         assert r["device"] == "cpu"
-        # The paths that ran: full layers take causal SDPA; small windows below T on CPU the band path in training
-        # (fwd+bwd), the blocked path forward only.
-        assert r["attention_paths"] == (["causal"] if name == "full" else ["band" if mode == "fwd_bwd" else "blocked"])
+        # The paths that ran: full layers take causal SDPA; small windows below T on CPU the band path, forward and
+        # fwd+bwd.
+        assert r["attention_paths"] == (["causal"] if name == "full" else ["band"])
 
 
 def test_experiment_dims_section(tmp_path):
@@ -162,10 +161,9 @@ def test_kernel_records(tmp_path):
         assert len(r["times_s"]) == len(r["round_speedups"]) == p.kernel_repeats
         assert r["speedup"] == pytest.approx(statistics.median(r["round_speedups"]))
         assert r["attention_paths"] == [r["kernel"]]
-        training = r["mode"] == "kernel_fwd_bwd"
-        dispatched = "band" if training and r["window"] <= BAND_MAX_WINDOW else "blocked"
+        dispatched = "band" if r["window"] <= BAND_MAX_WINDOW else "blocked"
         assert r["dispatched"] == (r["kernel"] == dispatched)
-        assert r["pair_overhead"] >= 1
+        assert r["pair_overhead"] == 1 if r["kernel"] == "band" else r["pair_overhead"] >= 1  # band: exact pairs
         if r["mode"] == "kernel":  # the memory floor caps the forward ideal: attainable = min(ideal, causal / floor)
             assert r["floor_time_s"] > 0
             assert r["attainable"] == pytest.approx(min(r["ceiling"], r["full_time_s"] / r["floor_time_s"]))

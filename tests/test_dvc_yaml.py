@@ -115,3 +115,15 @@ def test_library_declares_no_output_paths():
             if literal and node.value.startswith(OUTPUT_ROOTS):
                 offenders.append(f"{path.name}:{node.lineno}: {node.value!r}")
     assert not offenders, offenders
+
+
+def test_stages_that_can_run_the_band_kernel_depend_on_its_source():
+    """The C++ kernel is not a Python import: a change to it must still rerun every stage that can call it."""
+    from lmask.band import SOURCE
+
+    source = SOURCE.relative_to(ROOT).as_posix()
+    assert SOURCE.is_file()
+    with_kernel = [name for name, body in stage_bodies().items() if "lmask/band.py" in plain(body.get("deps"))]
+    assert {"train_masked", "evaluate", "benchmark_kernel"} <= set(with_kernel)
+    for name, body in stage_bodies().items():
+        assert (name in with_kernel) == (source in plain(body.get("deps"))), name
