@@ -111,7 +111,7 @@ def test_schedule_records_measure_real_calls(tmp_path):
     records = bench.run_schedule(p, SINKY, tmp_path / "sinky.json")["records"]
     by_name = {(r["schedule"], r["seq_len"], r["mode"]): r for r in records}
     assert set(by_name) == {("sinky", T, m) for T, m in ((32, "fwd"), (64, "fwd"), (64, "fwd_bwd"))}
-    for (name, T, mode), r in by_name.items():
+    for (name, T, _mode), r in by_name.items():
         assert len(r["times_s"]) == len(r["round_speedups"]) == 2 and all(t > 0 for t in r["times_s"])
         assert r["speedup"] == pytest.approx(statistics.median(r["round_speedups"]))
         windows, sinks = ([None, None], 0) if name == "full" else ([16, 4], 2)

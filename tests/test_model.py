@@ -72,7 +72,8 @@ def test_windows_change_the_output():
         full = model(x).logits
         apply_windows(model, [2, 2, 2])
         windowed = model(x).logits
-    assert torch.equal(full[:, :2], windowed[:, :2])  # first two positions see the same keys either way
+    # The first two positions see the same keys either way (different kernels: equal up to float rounding).
+    torch.testing.assert_close(full[:, :2], windowed[:, :2], atol=1e-6, rtol=1e-6)
     assert (full[:, -1] - windowed[:, -1]).abs().max() > 1e-4
 
 
