@@ -390,7 +390,7 @@ def test_band_matches_dense_fp64_reference(window, sinks, B, H, T):
 # loop otherwise (D = 20); windows below 8 and sink keys exercise the groups of 8 keys that do not fill.
 @pytest.mark.parametrize(
     "T,window,sinks,D",
-    [(1000, 16, 0, 64), (777, 32, 4, 64), (300, 2, 1, 64), (500, 13, 3, 32), (200, 9, 2, 24), (200, 9, 2, 20)],
+    [(300, 16, 0, 64), (250, 32, 4, 64), (300, 2, 1, 64), (200, 13, 3, 32), (200, 9, 2, 24), (200, 9, 2, 20)],
 )
 def test_band_matches_masked_sdpa_fp32(T, window, sinks, D):
     q, k, v = qkv(2, 3, T, D=D, dtype=torch.float32)
