@@ -21,11 +21,15 @@ blocked path instead; forcing ``backend="band"`` then raises.
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from lmask.io import write_with
 
 SOURCE = Path(__file__).with_name("csrc") / "band.cpp"
 
@@ -36,17 +40,33 @@ BAND_MAX_WINDOW = 64
 
 @functools.cache
 def _build() -> Any:
-    """Compile and load the kernel (cached by torch per source and flags); returns ``torch.ops.lmask``."""
+    """Compile and load the kernel; returns ``torch.ops.lmask``.
+
+    The build directory is named by a hash of the source, the flags and the torch version, and compiles a copy of
+    the source kept there: torch's own cache keys on the source *path*, so every checkout (a test's temporary copy
+    of the repo, a DVC experiment's workspace) would otherwise rebuild it.
+    """
     from torch.utils.cpp_extension import load
 
     capability = torch.backends.cpu.get_cpu_capability()  # AVX2 / AVX512 on x86 hosts that have them
     vector = ["-mavx2", "-mfma"] if capability in ("AVX2", "AVX512") else []
     # One build for AVX2 and AVX-512 hosts alike (the kernel is written for AVX2), so they compute the same floats.
+    flags = ["-O3", "-fopenmp", *vector]
+    text = SOURCE.read_bytes()
+    digest = hashlib.sha256(b"\0".join([text, " ".join(flags).encode(), torch.__version__.encode()])).hexdigest()
+    name = f"lmask_band_{digest[:16]}"
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
+    build = root / "lmask" / name
+    build.mkdir(parents=True, exist_ok=True)
+    copy = build / SOURCE.name
+    if not copy.is_file() or copy.read_bytes() != text:  # rewriting an equal copy would make ninja rebuild
+        write_with(copy, lambda tmp: tmp.write_bytes(text))
     load(
-        name=f"lmask_band_{'avx2' if vector else 'generic'}",
-        sources=[str(SOURCE)],
-        extra_cflags=["-O3", "-fopenmp", *vector],
+        name=name,
+        sources=[str(copy)],
+        extra_cflags=flags,
         extra_ldflags=["-fopenmp"],
+        build_directory=str(build),
         is_python_module=False,
     )
     return torch.ops.lmask

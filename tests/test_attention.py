@@ -2,6 +2,7 @@
 sparse path only where it is exact."""
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -474,3 +475,27 @@ def test_a_kernel_that_does_not_build_leaves_the_blocked_path(monkeypatch):
             band_attention(q, k, k, 16)
     finally:
         band_module.band_available.cache_clear()
+
+
+def test_every_checkout_of_one_source_shares_one_build(monkeypatch, tmp_path):
+    """The build is named by the source's content, not its path (a test's or an experiment's copy of the repo would
+    rebuild for 20 s otherwise); another content gets another build."""
+    import torch.utils.cpp_extension as cpp
+
+    calls = []
+    monkeypatch.setattr(cpp, "load", lambda **kw: calls.append(kw))
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
+    text = band_module.SOURCE.read_text()
+    for checkout, content in (("a", text), ("b", text), ("c", text + "\n// changed\n")):
+        source = tmp_path / checkout / "band.cpp"
+        source.parent.mkdir()
+        source.write_text(content)
+        monkeypatch.setattr(band_module, "SOURCE", source)
+        band_module._build.cache_clear()
+        band_module._build()
+    band_module._build.cache_clear()
+    a, b, c = calls
+    assert a["build_directory"] == b["build_directory"] != c["build_directory"]
+    assert a["name"] == b["name"] != c["name"]
+    assert Path(a["sources"][0]).read_text() == text and Path(c["sources"][0]).read_text().endswith("// changed\n")
+    assert Path(a["sources"][0]).parent == Path(a["build_directory"])
