@@ -9,8 +9,8 @@
 // per-thread buffer, the keys and values it reads stay in L1 (the next query reuses w - 1 of them), and q, k, v,
 // out are each read or written once: the work is O(T·w·D) and the traffic the memory floor.
 //
-// Determinism: a fixed loop order per (batch, head); threads split (batch, head[, query chunk]) ranges, never one
-// row's sums, so the result does not depend on the thread count.
+// Determinism: a fixed loop order per (batch, head); threads split the forward by (batch, position chunk) and the
+// backward by (batch, head) ranges, never one row's sums, so the result does not depend on the thread count.
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
