@@ -439,6 +439,11 @@ def flex_windowed_attention(
 # Dispatch
 
 
+def band_by_default(window: int, device: torch.device) -> bool:
+    """``auto``'s rule for the band kernel (where it built): a window up to the measured crossover, on the CPU."""
+    return window <= BAND_MAX_WINDOW and device.type == "cpu"
+
+
 def select_path(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -461,8 +466,7 @@ def select_path(
         return "masked"  # padding, cache decoding, dropout: the explicit mask is the correct path
     if backend == "flex" or (backend == "auto" and flex_available(query.device)):
         return "flex"
-    small_on_cpu = backend == "auto" and window <= BAND_MAX_WINDOW and query.device.type == "cpu"
-    if backend == "band" or (small_on_cpu and band_available()):
+    if backend == "band" or (backend == "auto" and band_by_default(window, query.device) and band_available()):
         # Small windows on the CPU: the band kernel beat the blocked one below the measured crossover, forward and
         # fwd+bwd (metrics/benchmark/kernel.json); where it did not build, blocked is exact too.
         return "band"
@@ -497,6 +501,7 @@ def windowed_attention(
 
 __all__ = [
     "BACKENDS",
+    "band_by_default",
     "blocked_attention",
     "causal_attention",
     "PATH_COUNTS",

@@ -122,11 +122,11 @@ def band_attention(
     D = query.shape[-1]
     scale = D**-0.5 if scaling is None else scaling
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (query, key, value))
+    args = (window, min(sinks, q.shape[-2]), scale)
     if q.dtype in (torch.bfloat16, torch.float16):  # scores and softmax in fp32, as SDPA's kernels do
-        out = _BandAttention.apply(q.float(), k.float(), v.float(), window, min(sinks, q.shape[-2]), scale)
-        return out.to(query.dtype)
+        return _BandAttention.apply(q.float(), k.float(), v.float(), *args).to(query.dtype)
     with torch.autocast("cpu", enabled=False):
-        return _BandAttention.apply(q, k, v, window, min(sinks, q.shape[-2]), scale)
+        return _BandAttention.apply(q, k, v, *args)
 
 
 __all__ = ["BAND_MAX_WINDOW", "SOURCE", "band_attention", "band_available"]

@@ -14,8 +14,8 @@ import torch
 from transformers import AttentionInterface, GPT2Config, GPT2LMHeadModel
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from lmask.attention import windowed_attention
-from lmask.band import BAND_MAX_WINDOW, band_available
+from lmask.attention import band_by_default, windowed_attention
+from lmask.band import band_available
 
 ATTN_NAME = "lmask"
 
@@ -71,7 +71,7 @@ def apply_windows(
     elif not hasattr(model.config, "attention_backend"):
         model.config.attention_backend = "auto"
     model.set_attn_implementation(ATTN_NAME)
-    if any(w is not None and w <= BAND_MAX_WINDOW for w in windows) and model.device.type == "cpu":
+    if any(w is not None and band_by_default(w, model.device) for w in windows):
         band_available()  # build the CPU band kernel now (once per machine), not inside a timed loop
     return model
 

@@ -412,19 +412,19 @@ bool use_avx2(const at::Tensor& q) {
 }
 
 void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-  TORCH_CHECK(q.device().is_cpu(), "window_attention: CPU tensors only");
+  TORCH_CHECK(q.device().is_cpu(), "band_attention: CPU tensors only");
   TORCH_CHECK(q.dim() == 4 && k.sizes() == q.sizes() && v.sizes() == q.sizes(),
-              "window_attention: q, k, v must share one [B, H, T, D] shape");
+              "band_attention: q, k, v must share one [B, H, T, D] shape");
   TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
-              "window_attention: q, k, v must share one dtype");
+              "band_attention: q, k, v must share one dtype");
   TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1,
-              "window_attention: the head dimension must be contiguous");
+              "band_attention: the head dimension must be contiguous");
 }
 
 std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t window,
                                 int64_t sinks, double scale) {
   check_inputs(q, k, v);
-  TORCH_CHECK(window >= 1 && sinks >= 0, "window_attention: window >= 1 and sinks >= 0");
+  TORCH_CHECK(window >= 1 && sinks >= 0, "band_attention: window >= 1 and sinks >= 0");
   const int64_t B = q.size(0), H = q.size(1), T_ = q.size(2), D = q.size(3);
   auto out = at::empty({B, T_, H, D}, q.options());
   auto lse = at::empty({B, H, T_}, q.options());
@@ -434,7 +434,7 @@ std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const 
     return {out, lse};
   }
 #endif
-  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "window_attention_forward",
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "band_forward",
                              [&] { forward_impl<scalar_t>(q, k, v, out, lse, window, sinks, scale); });
   return {out, lse};
 }
@@ -454,7 +454,7 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out, const at::Tensor& q
     return {dq, dk, dv};
   }
 #endif
-  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "window_attention_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "band_backward", [&] {
     backward_impl<scalar_t>(g, q, k, v, out, lse, dq, dk, dv, window, sinks, scale);
   });
   return {dq, dk, dv};
