@@ -1,15 +1,17 @@
 """The long benchmark: issue 20's whole-model targets (fwd and fwd+bwd, T = 4096 and 8192, the seed's three schedules),
 outside the default pipeline's 10-min benchmark budget.
 
-    python scripts/bench_long.py                          # presets/bench-long.yaml as it is (about 2 h on 2 cores)
-    python scripts/bench_long.py --seq-lens 4096 --repeats 2 --out results/bench-long
+    python scripts/bench_long.py                          # presets/bench-long.yaml's T, one after another (~1.5 h)
+    python scripts/bench_long.py --seq-lens 4096 --repeats 2
+    python scripts/bench_long.py --render                 # rewrite benchmark.md from the folders there
 
-It copies the project into a temporary folder, applies presets/progressions.yaml (the seed's ``quarter``) and
-presets/bench-long.yaml (plus the overrides given here), and runs the benchmark stage's own code,
+For each T it copies the project into a temporary folder, applies presets/progressions.yaml (the seed's
+``quarter``) and presets/bench-long.yaml (plus the overrides given here), and runs the benchmark stage's own code,
 ``python -m stages.benchmark --schedule S``, once per schedule: each times S and full attention interleaved in one
-process. Then it writes into --out each schedule's JSON, the merged params.yaml, the command (command.txt) and
-benchmark.md (``lmask.bench_tables``: the tables and the targets); ``--render`` rewrites benchmark.md from those
-files. Nothing in the working tree changes except --out.
+process. Each T lands in its own folder, --out/T<T>/ (each schedule's JSON, the merged params.yaml and the command
+that made it, command.txt), so a run at one T leaves the others as they are; --out/benchmark.md
+(``lmask.bench_tables``: the tables and the targets) is rendered from all of them. Nothing in the working tree
+changes except --out.
 """
 
 from __future__ import annotations
@@ -32,52 +34,56 @@ def main() -> None:
     ap.add_argument("--seq-lens", type=int, nargs="+", help="T to time, fwd and fwd+bwd (default: the preset's)")
     ap.add_argument("--repeats", type=int, help="timed rounds per T (default: the preset's)")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench-long")
-    ap.add_argument("--render", action="store_true", help="only rewrite --out/benchmark.md from the files there")
+    ap.add_argument("--render", action="store_true", help="only rewrite --out/benchmark.md from the folders there")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    from lmask.bench_tables import benchmark_markdown
-    from lmask.io import atomic_dir, write_text
+    from lmask.io import atomic_dir
+    from lmask.params import load_params
     from lmask.preset import apply_preset
     from lmask.replicate import copy_project
 
-    def markdown(files: dict[str, dict], command: str) -> str:
-        return benchmark_markdown(files, f"`{command}` from the JSON files here") + "\n"
+    if not args.render:
+        command = shlex.join(["python", "scripts/bench_long.py", *sys.argv[1:]])
+        with tempfile.TemporaryDirectory(prefix="lmask-bench-long-") as tmp:
+            work = copy_project(ROOT, Path(tmp) / "repo")
+            params = work / "params.yaml"
+            for preset in ("progressions", "bench-long"):
+                apply_preset(preset, params)
+            seq_lens = args.seq_lens or load_params(params).benchmark.fwd_bwd_seq_lens
+            for seq_len in seq_lens:  # one T at a time, so each finished T is kept even if a later one fails
+                override: dict = {"seq_lens": [seq_len], "fwd_bwd_seq_lens": [seq_len]}
+                if args.repeats:
+                    override["repeats"] = args.repeats
+                extra = Path(tmp) / "override.yaml"
+                extra.write_text(json.dumps({"benchmark": override}))  # JSON is YAML
+                shutil.copy2(ROOT / "params.yaml", params)
+                for preset in ("progressions", "bench-long", extra):
+                    apply_preset(preset, params)
+                for name in SCHEDULES:
+                    out = work / "bench" / f"{name}.json"
+                    cmd = [sys.executable, "-m", "stages.benchmark", "--schedule", name, "--out", str(out)]
+                    subprocess.run(cmd, cwd=work, check=True)
+                with atomic_dir(args.out / f"T{seq_len}") as dest:
+                    for name in SCHEDULES:
+                        shutil.copy2(work / "bench" / f"{name}.json", dest / f"{name}.json")
+                    shutil.copy2(params, dest / "params.yaml")
+                    (dest / "command.txt").write_text(command + "\n")
+                print(f"wrote {args.out / f'T{seq_len}'}")
+    render(args.out)
 
-    if args.render:  # after a change to lmask.bench_tables: same numbers, new text
-        command = (args.out / "command.txt").read_text().strip()
-        files = {name: json.loads((args.out / f"{name}.json").read_text()) for name in SCHEDULES}
-        write_text(args.out / "benchmark.md", markdown(files, command))
-        print(f"wrote {args.out / 'benchmark.md'}")
-        return
 
-    override: dict = {}
-    if args.seq_lens:
-        override |= {"seq_lens": args.seq_lens, "fwd_bwd_seq_lens": args.seq_lens}
-    if args.repeats:
-        override["repeats"] = args.repeats
-    with tempfile.TemporaryDirectory(prefix="lmask-bench-long-") as tmp:
-        work = copy_project(ROOT, Path(tmp) / "repo")
-        params = work / "params.yaml"
-        for preset in ("progressions", "bench-long"):
-            apply_preset(preset, params)
-        if override:
-            extra = Path(tmp) / "override.yaml"
-            extra.write_text(json.dumps({"benchmark": override}))  # JSON is YAML
-            apply_preset(extra, params)
-        files = {}
-        for name in SCHEDULES:
-            out = work / "bench" / f"{name}.json"
-            cmd = [sys.executable, "-m", "stages.benchmark", "--schedule", name, "--out", str(out)]
-            subprocess.run(cmd, cwd=work, check=True)
-            files[name] = json.loads(out.read_text())
-        with atomic_dir(args.out) as dest:
-            for name in SCHEDULES:
-                shutil.copy2(work / "bench" / f"{name}.json", dest / f"{name}.json")
-            shutil.copy2(params, dest / "params.yaml")
-            command = shlex.join(["python", "scripts/bench_long.py", *sys.argv[1:]])
-            (dest / "command.txt").write_text(command + "\n")
-            (dest / "benchmark.md").write_text(markdown(files, command))
-    print(f"wrote {args.out}")
+def render(out: Path) -> None:
+    """out/benchmark.md from every out/T*/ folder: one table over all T, the commands that made each."""
+    from lmask.bench_tables import benchmark_markdown
+    from lmask.io import write_text
+
+    folders = sorted((d for d in out.glob("T*") if d.is_dir()), key=lambda d: int(d.name[1:]))
+    if not folders:
+        raise SystemExit(f"{out}: no T<seq_len>/ folders to render")
+    files = {f"{d.name}/{name}": json.loads((d / f"{name}.json").read_text()) for d in folders for name in SCHEDULES}
+    made_by = ", ".join(f"`{(d / 'command.txt').read_text().strip()}` ({d.name}/)" for d in folders)
+    write_text(out / "benchmark.md", benchmark_markdown(files, f"{made_by} from the JSON files there") + "\n")
+    print(f"wrote {out / 'benchmark.md'}")
 
 
 if __name__ == "__main__":

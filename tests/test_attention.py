@@ -388,10 +388,19 @@ def test_band_matches_dense_fp64_reference(window, sinks, B, H, T):
 
 
 # fp32 takes the AVX2 code for D a multiple of 8 (D = 64 and 32 as compile-time sizes, 24 at run time) and the plain
-# loop otherwise (D = 20); windows below 8 and sink keys exercise the groups of 8 keys that do not fill.
+# loop otherwise (D = 20); windows below 8 and sink keys exercise the groups of 8 keys that do not fill. The
+# backward works in tiles of 32 queries: T = 300 ends in a part tile, and 37 sinks span more than one.
 @pytest.mark.parametrize(
     "T,window,sinks,D",
-    [(300, 16, 0, 64), (250, 32, 4, 64), (300, 2, 1, 64), (200, 13, 3, 32), (200, 9, 2, 24), (200, 9, 2, 20)],
+    [
+        (300, 16, 0, 64),
+        (250, 32, 4, 64),
+        (300, 2, 1, 64),
+        (200, 13, 3, 32),
+        (300, 64, 37, 32),
+        (200, 9, 2, 24),
+        (200, 9, 2, 20),
+    ],
 )
 def test_band_matches_masked_sdpa_fp32(T, window, sinks, D):
     q, k, v = qkv(2, 3, T, D=D, dtype=torch.float32)
