@@ -248,31 +248,33 @@ inline void scores(const float* x, const float* base, int64_t st, const Keys& ks
   }
 }
 
-// out[0, D) = scale · Σ_i w[i] · row(key i), 64 columns (8 registers) at a time.
-template <int64_t DC>
-inline void weighted_rows(const float* w, const float* base, int64_t st, const Keys& ks, float scale, float* out,
-                          int64_t D_) {
+// out[0, D) (+)= scale · Σ_i w[i] · row(i), 64 columns (8 registers) at a time; row(i) is the i-th row's address.
+template <int64_t DC, typename Row>
+inline void weighted_sum(const float* w, int64_t n, Row row, float scale, float* out, bool accumulate, int64_t D_) {
   const int64_t D = DC ? DC : D_;
+  const __m256 sc = _mm256_set1_ps(scale);
   for (int64_t c = 0; c < D; c += 64) {
     const int nv = static_cast<int>(std::min<int64_t>(8, (D - c) / 8));
     __m256 acc[8];
     for (int u = 0; u < 8; ++u) acc[u] = _mm256_setzero_ps();
-    for (int64_t i = 0; i < ks.count; ++i) {
+    for (int64_t i = 0; i < n; ++i) {
       const __m256 wi = _mm256_set1_ps(w[i]);
-      const float* r = base + key_at(ks, i) * st + c;
+      const float* r = row(i) + c;
       for (int u = 0; u < nv; ++u) acc[u] = _mm256_fmadd_ps(wi, _mm256_loadu_ps(r + 8 * u), acc[u]);
     }
-    const __m256 sc = _mm256_set1_ps(scale);
-    for (int u = 0; u < nv; ++u) _mm256_storeu_ps(out + c + 8 * u, _mm256_mul_ps(acc[u], sc));
+    float* o = out + c;
+    for (int u = 0; u < nv; ++u) {
+      const __m256 add = _mm256_mul_ps(acc[u], sc);
+      _mm256_storeu_ps(o + 8 * u, accumulate ? _mm256_add_ps(_mm256_loadu_ps(o + 8 * u), add) : add);
+    }
   }
 }
 
+// out = scale · Σ_i w[i] · row(key i) over a query's visible keys.
 template <int64_t DC>
-inline void add_scaled(float a, const float* x, float* y, int64_t D_) {  // y += a · x
-  const int64_t D = DC ? DC : D_;
-  const __m256 av = _mm256_set1_ps(a);
-  for (int64_t d = 0; d < D; d += 8)
-    _mm256_storeu_ps(y + d, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + d), _mm256_loadu_ps(y + d)));
+inline void weighted_rows(const float* w, const float* base, int64_t st, const Keys& ks, float scale, float* out,
+                          int64_t D_) {
+  weighted_sum<DC>(w, ks.count, [&](int64_t i) { return base + key_at(ks, i) * st; }, scale, out, false, D_);
 }
 
 // s[0, n) = exp(s - shift); returns the sum.
@@ -349,29 +351,6 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   });
 }
 
-// out[0, D) (+)= scale · Σ_n c[n] · row(first + n·stride): the weighted sum of n consecutive positions' rows.
-template <int64_t DC>
-inline void weighted_run(const float* c, int64_t n, const float* first, int64_t stride, float scale, float* out,
-                         bool accumulate, int64_t D_) {
-  const int64_t D = DC ? DC : D_;
-  const __m256 sc = _mm256_set1_ps(scale);
-  for (int64_t col = 0; col < D; col += 64) {
-    const int nv = static_cast<int>(std::min<int64_t>(8, (D - col) / 8));
-    __m256 acc[8];
-    for (int u = 0; u < 8; ++u) acc[u] = _mm256_setzero_ps();
-    for (int64_t i = 0; i < n; ++i) {
-      const __m256 ci = _mm256_set1_ps(c[i]);
-      const float* r = first + i * stride + col;
-      for (int u = 0; u < nv; ++u) acc[u] = _mm256_fmadd_ps(ci, _mm256_loadu_ps(r + 8 * u), acc[u]);
-    }
-    float* o = out + col;
-    for (int u = 0; u < nv; ++u) {
-      const __m256 add = _mm256_mul_ps(acc[u], sc);
-      _mm256_storeu_ps(o + 8 * u, accumulate ? _mm256_add_ps(_mm256_loadu_ps(o + 8 * u), add) : add);
-    }
-  }
-}
-
 // Flash-style, in tiles of kBackwardTile queries of one (batch, head). Per query: p (recomputed from the saved
 // log-sum-exp), dS = p ∘ (dP − rowsum(dO ∘ O)) and dQ, as in the forward. Then per key that the tile's queries see,
 // dV and dK sum over those queries in registers and touch the key's gradient rows once per tile (a row update per
@@ -436,8 +415,11 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& q, const at::Te
             cp[t - first] = P[(t - t0) * width + i];
             cs[t - first] = S[(t - t0) * width + i];
           }
-          weighted_run<DC>(cp.data(), n, dO.row(b, h, first), dO.st, 1.0f, dV.row(b, h, j), j < t0, D);
-          weighted_run<DC>(cs.data(), n, Q.row(b, h, first), Q.st, scale, dK.row(b, h, j), j < t0, D);
+          // n consecutive positions' rows from `first`, summed into key j's rows (added to earlier tiles' sums)
+          const float* g0 = dO.row(b, h, first);
+          const float* q0 = Q.row(b, h, first);
+          weighted_sum<DC>(cp.data(), n, [&](int64_t i) { return g0 + i * dO.st; }, 1.0f, dV.row(b, h, j), j < t0, D);
+          weighted_sum<DC>(cs.data(), n, [&](int64_t i) { return q0 + i * Q.st; }, scale, dK.row(b, h, j), j < t0, D);
         }
       }
     }
