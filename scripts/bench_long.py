@@ -58,10 +58,8 @@ def main() -> None:
                 if args.repeats:
                     override["repeats"] = args.repeats
                 extra = Path(tmp) / "override.yaml"
-                extra.write_text(json.dumps({"benchmark": override}))  # JSON is YAML
-                shutil.copy2(ROOT / "params.yaml", params)
-                for preset in ("progressions", "bench-long", extra):
-                    apply_preset(preset, params)
+                extra.write_text(json.dumps({"benchmark": override}))  # JSON is YAML; replaces the previous T's keys
+                apply_preset(extra, params)
                 for name in args.schedules:
                     out = work / "bench" / f"{name}.json"
                     cmd = [sys.executable, "-m", "stages.benchmark", "--schedule", name, "--out", str(out)]
