@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -263,9 +262,15 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     return params_from_dict(raw or {})
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m lmask.params", description="Validate a params file and print each schedule's windows."
+    )
+    p.add_argument("params", nargs="?", default="params.yaml", help="the params file (default params.yaml)")
     try:
-        params = load_params(sys.argv[1] if len(sys.argv) > 1 else "params.yaml")
+        params = load_params(p.parse_args(argv).params)
     except ParamsError as err:
         raise SystemExit(f"params.yaml: {err}") from None
     resolved = {n: (s.windows, s.sinks) for n, s in params.schedules.items()}

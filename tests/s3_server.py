@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     print("Point this repo at it (credentials go to the git-ignored .dvc/config.local):\n")
     print("\n".join(f"  {c}" for c in server.dvc_commands(args.remote)))
     print(f"\nthen: dvc push -r {args.remote}   (set AWS_EC2_METADATA_DISABLED=true to fail fast on bad credentials)")
-    print(f"check the objects on it any time: python -m lmask.remote verify -r {args.remote} [--repair]")
+    print(f"check the objects on it any time: python -m tools.remote verify -r {args.remote} [--repair]")
     print("Ctrl+C stops the server.", flush=True)
     try:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

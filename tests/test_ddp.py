@@ -20,9 +20,9 @@ from safetensors.torch import load_file
 from lmask.data import download, load_blocks, tokenize_splits
 from lmask.model import load_model
 from lmask.params import load_params
-from lmask.preset import apply_preset
 from lmask.train import mean_loss, train_baseline
 from tests.conftest import copy_project, run
+from tools.preset import apply_preset
 
 # One worker runs the module: its fixtures train once. Launches torchrun (a few process starts, ~1-2 min on 2 cores)
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ddp")]

@@ -9,7 +9,7 @@ import re
 import pytest
 import yaml
 
-from lmask.deps import ROOT, closure
+from tools.deps import ROOT, _imported, closure
 
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -40,6 +40,20 @@ def test_deps_cover_the_code_the_stage_imports(name):
     needed = closure(module)
     missing = sorted(needed - plain(body.get("deps")))
     assert not missing, f"stage {name} runs {module}, which imports {missing}, but dvc.yaml does not list them"
+
+
+def test_library_holds_only_the_experiment():
+    """Every module in lmask/ is in the import closure of some stages/*.py entry point: a hand-run tool belongs in
+    tools/ (nothing in lmask/ or stages/ may import tools)."""
+    used: set[str] = set()
+    for entry in sorted((ROOT / "stages").glob("*.py")):
+        used |= closure(f"stages.{entry.stem}")
+    library = {p.relative_to(ROOT).as_posix() for p in (ROOT / "lmask").rglob("*.py")}
+    assert sorted(library - used) == [], "not run by any stage: move it to tools/"
+    for package in ("lmask", "stages"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            tools = sorted(m for m in _imported(path) if m == "tools" or m.startswith("tools."))
+            assert tools == [], f"{path.relative_to(ROOT)} imports {tools}: the library must not need tools/"
 
 
 def test_closure_follows_lazy_imports(tmp_path):
@@ -101,9 +115,7 @@ OUTPUT_ROOTS = ("data/", "models/", "metrics/", "plots/", "eval/", "checkpoints/
 def test_library_declares_no_output_paths():
     """Paths are declared once, in dvc.yaml: no stage module of lmask/ hard-codes an output location."""
     offenders = []
-    for path in sorted((ROOT / "lmask").glob("*.py")):
-        if path.name == "readme.py":  # a by-hand command that edits README.md from the pipeline's markdown
-            continue
+    for path in sorted((ROOT / "lmask").glob("*.py")):  # (tools/readme.py, by hand, edits README.md: not here)
         tree = ast.parse(path.read_text())
         docstrings = {
             id(node.body[0].value)

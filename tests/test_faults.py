@@ -276,7 +276,7 @@ def test_corrupt_local_cache_object_is_found_and_removed(tmp_path):
     run(["dvc", "checkout"], repo)  # exit 0: the corrupted bytes reach the workspace (the fault)
     assert hashlib.sha256((repo / "models" / "model.bin").read_bytes()).hexdigest() != good
 
-    found = python(["-m", "lmask.remote", "verify", "--cache"], repo)
+    found = python(["-m", "tools.remote", "verify", "--cache"], repo)
     assert found.returncode == 1 and "Traceback" not in found.stderr, found
     assert found.stdout.splitlines() == [
         f"corrupted: {md5}  models/model.bin",
@@ -284,7 +284,7 @@ def test_corrupt_local_cache_object_is_found_and_removed(tmp_path):
     ]
     assert found.stderr.splitlines() == [WARNING.format(name="mine")]
 
-    repaired = python(["-m", "lmask.remote", "verify", "--cache", "--repair"], repo)
+    repaired = python(["-m", "tools.remote", "verify", "--cache", "--repair"], repo)
     assert repaired.returncode == 0 and "Traceback" not in repaired.stderr, repaired
     assert repaired.stdout.splitlines()[0] == (
         f"removed: {md5}  models/model.bin  (restore with `dvc pull models/model.bin` or `dvc repro`)"
@@ -381,8 +381,8 @@ def test_timings_and_host_stay_out_of_the_model_folder(tmp_path):
 
 
 def test_every_torch_stage_takes_cpu_threads_as_a_param():
-    from lmask.deps import _imported, closure
     from tests.test_dvc_yaml import entry_module, stage_bodies
+    from tools.deps import _imported, closure
 
     torch_stages = {
         name
@@ -410,3 +410,242 @@ def test_training_refuses_an_unpinned_cpu(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match=r"^baseline: CPU numerics are not pinned; call lmask.determinism.pin_cpu"):
         lmask.train.train(**kwargs, run=run_)
     assert not run_.model_dir.exists() and not run_.checkpoint_dir.exists()
+
+
+# ------------------------------------------------------------------------- issues 30 and 31: the tools in tools/
+def tool(args: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """``python -m tools.<name> ARGS`` (this checkout's tools and lmask) in ``cwd``."""
+    return python(["-m", *args], cwd)
+
+
+def one_tool_error(proc: subprocess.CompletedProcess, prog: str) -> str:
+    """The one stderr line of a tool that refused its input: exit 2, no traceback."""
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "preset",
+        "readme",
+        "deps",
+        "replicate",
+        "remote",
+        "stage_times",
+        "bench_long",
+        "profile_band",
+        "gpu_smoke",
+        "gpu_benchmark",
+    ],
+)
+def test_every_tool_answers_help(name):
+    proc = tool([f"tools.{name}", "--help"])
+    assert proc.returncode == 0 and proc.stdout.startswith(f"usage: python -m tools.{name}"), proc
+    assert "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_params_module_answers_help():
+    proc = tool(["lmask.params", "--help"])
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: python -m lmask.params"), proc
+
+
+# --- tools.replicate run never deletes what it did not create (issue 30 row 6)
+def replicate_run(workdir: Path, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return tool(["tools.replicate", "run", "--seeds", "3", "4", "5", "--workdir", str(workdir)], cwd)
+
+
+def test_replicate_refuses_a_workdir_it_did_not_make(tmp_path):
+    workdir = tmp_path / "mine"
+    workdir.mkdir()
+    (workdir / "thesis.tex").write_text("years of work\n")
+    line = one_tool_error(replicate_run(workdir), "replicate")
+    assert f"--workdir {workdir} exists and was not made by tools.replicate" in line, line
+    assert (workdir / "thesis.tex").read_text() == "years of work\n"
+    (tmp_path / "a-file").write_text("x")
+    assert "is not a folder" in one_tool_error(replicate_run(tmp_path / "a-file"), "replicate")
+    assert (tmp_path / "a-file").read_text() == "x"
+
+
+def test_replicate_refuses_the_repository_and_every_folder_above_it(tmp_path):
+    from tools.replicate import ReplicateError, check_workdir
+
+    for path in (ROOT, ROOT.parent, Path("/")):  # the real repository: checked, never touched
+        with pytest.raises(ReplicateError, match="refusing to replace it"):
+            check_workdir(path, ROOT)
+    repo = tmp_path / "repo"  # the command itself, run from a repository of its own
+    repo.mkdir()
+    run(["git", "init", "-q"], repo)
+    (repo / "params.yaml").write_text("seed: 0\n")
+    (repo / ".lmask-replicate").write_text("")  # even a marker does not make the repository a workdir
+    for workdir, what in ((repo, "the repository itself"), (tmp_path, "a folder above the repository")):
+        assert what in one_tool_error(replicate_run(workdir, repo), "replicate")
+    assert replicate_run(Path("."), repo).returncode == 2
+    assert (repo / "params.yaml").read_text() == "seed: 0\n" and (repo / ".git").is_dir()
+
+
+def test_replicate_reuses_its_own_marked_workdir(tmp_path):
+    from tools.replicate import MARKER, claim_workdir
+
+    workdir = claim_workdir(tmp_path / "new", ROOT)  # made here, marked
+    assert (workdir / MARKER).is_file()
+    (workdir / "old-run.txt").write_text("from the last run")
+    assert claim_workdir(tmp_path / "new", ROOT) == workdir  # its own: emptied and reused
+    assert sorted(p.name for p in workdir.iterdir()) == [MARKER]
+    (tmp_path / "empty").mkdir()  # an empty folder holds nothing to lose
+    assert (claim_workdir(tmp_path / "empty", ROOT) / MARKER).is_file()
+
+
+# --- tools.replicate compare: rejections, and bad input in one line
+def summary_with(words: dict[str, str]) -> dict:
+    return {"baseline": {"baseline_seeds": [0]}, "half": {"gaps": {k: {"verdict": v} for k, v in words.items()}}}
+
+
+def test_replicate_compare_counts_each_summarys_rejections(tmp_path):
+    a = summary_with({"vs_full": "better", "zero_shot": "worse", "extra": "better"})  # extra: only in A
+    b = summary_with({"vs_full": "no clear difference", "zero_shot": "worse"})
+    for name, summary in (("a.json", a), ("b.json", b)):
+        (tmp_path / name).write_text(json.dumps(summary))
+    proc = tool(["tools.replicate", "compare", "a.json", "b.json", "--out", "r.json"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert (result["rejections_a"], result["rejections_b"], result["total"], result["changed"]) == (2, 1, 2, 1)
+    assert result["only_in_one"] == ["half/extra"]
+
+
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        (None, "file not found"),
+        ("{}", "not a summary"),
+        ("[1, 2]", "not a summary"),
+        ('{"baseline": {"gaps": ', "not valid JSON"),
+        ('{"baseline": {}, "half": {"gaps": {"vs_full": {}}}}', "unexpected layout"),
+    ],
+)
+def test_replicate_compare_names_a_bad_summary_in_one_line(tmp_path, content, says):
+    (tmp_path / "good.json").write_text(json.dumps(summary_with({"vs_full": "better"})))
+    if content is not None:
+        (tmp_path / "bad.json").write_text(content)
+    for args in (["bad.json", "good.json"], ["good.json", "bad.json"]):
+        proc = tool(["tools.replicate", "compare", *args, "--out", "r.json"], tmp_path)
+        line = one_tool_error(proc, "replicate")
+        assert "bad.json" in line and says in line, line
+        assert not (tmp_path / "r.json").exists()
+
+
+# --- tools.readme: a removed marker or a bad summary, on a copy of the documents and their sources
+@pytest.fixture
+def docs_copy(tmp_path) -> Path:
+    for name in ("README.md", "params.yaml"):
+        shutil.copy2(ROOT / name, tmp_path / name)
+    for folder in ("docs", "metrics", "results"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    return tmp_path
+
+
+def documents(root: Path) -> dict[str, str]:
+    return {doc: (root / doc).read_text() for doc in ("README.md", "docs/results.md")}
+
+
+@pytest.mark.parametrize(
+    "doc, marker", [("README.md", "<!-- long:end -->"), ("docs/results.md", "<!-- replicate:start -->")]
+)
+def test_readme_names_a_removed_marker(docs_copy, doc, marker):
+    edit(docs_copy / doc, marker, "")
+    before = documents(docs_copy)
+    for check in ([], ["--check"]):
+        line = one_tool_error(tool(["tools.readme", "--root", str(docs_copy), *check]), "readme")
+        assert f"{docs_copy / doc}: needs exactly one" in line and marker.replace(":end", ":start") in line, line
+    assert documents(docs_copy) == before  # nothing written
+
+
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        (lambda text: text[: len(text) // 2], "not valid JSON"),  # truncated
+        (lambda text: "", "not valid JSON"),
+        (lambda text: "[]", "not a summary"),
+        (lambda text: '{"baseline": {}}', "unexpected layout"),
+    ],
+)
+def test_readme_names_a_bad_summary(docs_copy, content, says):
+    summary = docs_copy / "metrics" / "summary.json"
+    summary.write_text(content(summary.read_text()))
+    before = documents(docs_copy)
+    line = one_tool_error(tool(["tools.readme", "--root", str(docs_copy)]), "readme")
+    assert "metrics/summary.json" in line and says in line, line
+    assert documents(docs_copy) == before
+
+
+# --- tools.bench_long: a bad T in one line, before anything runs
+@pytest.mark.parametrize(
+    "args, field", [(["--seq-lens", "0"], "benchmark.seq_lens"), (["--repeats", "0"], "benchmark.repeats")]
+)
+def test_bench_long_names_a_bad_value_before_running(tmp_path, args, field):
+    line = one_tool_error(tool(["tools.bench_long", *args, "--out", str(tmp_path / "out")]), "bench_long")
+    assert field in line and "nothing was run" in line, line
+    assert not (tmp_path / "out").exists()
+
+
+# --- tools.preset: unknown preset, bad YAML, apply / refuse / --stack / --reset on a committed copy
+@pytest.fixture
+def preset_repo(tmp_path) -> Path:
+    """params.yaml and presets/ in a git repo of their own (committed, for --reset)."""
+    shutil.copy2(ROOT / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(ROOT / "presets", tmp_path / "presets")
+    run(["git", "init", "-q"], tmp_path)
+    run(["git", "add", "-A"], tmp_path)
+    run(["git", "commit", "-qm", "params"], tmp_path)
+    return tmp_path
+
+
+def preset(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    return tool(["tools.preset", *args, "--params", str(repo / "params.yaml")])
+
+
+def test_preset_names_an_unknown_preset(preset_repo):
+    before = (preset_repo / "params.yaml").read_text()
+    line = one_tool_error(preset(preset_repo, "nope"), "preset")
+    assert "no such preset: nope" in line and "tiny" in line, line  # lists the presets there are
+    assert (preset_repo / "params.yaml").read_text() == before
+
+
+def test_preset_names_bad_yaml(preset_repo):
+    params = preset_repo / "params.yaml"
+    before = params.read_text()
+    (preset_repo / "presets" / "broken.yaml").write_text("train: {steps: [1, 2\n")
+    line = one_tool_error(preset(preset_repo, "broken"), "preset")
+    assert "presets/broken.yaml: not valid YAML" in line, line
+    (preset_repo / "presets" / "list.yaml").write_text("- train\n")
+    assert "must be a mapping" in one_tool_error(preset(preset_repo, "list"), "preset")
+    assert params.read_text() == before
+    params.write_text("train: [unclosed\n")
+    assert f"{params}: not valid YAML" in one_tool_error(preset(preset_repo, "tiny"), "preset")
+
+
+def test_preset_apply_refuse_stack_and_reset(preset_repo):
+    params = preset_repo / "params.yaml"
+    committed = params.read_text()
+    assert preset(preset_repo, "tiny").returncode == 0
+    applied = params.read_text()
+    assert applied.startswith("# presets applied: tiny\n") and load_params_at(params).train.steps == 400
+    line = one_tool_error(preset(preset_repo, "long"), "preset")
+    assert "already has preset tiny applied" in line and "--stack" in line, line
+    assert params.read_text() == applied  # refused: untouched
+    proc = preset(preset_repo, "long", "--stack")
+    assert proc.returncode == 0, proc.stderr
+    assert params.read_text().startswith("# presets applied: tiny, long\n")
+    proc = preset(preset_repo, "--reset")
+    assert proc.returncode == 0 and "undid tiny, long" in proc.stdout, proc
+    assert params.read_text() == committed
+    assert preset(preset_repo, "tiny").returncode == 0  # a fresh start: no refusal
+
+
+def load_params_at(path: Path):
+    from lmask.params import load_params
+
+    return load_params(path)

@@ -114,14 +114,14 @@ def test_metrics_show_works_from_git_alone(tiny_repo):
 
 
 def test_readme_blocks_are_the_generated_markdown(tiny_repo):
-    """`python -m lmask.readme` fills every generated block from the pipeline's outputs; `--check` then passes, and
+    """`python -m tools.readme` fills every generated block from the pipeline's outputs; `--check` then passes, and
     fails again once an output changes. The replicate comparison of a summary with itself changes no word."""
     repo = tiny_repo
     out = run(
         [
             "python",
             "-m",
-            "lmask.replicate",
+            "tools.replicate",
             "compare",
             "metrics/summary.json",
             "metrics/summary.json",
@@ -131,8 +131,8 @@ def test_readme_blocks_are_the_generated_markdown(tiny_repo):
         repo,
     ).stdout
     assert "0 of " in out and "0 reversals" in out
-    run(["python", "-m", "lmask.readme"], repo)
-    assert run(["python", "-m", "lmask.readme", "--check"], repo).returncode == 0
+    run(["python", "-m", "tools.readme"], repo)
+    assert run(["python", "-m", "tools.readme", "--check"], repo).returncode == 0
     readme = (repo / "README.md").read_text()
     head = readme[readme.index("<!-- headline:start -->") : readme.index("<!-- headline:end -->")]
     assert all(f"| {name} |" in head for name in load_params(repo / "params.yaml").schedules if name != "full")
@@ -140,5 +140,5 @@ def test_readme_blocks_are_the_generated_markdown(tiny_repo):
     assert (repo / "metrics/summary.md").read_text().strip() in results
     assert (repo / "metrics/benchmark.md").read_text().strip() in results
     (repo / "metrics/benchmark.md").write_text("changed\n")
-    assert run(["python", "-m", "lmask.readme", "--check"], repo, check=False).returncode == 1
+    assert run(["python", "-m", "tools.readme", "--check"], repo, check=False).returncode == 1
     assert yaml.safe_load((repo / "params.yaml").read_text())["data"]["context_length"] == 64

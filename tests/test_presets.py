@@ -1,6 +1,6 @@
 """Presets merge into params.yaml and pass the same validation as every stage, without network access; the GPU
-entry points (python -m lmask.gpu_smoke / lmask.gpu_benchmark, and their wrappers scripts/gpu_smoke.sh,
-scripts/gpu_benchmark.sh) prepare valid params, reject bad input in one line and run on a CPU at tiny shapes."""
+entry points (python -m tools.gpu_smoke / tools.gpu_benchmark, and their wrappers tools/gpu_smoke.sh,
+tools/gpu_benchmark.sh) prepare valid params, reject bad input in one line and run on a CPU at tiny shapes."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from lmask.params import ParamsError, load_params
-from lmask.preset import apply_preset
 from tests.conftest import copy_project, run
+from tools.preset import apply_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,7 +72,7 @@ def test_gpu_preset_scales_to_two_gpus_by_halving_the_micro_batch(params_copy, t
     apply_preset("gpu", params_copy)
     two = tmp_path / "two.yaml"
     two.write_text("train: {nproc: 2, micro_batch_size: 8}\nmasked: {nproc: 2, micro_batch_size: 8}\n")
-    apply_preset(two, params_copy)
+    apply_preset(two, params_copy, stack=True)  # on top of the GPU preset, on purpose
     p = load_params(params_copy)
     for cfg in (p.train, p.masked):
         assert (cfg.nproc, cfg.micro_batch_size, cfg.batch_size) == (2, 8, 16)  # global batch unchanged
@@ -80,7 +80,7 @@ def test_gpu_preset_scales_to_two_gpus_by_halving_the_micro_batch(params_copy, t
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: {nproc: 3}\n")
     with pytest.raises(ParamsError, match=r"train\.batch_size \(16\) must be a multiple"):
-        apply_preset(bad, params_copy)
+        apply_preset(bad, params_copy, stack=True)
     assert params_copy.read_text() == before  # a bad preset leaves params.yaml untouched
 
 
@@ -102,14 +102,14 @@ def test_missing_preset_is_named(params_copy):
 
 SMOKE_PREPARE = {
     # The wrapper as the device docs call it (environment variables), and the module with its flags.
-    "script": "SMOKE_PREPARE_ONLY=1 NPROC=2 BACKEND=flex bash scripts/gpu_smoke.sh {out}",
-    "module": f"{sys.executable} -m lmask.gpu_smoke {{out}} --prepare-only --nproc 2 --backend flex",
+    "script": "SMOKE_PREPARE_ONLY=1 NPROC=2 BACKEND=flex bash tools/gpu_smoke.sh {out}",
+    "module": f"{sys.executable} -m tools.gpu_smoke {{out}} --prepare-only --nproc 2 --backend flex",
 }
 
 
 @pytest.mark.parametrize("how", SMOKE_PREPARE)
 def test_gpu_smoke_prepares_valid_params(tmp_path, how):
-    """python -m lmask.gpu_smoke's params (GPU preset, offline fallback, 50 steps) validate; CPU, no training."""
+    """python -m tools.gpu_smoke's params (GPU preset, offline fallback, 50 steps) validate; CPU, no training."""
     out = tmp_path / "results"
     params_before = (ROOT / "params.yaml").read_text()
     proc = run(SMOKE_PREPARE[how].format(out=out), ROOT, timeout=120)
@@ -144,10 +144,10 @@ def test_gpu_smoke_prepares_valid_params(tmp_path, how):
 @pytest.mark.parametrize(
     "cmd,message",
     [
-        ("SMOKE_PREPARE_ONLY=1 NPROC=3 bash scripts/gpu_smoke.sh {out}", "NPROC must divide the global batch 16"),
-        ("{python} -m lmask.gpu_smoke {out} --nproc 0", "NPROC must divide the global batch 16"),
-        ("{python} -m lmask.gpu_smoke {out} --nproc two", "got 'two'"),
-        ("BACKEND=nope bash scripts/gpu_smoke.sh {out}", "attention.backend must be one of"),
+        ("SMOKE_PREPARE_ONLY=1 NPROC=3 bash tools/gpu_smoke.sh {out}", "NPROC must divide the global batch 16"),
+        ("{python} -m tools.gpu_smoke {out} --nproc 0", "NPROC must divide the global batch 16"),
+        ("{python} -m tools.gpu_smoke {out} --nproc two", "got 'two'"),
+        ("BACKEND=nope bash tools/gpu_smoke.sh {out}", "attention.backend must be one of"),
     ],
 )
 def test_gpu_smoke_names_a_bad_value_in_one_line(tmp_path, cmd, message):
@@ -162,7 +162,7 @@ def test_gpu_smoke_names_a_bad_value_in_one_line(tmp_path, cmd, message):
 def test_gpu_smoke_runs_a_stage_as_dvc_does(tmp_path):
     """A stage runs through a shell in the project copy, logged and timed (no GPU: no memory sampled); a failing
     one prints its log's tail, is recorded in smoke.txt and ends the run with exit code 1."""
-    from lmask import gpu_smoke
+    from tools import gpu_smoke
 
     work, results = tmp_path / "work", tmp_path / "results"
     work.mkdir()
@@ -203,9 +203,9 @@ def tiny_project(tmp_path_factory) -> Path:
 
 
 def test_gpu_benchmark_runs_on_cpu_with_tiny_shapes(tiny_project, tmp_path):
-    """python -m lmask.gpu_benchmark end to end (--device cpu, tiny dims): one file per windowed schedule plus
+    """python -m tools.gpu_benchmark end to end (--device cpu, tiny dims): one file per windowed schedule plus
     kernel.json, in the pipeline's format, fwd and fwd+bwd at every T."""
-    cmd = [sys.executable, "-m", "lmask.gpu_benchmark", str(tmp_path), "--device", "cpu"]
+    cmd = [sys.executable, "-m", "tools.gpu_benchmark", str(tmp_path), "--device", "cpu"]
     proc = run([*cmd, "--overrides", json.dumps(TINY_BENCH)], tiny_project, timeout=600)
     assert "device: cpu" in proc.stdout
     dest = tmp_path / "benchmark_cpu"
@@ -218,7 +218,7 @@ def test_gpu_benchmark_runs_on_cpu_with_tiny_shapes(tiny_project, tmp_path):
         result = json.loads((dest / f"{name}.json").read_text())
         assert set(result) == {"summary", "run", "records"}  # as metrics/benchmark/<schedule>.json
         assert result["run"]["device"] == "cpu" and result["run"]["device_name"] == "cpu"
-        assert result["run"]["source"] == "python -m lmask.gpu_benchmark"
+        assert result["run"]["source"] == "python -m tools.gpu_benchmark"
         records = result["records"]
         assert {(r["schedule"], r["mode"], r["seq_len"]) for r in records} == {
             (name, m, T) for m in ("fwd", "fwd_bwd") for T in (64, 128)
@@ -262,7 +262,7 @@ def test_gpu_benchmark_runs_on_cpu_with_tiny_shapes(tiny_project, tmp_path):
 )
 def test_gpu_benchmark_names_a_bad_override(tiny_project, tmp_path, overrides, message):
     """One line naming the field, exit code 2, before torch loads: nothing is timed or written."""
-    cmd = [sys.executable, "-m", "lmask.gpu_benchmark", str(tmp_path), "--device", "cpu", "--overrides", overrides]
+    cmd = [sys.executable, "-m", "tools.gpu_benchmark", str(tmp_path), "--device", "cpu", "--overrides", overrides]
     proc = run(cmd, tiny_project, check=False, timeout=120)
     assert proc.returncode == 2 and message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("gpu_benchmark: params: ")
@@ -270,14 +270,14 @@ def test_gpu_benchmark_names_a_bad_override(tiny_project, tmp_path, overrides, m
 
 
 def test_gpu_benchmark_script_passes_its_environment(tiny_project, tmp_path):
-    """scripts/gpu_benchmark.sh runs the module from the repo root with BENCH_* as before (DEST relative to the
+    """tools/gpu_benchmark.sh runs the module from the repo root with BENCH_* as before (DEST relative to the
     caller's directory)."""
     env = {"BENCH_DEVICE": "cpu", "BENCH_OVERRIDES": '{"colour": 1}', "BENCH_PARAMS": "params.yaml"}
-    proc = run(f"bash {tiny_project}/scripts/gpu_benchmark.sh dest", tmp_path, check=False, extra_env=env)
+    proc = run(f"bash {tiny_project}/tools/gpu_benchmark.sh dest", tmp_path, check=False, extra_env=env)
     assert proc.returncode == 2 and "benchmark.colour is not a known parameter" in proc.stderr
     assert (tmp_path / "dest").is_dir() and not list(tmp_path.rglob("*.json"))
     proc = run(
-        f"bash {tiny_project}/scripts/gpu_benchmark.sh dest",
+        f"bash {tiny_project}/tools/gpu_benchmark.sh dest",
         tmp_path,
         check=False,
         extra_env={"BENCH_PARAMS": "x.yaml"},
@@ -288,8 +288,8 @@ def test_gpu_benchmark_script_passes_its_environment(tiny_project, tmp_path):
 def test_gpu_benchmark_names_every_record_that_missed_flex_attention():
     """On CUDA a windowed layer must run flex: a fallback, or a later schedule that silently ran the blocked path
     after one (lmask.attention stops choosing flex once a call failed), is named; wide windows and CPUs are not."""
-    from lmask.gpu_benchmark import missing_flex
     from lmask.params import Schedule
+    from tools.gpu_benchmark import missing_flex
 
     schedule = Schedule("half", [None, 128, None, 512], 0)
     records = [

@@ -2,7 +2,7 @@
 
 Remotes: the committed default (a local folder under ``~``; HOME points at a temp folder here) and S3 (SeaweedFS from
 the ``s3_server`` fixture). A pulled clone must match the original byte for byte and have nothing to reproduce.
-Corrupted objects on a remote: caught by `dvc pull` only with verify = true, found and repaired by lmask.remote.
+Corrupted objects on a remote: caught by `dvc pull` only with verify = true, found and repaired by tools.remote.
 """
 
 from __future__ import annotations
@@ -238,7 +238,7 @@ def test_s3_server_binds_loopback_only(s3_server):
     assert s3_server.endpoint.rsplit(":", 1)[1] in " ".join(local)
 
 
-# --- Corrupted objects on a remote: `verify = true` on pull, and `python -m lmask.remote verify [--repair]` ---------
+# --- Corrupted objects on a remote: `verify = true` on pull, and `python -m tools.remote verify [--repair]` ---------
 
 
 @pytest.fixture
@@ -317,9 +317,9 @@ def corrupt_s3_object(server, prefix: str, md5: str) -> None:
 
 
 def verify(repo: Path, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """`python -m lmask.remote verify ARGS` in repo (lmask from this checkout); exit status not checked."""
+    """`python -m tools.remote verify ARGS` in repo (lmask from this checkout); exit status not checked."""
     env = {"PYTHONPATH": str(ROOT), **(extra_env or {})}
-    return run([sys.executable, "-m", "lmask.remote", "verify", *args], repo, check=False, timeout=300, extra_env=env)
+    return run([sys.executable, "-m", "tools.remote", "verify", *args], repo, check=False, timeout=300, extra_env=env)
 
 
 def test_s3_corruption_is_caught_on_pull_only_with_verify(outs_repo, s3_server, tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 
-from lmask.replicate import compare, verdicts
+from tools.replicate import compare, verdicts
 
 
 def summary(vs_full: str, code: str, gate: str) -> dict:

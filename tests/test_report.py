@@ -178,13 +178,13 @@ def test_dvc_offline_template_renders_a_vega_lite_plot(tmp_path):
 
 
 def test_readme_blocks_are_the_committed_markdown():
-    """Every generated block of README.md and docs/results.md is what `python -m lmask.readme` writes from the
+    """Every generated block of README.md and docs/results.md is what `python -m tools.readme` writes from the
     committed outputs (metrics/summary.json and .md, metrics/benchmark.md, metrics/replicate.json,
     results/stage_times.md): nothing between the markers is typed or stale."""
-    from lmask.readme import render
+    from tools.readme import render
 
     for doc, text in render(ROOT).items():
-        assert (ROOT / doc).read_text() == text, f"{doc} is stale: run `python -m lmask.readme`"
+        assert (ROOT / doc).read_text() == text, f"{doc} is stale: run `python -m tools.readme`"
 
 
 def test_benchmark_markdown_kernel_row_decomposes_the_fraction_of_ideal():

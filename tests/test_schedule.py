@@ -143,7 +143,7 @@ def with_progressions(tmp_path_factory):
     """params.yaml with presets/progressions.yaml merged in (quarter, increasing, interleaved added)."""
     import shutil
 
-    from lmask.preset import apply_preset
+    from tools.preset import apply_preset
 
     path = tmp_path_factory.mktemp("progressions") / "params.yaml"
     shutil.copy2(ROOT / "params.yaml", path)

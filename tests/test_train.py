@@ -22,9 +22,9 @@ from safetensors.torch import load_file
 import lmask.train
 from lmask.data import download, tokenize_splits
 from lmask.params import Params, load_params
-from lmask.preset import apply_preset
 from lmask.train import train_baseline
 from tests.conftest import copy_project, env
+from tools.preset import apply_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUTS = ("models", "metrics", "checkpoints")

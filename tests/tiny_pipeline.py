@@ -55,7 +55,7 @@ def run(
 
 def copy_project(dest: Path) -> Path:
     """Copy the project's tracked and untracked-but-not-ignored files (not data, models or caches)."""
-    from lmask.replicate import copy_project as copy
+    from tools.replicate import copy_project as copy
 
     return copy(ROOT, dest)
 
@@ -69,7 +69,7 @@ def make_tiny_repo(dest: Path) -> Path:
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
-    run([sys.executable, "-m", "lmask.preset", "tiny"], dest)
+    run([sys.executable, "-m", "tools.preset", "tiny"], dest)
     run(["git", "init", "-q", "-b", "main"], dest)
     run(["git", "add", "-A"], dest)
     run(["git", "commit", "-qm", "tiny"], dest)

@@ -1,7 +1,7 @@
 """dvc.yaml's code deps, generated: each stage depends on exactly the repo files its entry point can run.
 
-    python -m lmask.deps            # check: exit 1 naming each stage whose deps differ from its import closure
-    python -m lmask.deps --write    # rewrite those deps in dvc.yaml (comments and other deps kept)
+    python -m tools.deps            # check: exit 1 naming each stage whose deps differ from its import closure
+    python -m tools.deps --write    # rewrite those deps in dvc.yaml (comments and other deps kept)
 
 The closure is an ast walk from ``python -m stages.<name>``; imports inside functions count, since they run. A
 module that compiles native code brings its source with it (``NATIVE_SOURCES``).
@@ -14,6 +14,8 @@ import ast
 import re
 import sys
 from pathlib import Path
+
+from tools import fail
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("lmask", "stages")
@@ -105,15 +107,28 @@ def sync(dvc_yaml: Path, root: Path = ROOT, write: bool = False) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m tools.deps", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--write", action="store_true", help="rewrite dvc.yaml's code deps")
     p.add_argument("--dvc-yaml", type=Path, default=ROOT / "dvc.yaml")
     args = p.parse_args(argv)
-    stale = sync(args.dvc_yaml, write=args.write)
+    from ruamel.yaml.error import YAMLError
+
+    from lmask.io import WriteError
+
+    try:
+        stale = sync(args.dvc_yaml, write=args.write)
+    except FileNotFoundError as err:
+        fail("deps", f"{err.filename}: file not found")
+    except (YAMLError, KeyError, TypeError, AttributeError) as err:
+        fail("deps", f"{args.dvc_yaml}: not a dvc.yaml with stages ({type(err).__name__}: {err})")
+    except (SyntaxError, WriteError) as err:  # a module that does not parse; dvc.yaml not writable
+        fail("deps", err)
     if not stale:
         print(f"{args.dvc_yaml}: every stage's code deps equal its import closure")
         return 0
-    verb = "rewrote" if args.write else "stale (run `python -m lmask.deps --write`)"
+    verb = "rewrote" if args.write else "stale (run `python -m tools.deps --write`)"
     print(f"{args.dvc_yaml}: {verb}: {', '.join(stale)}")
     return 0 if args.write else 1
 

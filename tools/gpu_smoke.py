@@ -1,13 +1,13 @@
 """GPU smoke run of the GPU preset: each training stage for 50 steps, timed, with the GPU's peak memory use.
 
-    python -m lmask.gpu_smoke [RESULTS_DIR] [--nproc N] [--backend B] [--prepare-only]
-    bash scripts/gpu_smoke.sh [RESULTS_DIR]      # the same from anywhere: runs this module from the repository root
+    python -m tools.gpu_smoke [RESULTS_DIR] [--nproc N] [--backend B] [--prepare-only]
+    bash tools/gpu_smoke.sh [RESULTS_DIR]      # the same from anywhere: runs this module from the repository root
 
 Runs train_baseline@0 and train_masked@half-0-0 (schedule half, baseline 0, fine-tuning seed 0) for 50 steps each,
 with GPU memory sampled by nvidia-smi every 0.5 s: what presets/gpu.yaml and docs/scaling-out.md list as not yet
 measured. Needs an environment with requirements.txt installed (a CUDA build of torch).
 
-Flags default to the environment variables scripts/gpu_smoke.sh has always read: RESULTS_DIR to $OUT (else
+Flags default to the environment variables tools/gpu_smoke.sh has always read: RESULTS_DIR to $OUT (else
 ./smoke-results); ``--nproc`` to NPROC (GPUs: sets train.nproc / masked.nproc, and the stage relaunches itself
 under torchrun; micro batch 16 / NPROC, so the global batch stays 16; default 1); ``--backend`` to BACKEND (force an
 attention path, e.g. flex; default auto, which is flex on CUDA); ``--prepare-only`` to SMOKE_PREPARE_ONLY=1 (write
@@ -44,7 +44,7 @@ from typing import NoReturn
 import yaml
 
 from lmask.params import ParamsError, load_params
-from lmask.preset import apply_preset
+from tools.preset import apply_preset
 
 PROG = "gpu_smoke"
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,10 +125,10 @@ def prepare(work: Path, nproc: int, backend: str, online: bool) -> Prepared:
     """Apply the GPU preset and the smoke overrides to ``work``/params.yaml (validated on every write, as the stages
     validate it) and read the stage commands; ParamsError names a bad value."""
     params_path = work / "params.yaml"
-    apply_preset("gpu", params_path)
+    apply_preset("gpu", params_path, stack=True)  # on this checkout's params.yaml as it is, as always
     smoke_yaml = yaml.safe_dump(smoke_overrides(nproc, backend, online), sort_keys=False)
     (work / "smoke.yaml").write_text(smoke_yaml)
-    apply_preset(work / "smoke.yaml", params_path)
+    apply_preset(work / "smoke.yaml", params_path, stack=True, record=False)
     params = load_params(params_path)
     if SEED not in params.finetune_seeds or BASELINE not in params.baseline_seeds or SCHEDULE not in params.schedules:
         raise ParamsError(f"needs schedules.{SCHEDULE}, {BASELINE} in baseline_seeds, {SEED} in finetune_seeds")
@@ -248,7 +248,7 @@ def smoke(results: Path, nproc: int, backend: str, prepare_only: bool) -> None:
 def main(argv: list[str] | None = None) -> None:
     env = os.environ
     p = argparse.ArgumentParser(
-        prog=f"python -m lmask.{PROG}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=f"python -m tools.{PROG}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     default_results = Path(env.get("OUT") or "smoke-results")
     p.add_argument("results", nargs="?", type=Path, default=default_results, help="$OUT or ./smoke-results")

@@ -1,7 +1,7 @@
 """Run a DVC command and measure each stage's wall time from DVC's own "Running stage" lines.
 
-    python scripts/stage_times.py --markdown stage-times.md -- dvc repro
-    python scripts/stage_times.py --log run.log --markdown times.md -- dvc exp run -S 'schedules.half.end_window=32'
+    python -m tools.stage_times --markdown stage-times.md -- dvc repro
+    python -m tools.stage_times --log run.log --markdown times.md -- dvc exp run -S 'schedules.half.end_window=32'
 
 The command's output is streamed through unchanged (and copied to --log with a timestamp per line). A stage's time
 runs from its "Running stage" line to the next stage's (or to the end), so it includes the stage's process start-up
@@ -17,6 +17,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from tools import fail
 
 STAGE = re.compile(r"Running stage '([^']+)':")
 
@@ -53,7 +55,7 @@ def table(events: list[tuple[float, str]], start: float, end: float, command: st
     for name, seconds in durations:
         groups.setdefault(family(name), []).append(seconds)
     lines = [
-        f"Measured with `python scripts/stage_times.py -- {command}`:",
+        f"Measured with `python -m tools.stage_times -- {command}`:",
         "",
         "| stage | runs | time |",
         "|---|---|---|",
@@ -75,7 +77,9 @@ def table(events: list[tuple[float, str]], start: float, end: float, command: st
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m tools.stage_times", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--log", type=Path, help="copy of the output with a timestamp per line")
     p.add_argument("--markdown", type=Path, help="write the table here (else print it at the end)")
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
@@ -83,7 +87,10 @@ def main() -> None:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         p.error("give the command to run after --")
-    code, events, start, end = run(cmd, args.log)
+    try:
+        code, events, start, end = run(cmd, args.log)
+    except OSError as err:  # the command not found, or --log not writable
+        fail("stage_times", f"{err.filename or cmd[0]}: {err.strerror or err}")
     text = table(events, start, end, " ".join(cmd))
     if args.markdown:
         args.markdown.write_text(text)

@@ -1,7 +1,7 @@
 """Where the band kernel's time goes: per window, forward and backward, the time beside the memory floor and the
 cost per visible pair in core-cycles (at an assumed clock), one layer at GPT-2-small dims.
 
-    python scripts/profile_band.py [--seq-len 3072] [--windows 1 8 16 64 256] [--threads 1 2] [--ghz 3.0]
+    python -m tools.profile_band [--seq-len 3072] [--windows 1 8 16 64 256] [--threads 1 2] [--ghz 3.0]
 
 The w = 1 row is (almost) all memory: the kernel reads q, k, v and writes the output once. Time above it, divided
 by the extra pairs, is what each pair costs. The floor is one op that reads q, k, v and writes an output of the same
@@ -11,16 +11,9 @@ shape (as in the kernel benchmark). Minimum of --rounds calls after one warm-up.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-
-from lmask.band import _build  # noqa: E402
-from lmask.schedule import attention_pairs  # noqa: E402
+from tools import fail
 
 
 def best(fn, rounds: int) -> float:
@@ -34,7 +27,9 @@ def best(fn, rounds: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m tools.profile_band", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--seq-len", type=int, default=3072)
     ap.add_argument("--windows", type=int, nargs="+", default=[1, 8, 16, 64, 256])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -43,6 +38,14 @@ def main() -> None:
     ap.add_argument("--ghz", type=float, default=3.0, help="clock assumed for cycles per pair")
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
+    bad = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if min(v if isinstance(v, list) else [v]) <= 0]
+    if bad:
+        fail("profile_band", f"{', '.join(bad)}: every value must be > 0")
+    import torch  # after the argument checks: --help and a bad value answer at once
+
+    from lmask.band import _build
+    from lmask.schedule import attention_pairs
+
     ops = _build()
     T, H, D = args.seq_len, args.heads, args.head_dim
     q, k, v = (torch.randn(1, T, H, D).transpose(1, 2) for _ in range(3))

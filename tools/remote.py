@@ -1,7 +1,7 @@
 """Check every object on a DVC remote against its content hash, and repair bad ones from the local cache.
 
-    python -m lmask.remote verify [-r REMOTE] [--repair] [--json] [-j JOBS]
-    python -m lmask.remote verify --cache [--repair]
+    python -m tools.remote verify [-r REMOTE] [--repair] [--json] [-j JOBS]
+    python -m tools.remote verify --cache [--repair]
 
 DVC names each object on a remote by the md5 of its bytes (``files/md5/ab/cdef…``; a ``….dir`` object is a
 directory listing, named by the md5 of its bytes plus ``.dir``: dvc_data's ``Tree.digest``). DVC does not recheck
@@ -219,7 +219,7 @@ def summary(checks: list[Check]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lmask.remote", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.remote", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     cmd = sub.add_parser("verify", help="rehash every object on a DVC remote (run from the repo root)")
     cmd.add_argument("-r", "--remote", help="remote name (default: the repo's default remote)")

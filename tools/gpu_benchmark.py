@@ -1,7 +1,7 @@
 """The benchmark on a GPU, in one process: the pipeline's benchmark stages, every schedule in one run.
 
-    python -m lmask.gpu_benchmark [DEST] [--device cuda|cpu] [--overrides JSON] [--params params.yaml]
-    bash scripts/gpu_benchmark.sh [DEST]      # the same from anywhere: runs this module from the repository root
+    python -m tools.gpu_benchmark [DEST] [--device cuda|cpu] [--overrides JSON] [--params params.yaml]
+    bash tools/gpu_benchmark.sh [DEST]      # the same from anywhere: runs this module from the repository root
 
 Times every windowed schedule in params.yaml against full attention at T = ``benchmark.gpu_seq_lens`` (up to
 16384), fwd and fwd+bwd at every T, one untimed warm-up round and 5 timed rounds (order alternating), with
@@ -19,7 +19,7 @@ that ran. On CUDA every windowed layer should run FlexAttention: a record that d
 path, or a torch without FlexAttention) is named in a warning on stderr. The table of every record is printed at the
 end.
 
-Flags default to the environment variables scripts/gpu_benchmark.sh has always read: DEST to $OUT (else
+Flags default to the environment variables tools/gpu_benchmark.sh has always read: DEST to $OUT (else
 ``metrics``), ``--device`` to BENCH_DEVICE (else cuda; cpu runs the same on a CPU, as the tests do with tiny
 overrides), ``--overrides`` to BENCH_OVERRIDES (a JSON object of benchmark fields, merged last and validated like
 params.yaml, e.g. '{"repeats": 3}'), ``--params`` to BENCH_PARAMS (else params.yaml). A bad value ends the run in
@@ -145,7 +145,7 @@ def run(params: Params, bench: BenchmarkParams, dest: Path, source: str) -> Path
 def main(argv: list[str] | None = None) -> None:
     env = os.environ
     p = argparse.ArgumentParser(
-        prog=f"python -m lmask.{PROG}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=f"python -m tools.{PROG}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("dest", nargs="?", type=Path, default=Path(env.get("OUT") or "metrics"), help="$OUT or metrics")
     p.add_argument("--device", default=env.get("BENCH_DEVICE") or "cuda", help="cuda | cpu (BENCH_DEVICE; cuda)")
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
         pin_cpu(params.cpu_threads)  # as every stage does: CPU threads and kernels fixed before torch loads
     sys.stdout.reconfigure(line_buffering=True)  # progress lines show as they come, also through a pipe
     try:
-        run(params, bench, args.dest.resolve(), source=f"python -m lmask.{PROG}")
+        run(params, bench, args.dest.resolve(), source=f"python -m tools.{PROG}")
     except WriteError as err:  # a full disk: one line, not a traceback
         fail(str(err))
 

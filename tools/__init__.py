@@ -1,0 +1,29 @@
+"""Hand-run tools around the pipeline; nothing in dvc.yaml runs them, and nothing in lmask/ or stages/ imports them.
+
+Each runs from the repository root as ``python -m tools.<name>`` and answers ``--help``:
+
+    tools.preset         merge presets/<name>.yaml into params.yaml (--stack, --reset)
+    tools.readme         refresh the generated blocks of README.md and docs/results.md
+    tools.deps           check (--write: fix) dvc.yaml's code deps against each stage's import closure
+    tools.replicate      rerun the experiment from other baseline seeds; compare two summaries' verdict words
+    tools.remote         rehash every object on a DVC remote or in the local cache (--repair)
+    tools.stage_times    run a DVC command and time each stage
+    tools.bench_long     the long benchmark (T = 4096 and 8192)
+    tools.profile_band   where the band kernel's time goes
+    tools.gpu_smoke      GPU smoke run of the GPU preset (wrapper: bash tools/gpu_smoke.sh)
+    tools.gpu_benchmark  the benchmark on a GPU, in one process (wrapper: bash tools/gpu_benchmark.sh)
+
+Bad input ends a tool in one line on stderr, ``<tool>: error: ...``, with exit status 2 and no traceback (``fail``).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import NoReturn
+
+
+def fail(prog: str, msg: object, code: int = 2) -> NoReturn:
+    """Print ``prog: error: msg`` as one line on stderr and exit with ``code``."""
+    text = " ".join(str(msg).split("\n")).strip()
+    print(f"{prog}: error: {text}", file=sys.stderr)
+    raise SystemExit(code)
