@@ -1,5 +1,5 @@
-"""Intervals over runs and documents: nominal coverage where documents or baselines dominate, ANOVA and Satterthwaite by hand, exact gaps for known shifts, Holm by
-hand, the words, and the too-few-documents rule."""
+"""Intervals over runs and documents: nominal coverage where documents or baselines dominate, ANOVA and Satterthwaite
+by hand, exact gaps for known shifts, Holm by hand, the words, the one-baseline and too-few-documents rules."""
 
 import math
 
