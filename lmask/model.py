@@ -16,6 +16,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from lmask.attention import band_by_default, windowed_attention
 from lmask.band import band_available
+from lmask.provenance import verify_weights
 
 ATTN_NAME = "lmask"
 
@@ -99,6 +100,9 @@ def scratch_config(
         bos_token_id=bos_token_id,
         eos_token_id=eos_token_id,
         pad_token_id=eos_token_id,
+        # GPT-2's tanh GELU as one fused ATen kernel: the same function as "gelu_new", whose seven elementwise ops
+        # (pow, mul, tanh, ...) cost 15 % of a training step on the 2-core CPU (scripts in tools/bench_train)
+        activation_function="gelu_pytorch_tanh",
     )
 
 
@@ -135,7 +139,9 @@ def new_model(config: GPT2Config, seed: int, position_init: str = "default") -> 
 
 
 def load_model(path: str | Path, **kwargs) -> GPT2LMHeadModel:
-    """Load a checkpoint saved by lmask (or any GPT-2) with its windows, using the lmask attention."""
+    """Load a model folder saved by lmask (or any GPT-2) with its windows, using the lmask attention. An lmask folder's
+    weights must match the hashes recorded when it was written (``lmask.provenance.verify_weights``)."""
+    verify_weights(Path(path))
     model = GPT2LMHeadModel.from_pretrained(path, attn_implementation=ATTN_NAME, **kwargs)
     windows = getattr(model.config, "layer_windows", None) or [None] * model.config.n_layer
     return apply_windows(model, windows, getattr(model.config, "attention_sinks", 0))

@@ -58,17 +58,22 @@ class DataParams:
                     raise ParamsError(f"data.text_files.{split}: file not found: {Path(self.text_dir) / name}")
 
 
+MIX_KINDS = ("random", "natural")
+
+
 @dataclass
 class MixParams:
-    """Synthetic copy sequences mixed into every training batch (baseline and fine-tuning alike)."""
+    """Synthetic periodic rows mixed into every training batch (baseline and fine-tuning alike)."""
 
-    fraction: float = 0.25  # share of training sequences that are synthetic
-    min_period: int = 32  # a synthetic sequence repeats a random token segment of this many tokens ...
+    fraction: float = 0.25  # share of training rows that are periodic
+    kind: str = "random"  # random: distinct random ids repeated (only copying pays) | natural: the row's own text
+    min_period: int = 32  # a periodic row repeats a segment of this many tokens ...
     max_period: int = 512  # ... up to this many, to fill the context
 
-    def check(self, context: int) -> None:
+    def check(self, context: int, vocab_size: int | None = None) -> None:
         if not 0 <= self.fraction <= 1:
             raise ParamsError(f"mix.fraction must be in [0, 1], got {self.fraction}")
+        _choice("mix.kind", self.kind, MIX_KINDS)
         _positive("mix.min_period", self.min_period)
         _positive("mix.max_period", self.max_period)
         if self.min_period > self.max_period or self.max_period >= context:
@@ -76,6 +81,40 @@ class MixParams:
                 f"mix: need min_period <= max_period < data.context_length ({self.min_period}, {self.max_period}, "
                 f"{context})"
             )
+        if self.kind == "random" and vocab_size is not None and self.max_period >= vocab_size:
+            raise ParamsError(f"mix.max_period ({self.max_period}) must be below the vocabulary ({vocab_size})")
+
+
+@dataclass
+class CopyWarmupParams:
+    """The copy warm-up: the first ``steps`` training steps are rows of distinct random ids repeated with a varying
+    period, at a short context and a small batch, where only copying lowers the loss (lmask.synthetic.copy_rows).
+    Induction (copying) heads form there far sooner than in natural text; natural text follows."""
+
+    steps: int = 0  # 0: no warm-up
+    batch_size: int = 8
+    context: int = 128
+    min_period: int = 8
+    max_period: int = 32
+    lr: float = 5e-4  # peak; warmup then constant (the main schedule starts after it)
+    warmup_steps: int = 100
+
+    def check(self, section: str, context: int) -> None:
+        if self.steps < 0:
+            raise ParamsError(f"{section}.steps must be >= 0, got {self.steps}")
+        if self.steps == 0:
+            return  # no warm-up: its other settings are unused
+        for name in ("batch_size", "context", "min_period", "max_period"):
+            _positive(f"{section}.{name}", getattr(self, name))
+        if self.context > context:
+            raise ParamsError(f"{section}.context ({self.context}) must be <= data.context_length ({context})")
+        if self.min_period > self.max_period or 2 * self.max_period > self.context:
+            raise ParamsError(
+                f"{section}: need min_period <= max_period <= context / 2 ({self.min_period}, {self.max_period}, "
+                f"{self.context})"
+            )
+        if self.lr <= 0 or self.warmup_steps < 0:
+            raise ParamsError(f"{section}.lr must be > 0 and warmup_steps >= 0, got {self.lr}, {self.warmup_steps}")
 
 
 @dataclass
@@ -134,8 +173,12 @@ class TrainParams:
     checkpoint_every: int = 50
     device: str = "auto"  # auto | cpu | cuda | mps
     nproc: int = 1  # processes (DDP under torchrun); 1 = plain python
+    copy_warmup: CopyWarmupParams = field(default_factory=CopyWarmupParams)
 
-    def check(self, section: str) -> None:
+    def check(self, section: str, context: int = 1 << 30) -> None:
+        self.copy_warmup.check(f"{section}.copy_warmup", context)
+        if self.steps > 10_000_000:
+            raise ParamsError(f"{section}.steps must be at most 10000000, got {self.steps}")
         for name in ("steps", "batch_size", "micro_batch_size", "eval_every", "eval_batches", "checkpoint_every"):
             _positive(f"{section}.{name}", getattr(self, name))
         _positive(f"{section}.nproc", self.nproc)

@@ -28,6 +28,7 @@ from lmask.param_sections import (
     DATA_SOURCES,
     DEVICES,
     MASKED_DEFAULTS,
+    MIX_KINDS,
     MODEL_INITS,
     POSITION_INITS,
     SPLITS,
@@ -36,6 +37,7 @@ from lmask.param_sections import (
     AttentionParams,
     BenchmarkParams,
     CopyParams,
+    CopyWarmupParams,
     DataParams,
     EvaluateParams,
     GenerationParams,
@@ -84,6 +86,8 @@ class Params:
     report: ReportParams = field(default_factory=ReportParams)
     benchmark: BenchmarkParams = field(default_factory=BenchmarkParams)
     schedules: dict[str, Schedule] = field(default_factory=dict)
+    # params.yaml as parsed: the values dvc.yaml's per-stage params lists name (lmask.provenance hashes them)
+    raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def context(self) -> int:
@@ -100,9 +104,9 @@ class Params:
             section.check()
         self.evaluate.check(ctx)
         self.benchmark.check()
-        self.mix.check(ctx)
-        self.train.check("train")
-        self.masked.check("masked")
+        self.mix.check(ctx, self.tokenizer.vocab_size if self.tokenizer.kind == "bpe" else None)
+        self.train.check("train", ctx)
+        self.masked.check("masked", ctx)
         self.copy.check(ctx)
         self.generation.check(ctx)
         self.analysis.check(n_layer)
@@ -167,16 +171,21 @@ def section_from_dict(cls: type, raw: Any, section: str) -> Any:
         raise ParamsError(f"{section} must be a mapping, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
+    nested = {}
     for key, value in raw.items():
         if key not in fields:
             raise ParamsError(f"{section}.{key} is not a known parameter (known: {', '.join(sorted(fields))})")
+        if dataclasses.is_dataclass(hints[key]):  # a sub-section, e.g. train.copy_warmup
+            nested[key] = section_from_dict(hints[key], value, f"{section}.{key}")
+            continue
         if _matches(value, float) and _matches(1.0, hints[key]):
             _finite(f"{section}.{key}", value)
         elif isinstance(value, str) and _matches(1.0, hints[key]):
             raise ParamsError(f"{section}.{key} must be a number, got the string {value!r}{_yaml11_hint(value)}")
         if not _matches(value, hints[key]):
             raise ParamsError(f"{section}.{key} must be {_type_name(hints[key])}, got {value!r}")
-    return cls(**{k: float(v) if hints[k] is float else v for k, v in raw.items()})
+    plain = {k: float(v) if hints[k] is float else v for k, v in raw.items() if k not in nested}
+    return cls(**plain, **nested)
 
 
 def _finite(name: str, value: float) -> None:
@@ -244,6 +253,7 @@ def params_from_dict(raw: Any) -> Params:
         **seed_lists,
         cpu_threads=threads,
         schedules=resolve_schedules(raw.get("schedules"), sections["model"].n_layer),
+        raw=raw,
         **sections,
     )
     params.check()
@@ -282,6 +292,7 @@ __all__ = [  # the sections are defined in lmask.param_sections; import them fro
     "DATA_SOURCES",
     "DEVICES",
     "MASKED_DEFAULTS",
+    "MIX_KINDS",
     "MODEL_INITS",
     "POSITION_INITS",
     "RESERVED_NAMES",
@@ -292,6 +303,7 @@ __all__ = [  # the sections are defined in lmask.param_sections; import them fro
     "AttentionParams",
     "BenchmarkParams",
     "CopyParams",
+    "CopyWarmupParams",
     "DataParams",
     "EvaluateParams",
     "GenerationParams",

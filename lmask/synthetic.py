@@ -31,17 +31,44 @@ def periodic_text(row: np.ndarray, rng: np.random.Generator, period: int) -> np.
     return np.resize(row[start : start + period], len(row))
 
 
-def mix_batch(blocks: np.ndarray, mix: MixParams, seed: int, step: int, rng_stream: int = 1) -> np.ndarray:
-    """Replace a ``mix.fraction`` share of a step's natural-text rows by periodic text (a new array; the input is
-    not changed): which rows, their periods and segments depend on (seed, step) only."""
+def random_periodic(rng: np.random.Generator, length: int, period: int, vocab_size: int) -> np.ndarray:
+    """``period`` distinct uniform random token ids (never id 0, the end-of-text token here), repeated to ``length``.
+    Only copying predicts anything after the first period; distinct ids make the copy unambiguous (a repeated id
+    inside the segment would have two successors), and a varying period leaves no fixed offset to attend to."""
+    return np.resize(rng.choice(np.arange(1, vocab_size), size=period, replace=False), length)
+
+
+def copy_rows(
+    n: int, length: int, min_period: int, max_period: int, vocab_size: int, seed: int, step: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A batch of ``random_periodic`` rows for a copy warm-up step, and each row's period: a function of (seed, step)
+    alone, like every other batch."""
+    rng = np.random.default_rng([seed, step, 2])
+    periods = rng.integers(min_period, max_period + 1, size=n)
+    return np.stack([random_periodic(rng, length, int(p), vocab_size) for p in periods]), periods
+
+
+def mix_batch(
+    blocks: np.ndarray, mix: MixParams, seed: int, step: int, vocab_size: int, rng_stream: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Replace a ``mix.fraction`` share of a step's natural-text rows by periodic rows (a new array; the input is
+    not changed), and return each row's period (0 = natural text). ``mix.kind`` random: distinct random ids repeated
+    (only copying pays); natural: a segment of the row's own text repeated. Which rows, their periods and segments
+    depend on (seed, step) only."""
+    periods = np.zeros(len(blocks), dtype=np.int64)
     if mix.fraction == 0:
-        return blocks
+        return blocks, periods
     rng = np.random.default_rng([seed, step, rng_stream])
     out = blocks.copy()
     for row in range(len(out)):
         if rng.random() < mix.fraction:
-            out[row] = periodic_text(blocks[row], rng, int(rng.integers(mix.min_period, mix.max_period + 1)))
-    return out
+            period = int(rng.integers(mix.min_period, mix.max_period + 1))
+            if mix.kind == "random":
+                out[row] = random_periodic(rng, blocks.shape[1], period, vocab_size)
+            else:
+                out[row] = periodic_text(blocks[row], rng, period)
+            periods[row] = period
+    return out, periods
 
 
 @dataclass
@@ -104,4 +131,13 @@ def repeated_text_documents(docs: np.ndarray, lengths: np.ndarray) -> tuple[np.n
     return out, 2 * half
 
 
-__all__ = ["CopyPairs", "copy_pairs", "mix_batch", "natural_span", "periodic_text", "repeated_text_documents"]
+__all__ = [
+    "CopyPairs",
+    "copy_pairs",
+    "copy_rows",
+    "mix_batch",
+    "natural_span",
+    "periodic_text",
+    "random_periodic",
+    "repeated_text_documents",
+]

@@ -8,6 +8,7 @@ the global batch; rank 0 alone writes files. Curves and the final metrics are wr
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 import shutil
@@ -25,19 +26,27 @@ from lmask import attention, checkpoint
 from lmask.data import load_blocks, require_hub
 from lmask.determinism import host_cpu, require_pinned
 from lmask.device import Distributed, autocast, pick_device
-from lmask.io import DataError, atomic_dir, read_json, write_json
+from lmask.io import DataError, atomic_dir, write_json
 from lmask.params import MixParams, Params, TrainParams
-from lmask.synthetic import mix_batch
+from lmask.provenance import record_weights, stage_inputs, verify_weights
+from lmask.synthetic import copy_rows, mix_batch
 
-LOGGED = ("train_loss", "val_loss", "lr", "tokens_per_s")
+# Logged every eval_every steps (dvclive): the loss on natural rows and, apart, on the periodic rows after their first
+# period (only copying lowers it below a uniform guess: the onset of copying shows there).
+LOGGED = ("train_loss", "natural_loss", "copy_loss", "val_loss", "lr", "tokens_per_s")
 TIMINGS = ("train_time_s", "tokens_per_s")  # in the run's metrics only, never in the model folder
 
 
 def lr_at(step: int, cfg: TrainParams) -> float:
-    """Linear warmup to cfg.lr, then cosine decay to cfg.min_lr at cfg.steps."""
+    """The copy warm-up's own warmup to its constant lr (cfg.copy_warmup), then linear warmup to cfg.lr and cosine
+    decay to cfg.min_lr over the remaining steps."""
+    cw = cfg.copy_warmup
+    if step < cw.steps:
+        return cw.lr * min(1.0, (step + 1) / max(1, cw.warmup_steps))
+    step -= cw.steps
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cw.steps - cfg.warmup_steps)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
@@ -87,13 +96,45 @@ def mean_loss(
 class Run:
     """One training run: its name, seed and where it writes (paths come from dvc.yaml through the stage)."""
 
-    name: str  # "baseline", "half-s0", ...
+    name: str  # "baseline-b0", "half-b0-s0", ...
     seed: int  # batch order, synthetic sequences and dropout
     model_dir: Path
     live_dir: Path  # dvclive folder: metrics.json and plots/metrics/*.tsv
     checkpoint_dir: Path
-    fingerprint: str  # everything the run depends on; a checkpoint with another fingerprint is stale
+    inputs: dict[str, str]  # everything the run depends on (lmask.provenance): a checkpoint from other inputs is stale
     info: dict = field(default_factory=dict)  # saved beside the weights (windows, sinks, ...)
+
+
+@dataclass
+class Batch:
+    """One step's global batch: token rows and each row's period (0 = natural text)."""
+
+    rows: np.ndarray
+    periods: np.ndarray
+
+
+def step_batch(step: int, blocks: np.ndarray, cfg: TrainParams, mix: MixParams, seed: int, vocab_size: int) -> Batch:
+    """The global batch of a step, a function of (seed, step) alone: copy warm-up rows first, then natural blocks with
+    ``mix`` periodic rows among them."""
+    cw = cfg.copy_warmup
+    if step < cw.steps:
+        rows, periods = copy_rows(cw.batch_size, cw.context, cw.min_period, cw.max_period, vocab_size, seed, step)
+        return Batch(rows, periods)
+    rows, periods = mix_batch(
+        blocks[batch_indices(step, len(blocks), cfg.batch_size, seed)], mix, seed, step, vocab_size
+    )
+    return Batch(rows, periods)
+
+
+def row_losses(logits: torch.Tensor, x: torch.Tensor, periods: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(mean next-token loss over all labels, summed loss and label count on natural rows, and on periodic rows after
+    their first period). The first is what trains; the others are logged apart so that copying's onset shows."""
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2).float(), x[:, 1:], reduction="none")
+    label_pos = torch.arange(1, x.shape[1], device=x.device)[None, :]
+    natural = (periods == 0)[:, None].expand_as(nll)
+    copied = (periods[:, None] > 0) & (label_pos >= periods[:, None])
+    sums = torch.stack([(nll * natural).sum(), natural.sum(), (nll * copied).sum(), copied.sum()]).detach()
+    return nll.mean(), sums
 
 
 def train(
@@ -113,70 +154,94 @@ def train(
     written, returns ``{"stopped_at": step}``), to test resume.
     """
     world_size = int(os.environ.get("WORLD_SIZE", 1))  # a multi-node world (nnodes × nproc) is only known here
-    if cfg.batch_size % (cfg.micro_batch_size * world_size):
+    if cfg.batch_size % (cfg.micro_batch_size * world_size) or cfg.copy_warmup.batch_size % world_size:
         raise ValueError(
             f"{run.name}: batch_size {cfg.batch_size} is not divisible by micro_batch_size {cfg.micro_batch_size} × "
-            f"{world_size} processes; the global batch must stay batch_size"
+            f"{world_size} processes (or copy_warmup.batch_size by {world_size}); the global batch must stay batch_size"
         )
     device = pick_device(cfg.device)
     if device.type == "cpu":
         require_pinned(run.name)  # every entry point (stage, torchrun worker, script) pins the same way
     world = Distributed(device)
-    result = _train(model, train_blocks, val_blocks, cfg, mix, run, device, world, tokenizer, stop_after)
+    try:
+        progress = _train(model, train_blocks, val_blocks, cfg, mix, run, device, world, stop_after)
+    except FloatingPointError:
+        # The run cannot resume past the step that diverged (same inputs, same bits): its checkpoint is stale.
+        if world.is_main:
+            shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
+        raise
+    if progress.step < cfg.steps:
+        result = {"stopped_at": progress.step}
+    else:
+        result = _finish(model, val_blocks, cfg, mix, run, device, world, tokenizer, progress)
     # Not in a `finally`: tearing down a group while peers wait in a collective can hang; on errors torchrun
     # stops the other ranks.
     world.close()
     return result
 
 
-def _train(model, train_blocks, val_blocks, cfg, mix, run: Run, device, world: Distributed, tokenizer, stop_after):
-    micro = cfg.micro_batch_size
-    accumulation = cfg.batch_size // (micro * world.world_size)
-    shard = cfg.batch_size // world.world_size
-    context = train_blocks.shape[1]
-
-    torch.manual_seed(run.seed + world.rank)  # distinct dropout per rank; rank 0 matches a single-process run
-    model.to(device).train()
+def _optimizer(model: torch.nn.Module, cfg: TrainParams, device: torch.device) -> torch.optim.Optimizer:
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
+    return torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr,
         betas=(0.9, 0.95),
         fused=device.type in ("cpu", "cuda"),  # one kernel for the whole update: 8 % faster steps on the 2-core CPU
     )
+
+
+def _train(
+    model,
+    train_blocks,
+    val_blocks,
+    cfg: TrainParams,
+    mix: MixParams,
+    run: Run,
+    device,
+    world: Distributed,
+    stop_after: int | None,
+) -> checkpoint.Progress:
+    """The optimizer steps; returns where the run stands (cfg.steps when done, earlier when stopped)."""
+    vocab_size = model.config.vocab_size
+    torch.manual_seed(run.seed + world.rank)  # distinct dropout per rank; rank 0 matches a single-process run
+    model.to(device).train()
+    optimizer = _optimizer(model, cfg, device)
     # Every rank restores the same model and optimizer state before DDP wraps (and broadcasts) the model.
-    progress = checkpoint.load(run.checkpoint_dir, model, optimizer, run.fingerprint, run.name, world)
+    progress = checkpoint.load(run.checkpoint_dir, model, optimizer, run.inputs, run.name, world)
     ddp_model = (
         torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
         if world.enabled
         else model
     )
-    paths_before = attention.PATH_COUNTS.copy()
-
+    calls_before = attention.PATH_COUNTS.copy()
     bar = tqdm(total=cfg.steps, initial=progress.step, desc=run.name, unit="step", disable=not world.is_main)
-    window = progress.window or {"loss": 0.0, "tokens": 0, "time": 0.0, "start": progress.step}
+    log = progress.log_window or _new_window(progress.step)
     while progress.step < cfg.steps:
         step = progress.step
         t0 = time.perf_counter()
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = mix_batch(
-            train_blocks[batch_indices(step, len(train_blocks), cfg.batch_size, run.seed)], mix, run.seed, step
-        )
-        batch = batch[world.rank * shard : (world.rank + 1) * shard]
-        local_loss = torch.zeros((), device=device)
+        batch = step_batch(step, train_blocks, cfg, mix, run.seed, vocab_size)
+        shard = len(batch.rows) // world.world_size
+        rows = batch.rows[world.rank * shard : (world.rank + 1) * shard]
+        periods = batch.periods[world.rank * shard : (world.rank + 1) * shard]
+        micro = cfg.micro_batch_size if step >= cfg.copy_warmup.steps else shard  # warm-up rows are short: one pass
+        accumulation = shard // micro
+        sums = torch.zeros(4, device=device)
         for k in range(accumulation):
-            x = torch.from_numpy(batch[k * micro : (k + 1) * micro]).to(device)
+            x = torch.from_numpy(rows[k * micro : (k + 1) * micro]).to(device)
+            per = torch.from_numpy(periods[k * micro : (k + 1) * micro]).to(device)
             sync = k == accumulation - 1 or not world.enabled
             with nullcontext() if sync else ddp_model.no_sync(), autocast(device):
-                loss = ddp_model(input_ids=x, labels=x).loss / accumulation
-            loss.backward()
-            local_loss += loss.detach().float()
-        # The global batch's loss (mean over ranks): the value logged, and the one every rank checks, so a NaN on
-        # any rank stops all of them together instead of leaving the others hanging in the next all-reduce.
-        step_loss = world.all_sum(local_loss).item() / world.world_size
+                loss, part = row_losses(ddp_model(input_ids=x).logits, x, per)
+            (loss / accumulation).backward()
+            sums += part
+        # The global batch's sums over ranks: the value logged, and the one every rank checks, so a NaN on any rank
+        # stops all of them together instead of leaving the others hanging in the next all-reduce.
+        sums = world.all_sum(sums)
+        step_loss = float((sums[0] + sums[2]) / (sums[1] + sums[3]).clamp(min=1))
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
         if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
             # Raised before optimizer.step(), so the last checkpoint holds finite weights.
@@ -191,69 +256,110 @@ def _train(model, train_blocks, val_blocks, cfg, mix, run: Run, device, world: D
         progress.step = step = step + 1
         dt = time.perf_counter() - t0
         progress.elapsed += dt
-        window["loss"] += step_loss
-        window["tokens"] += cfg.batch_size * context
-        window["time"] += dt
+        _accumulate(log, step_loss, sums.tolist(), batch.rows.size, dt)
         bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{window['tokens'] / window['time']:.0f}")
-
+        bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{log['tokens'] / log['time']:.0f}")
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            val = mean_loss(model, val_blocks, micro, device, cfg.eval_batches, world)
-            progress.rows.append(
-                {
-                    "step": step,
-                    "train_loss": round(window["loss"] / (step - window["start"]), 5),
-                    "val_loss": round(val, 5),
-                    "lr": lr,
-                    "tokens_per_s": round(window["tokens"] / window["time"], 1),
-                }
-            )
-            window = {"loss": 0.0, "tokens": 0, "time": 0.0, "start": step}
-        progress.window = window
+            val = mean_loss(model, val_blocks, cfg.micro_batch_size, device, cfg.eval_batches, world)
+            progress.rows.append(_log_row(log, step, val, lr))
+            log = _new_window(step)
+        progress.log_window = log
+        progress.attention_calls = dict(
+            attention.PATH_COUNTS - calls_before + collections.Counter(progress.attention_calls)
+        )
+        calls_before = attention.PATH_COUNTS.copy()
         stopping = stop_after is not None and step >= stop_after and step < cfg.steps
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping:
-            checkpoint.save(run.checkpoint_dir, model, optimizer, progress, run.fingerprint, world)
+            checkpoint.save(run.checkpoint_dir, model, optimizer, progress, run.inputs, world)
         if stopping:
-            bar.close()
-            world.barrier()  # the checkpoint is on disk before any rank returns
-            return {"stopped_at": step}
+            break
     bar.close()
+    world.barrier()  # the checkpoint is on disk before any rank returns
+    return progress
 
-    # All ranks evaluate (sharded) and so return identical metrics; only rank 0 writes them.
+
+def _new_window(step: int) -> dict:
+    return {"loss": 0.0, "sums": [0.0, 0.0, 0.0, 0.0], "tokens": 0, "time": 0.0, "start": step}
+
+
+def _accumulate(log: dict, loss: float, sums: list[float], tokens: int, dt: float) -> None:
+    log["loss"] += loss
+    log["sums"] = [a + b for a, b in zip(log["sums"], sums, strict=True)]
+    log["tokens"] += tokens
+    log["time"] += dt
+
+
+def _log_row(log: dict, step: int, val: float, lr: float) -> dict:
+    nat_sum, nat_n, copy_sum, copy_n = log["sums"]
+    return {
+        "step": step,
+        "train_loss": round(log["loss"] / (step - log["start"]), 5),
+        "natural_loss": round(nat_sum / nat_n, 5) if nat_n else None,
+        "copy_loss": round(copy_sum / copy_n, 5) if copy_n else None,
+        "val_loss": round(val, 5),
+        "lr": lr,
+        "tokens_per_s": round(log["tokens"] / log["time"], 1),
+    }
+
+
+def run_tokens(cfg: TrainParams, context: int) -> int:
+    """Tokens a run trains on: the copy warm-up's short rows, then full blocks."""
+    cw = cfg.copy_warmup
+    return cw.steps * cw.batch_size * cw.context + (cfg.steps - cw.steps) * cfg.batch_size * context
+
+
+def _finish(
+    model,
+    val_blocks,
+    cfg: TrainParams,
+    mix: MixParams,
+    run: Run,
+    device,
+    world: Distributed,
+    tokenizer,
+    progress: checkpoint.Progress,
+) -> dict:
+    """Save the model folder (only what the weights determine) and the run's metrics (timings, host, attention
+    paths); delete the checkpoint. All ranks return identical metrics; rank 0 writes."""
     # The last logged row already holds this validation loss (same batches); the evaluate stage scores fully.
     last = progress.rows[-1]
     val_loss = (
         last["val_loss"]
         if last["step"] == cfg.steps
-        else mean_loss(model, val_blocks, micro, device, cfg.eval_batches, world)
+        else mean_loss(model, val_blocks, cfg.micro_batch_size, device, cfg.eval_batches, world)
     )
-    total_tokens = cfg.steps * cfg.batch_size * context
-    paths = attention.PATH_COUNTS - paths_before
+    tokens = run_tokens(cfg, val_blocks.shape[1])
     metrics = {
         "steps": cfg.steps,
-        "train_loss": progress.rows[-1]["train_loss"],
+        "train_loss": last["train_loss"],
         "val_loss": round(val_loss, 5),
         "val_ppl": round(math.exp(val_loss), 3),
+        "copy_loss": last["copy_loss"],
         "train_time_s": round(progress.elapsed, 1),
-        "tokens_per_s": round(total_tokens / max(progress.elapsed, 1e-9), 1),
+        "tokens_per_s": round(tokens / max(progress.elapsed, 1e-9), 1),
     }
     info = {
         "name": run.name,
         "seed": run.seed,
-        "tokens": total_tokens,
+        "tokens": tokens,
         "device": device.type,
         "world_size": world.world_size,
-        "threads": torch.get_num_threads(),  # results depend on it (lmask.determinism)
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "attention_paths": sorted(paths),  # the paths that actually ran (a flex fallback shows as flex_fallback)
-        "attention_calls": dict(sorted(paths.items())),
         "train": asdict(cfg),
         "mix": asdict(mix),
         **run.info,
     }
-    # The model folder is DVC-cached and hashed: no wall-clock time, throughput or host in it, or bit-identical
-    # weights would get a new hash on every run (and every host). Those live in the uncached dvclive metrics.
+    # The model folder is DVC-cached and hashed: only what the weights determine goes in it. Wall-clock time,
+    # throughput, the host and the attention calls of this process live in the uncached dvclive metrics, so a resumed
+    # run's folder is byte-identical to an uninterrupted one's.
     timeless = {k: v for k, v in metrics.items() if k not in TIMINGS}
+    process = {
+        **metrics,
+        "host": host_cpu(),
+        "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "attention_paths": sorted(progress.attention_calls),  # the paths that ran (a flex fallback shows)
+        "attention_calls": dict(sorted(progress.attention_calls.items())),
+    }
     # Every rank has finished every step before rank 0 deletes the checkpoint: a rank crashing late can still resume.
     world.barrier()
     if world.is_main:
@@ -261,11 +367,11 @@ def _train(model, train_blocks, val_blocks, cfg, mix, run: Run, device, world: D
             model.save_pretrained(tmp)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
-            write_json(tmp / "train_info.json", {**info, "metrics": timeless})
-        write_live(run.live_dir, progress.rows, {**metrics, "host": host_cpu()})
+            write_json(tmp / "train_info.json", {**info, "metrics": timeless, "weights_sha256": record_weights(tmp)})
+        write_live(run.live_dir, progress.rows, process)
         shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
     world.barrier()  # outputs exist before any rank returns
-    return {**metrics, "attention_paths": info["attention_paths"]}
+    return {**metrics, "attention_paths": process["attention_paths"]}
 
 
 def write_live(live_dir: Path, rows: list[dict], summary: dict) -> None:
@@ -279,7 +385,8 @@ def write_live(live_dir: Path, rows: list[dict], summary: dict) -> None:
         for row in rows:
             live.step = row["step"]
             for name in LOGGED:
-                live.log_metric(name, row[name])
+                if row.get(name) is not None:  # copy_loss only where periodic rows were trained on
+                    live.log_metric(name, row[name])
         live.summary = {"step": rows[-1]["step"], **summary}
         live.make_summary()
 
@@ -313,6 +420,11 @@ def _tokenizer(folder: Path):
     return AutoTokenizer.from_pretrained(str(folder))
 
 
+def _process_facts() -> dict[str, str]:
+    """What the bits depend on beyond the stage's declared inputs: torch's build and the threads that run."""
+    return {"torch": torch.__version__, "threads": str(torch.get_num_threads())}
+
+
 def baseline_seed(params: Params, baseline: int) -> int:
     """The RNG seed (initialisation, data order, mix) of baseline ``baseline``; baseline 0 keeps ``params.seed``."""
     return params.seed + 1000 * baseline
@@ -339,20 +451,10 @@ def train_baseline(
     params.train and params.model."""
     tokenizer = _tokenizer(tokenizer_dir)
     train_blocks, val_blocks = load_blocks(data_dir, "train"), load_blocks(data_dir, "validation")
-    stats = read_json(data_dir / "stats.json", "tokenizer statistics")
     seed = baseline_seed(params, baseline)
     model = initial_model(params, tokenizer, seed)
-    run = Run(
-        f"baseline-b{baseline}",
-        seed,
-        model_dir,
-        live_dir,
-        checkpoint_dir,
-        checkpoint.fingerprint_parts(
-            "baseline", asdict(params.train), asdict(params.model), asdict(params.mix), seed, stats
-        ),
-        info={"baseline": baseline},
-    )
+    inputs = stage_inputs("train_baseline", {"baseline": baseline}, params.raw, extra=_process_facts())
+    run = Run(f"baseline-b{baseline}", seed, model_dir, live_dir, checkpoint_dir, inputs, info={"baseline": baseline})
     return train(model, train_blocks, val_blocks, params.train, params.mix, run, tokenizer, stop_after)
 
 
@@ -372,28 +474,20 @@ def train_masked(
     from lmask.model import apply_windows, load_model
 
     sched = params.schedule(schedule)
-    weights = baseline_dir / "model.safetensors"
-    if not weights.is_file():
-        raise DataError(f"{weights}: file not found (run `dvc repro train_baseline`)")
+    if not (baseline_dir / "model.safetensors").is_file():
+        raise DataError(f"{baseline_dir / 'model.safetensors'}: file not found (run `dvc repro train_baseline`)")
+    verify_weights(baseline_dir)
     tokenizer = _tokenizer(baseline_dir)
     train_blocks, val_blocks = load_blocks(data_dir, "train"), load_blocks(data_dir, "validation")
     model = apply_windows(load_model(baseline_dir), sched.windows, sched.sinks, params.attention.backend)
+    item = {"schedule": schedule, "baseline": baseline, "seed": seed}
     run = Run(
         f"{schedule}-b{baseline}-s{seed}",
         finetune_seed(params, baseline, seed),
         model_dir,
         live_dir,
         checkpoint_dir,
-        checkpoint.fingerprint_parts(
-            schedule,
-            sched.windows,
-            sched.sinks,
-            asdict(params.masked),
-            asdict(params.mix),
-            params.attention.backend,
-            finetune_seed(params, baseline, seed),
-            checkpoint.file_sha256(weights),
-        ),
+        stage_inputs("train_masked", item, params.raw, extra=_process_facts()),
         info={
             "schedule": schedule,
             "windows": sched.windows,

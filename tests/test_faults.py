@@ -182,40 +182,66 @@ def tiny_run(tmp_path: Path, folder: str = "run", **train) -> tuple[dict, lmask.
     cfg = TrainParams(steps=2, batch_size=2, micro_batch_size=2, warmup_steps=0, eval_every=1, eval_batches=1)
     cfg = dataclasses.replace(cfg, device="cpu", **train)
     out = tmp_path / folder
-    run_ = lmask.train.Run("baseline", 0, out / "model", out / "live", out / "ckpt", "fingerprint")
+    run_ = lmask.train.Run("baseline", 0, out / "model", out / "live", out / "ckpt", {"inputs": "fixed"})
     return {"model": model, "train_blocks": blocks, "val_blocks": blocks[:4], "cfg": cfg, "mix": MixParams()}, run_
 
 
 CHECKPOINT_SCRIPT = """\
 import sys
 from pathlib import Path
-import torch
+import torch, yaml
 from lmask import checkpoint
 from lmask.device import Distributed
+from lmask.provenance import stage_inputs
 model = torch.nn.Linear(4, 4)
 opt = torch.optim.AdamW(model.parameters())
 world = Distributed(torch.device("cpu"))
+inputs = stage_inputs("train_baseline", {"baseline": 0}, yaml.safe_load(Path("params.yaml").read_text()))
 if sys.argv[1] == "save":  # state.prev.pt and state.pt
     for step in (50, 100):
-        checkpoint.save(Path("ckpt"), model, opt, checkpoint.Progress(step=step), "fp", world)
+        checkpoint.save(Path("ckpt"), model, opt, checkpoint.Progress(step=step), inputs, world)
 else:
     before = [p.clone() for p in model.parameters()]
-    step = checkpoint.load(Path("ckpt"), model, opt, "fp", "baseline", world).step
+    step = checkpoint.load(Path("ckpt"), model, opt, inputs, "baseline", world).step
     print("step", step, "weights loaded:", not all(torch.equal(a, b) for a, b in zip(before, model.parameters())))
 """
 
+CHANGES = {  # issue 30's resume faults: each input dvc.yaml declares for the stage, changed between save and resume
+    "kernel": ("lmask/csrc/band.cpp", lambda p: p.write_text(p.read_text() + "// edited\n"), "lmask/csrc/band.cpp"),
+    "code": ("lmask/train.py", lambda p: p.write_text(p.read_text() + "# edited\n"), "lmask/train.py"),
+    "data": (
+        "data/tokenized/train.npy",
+        lambda p: p.write_bytes(p.read_bytes()[::-1]),  # same size, same token counts, other content
+        "data/tokenized",
+    ),
+    "threads": (
+        "params.yaml",
+        lambda p: p.write_text(p.read_text().replace("cpu_threads: 2", "cpu_threads: 1")),
+        "params:cpu_threads",
+    ),
+}
 
-def test_resume_after_a_code_change_restarts_from_step_0(tmp_path):
-    """A checkpoint saved by one process, the learning-rate line of lmask/train.py edited, a new process resumes."""
+
+@pytest.mark.parametrize("what", CHANGES)
+def test_resume_after_an_input_change_restarts_from_step_0(tmp_path, what):
+    """A checkpoint saved by one process, one of the stage's declared inputs changed (the C++ kernel, code, the
+    data's content at equal size, cpu_threads), a new process resumes: it refuses, naming what changed."""
     for package in ("lmask", "stages"):
         shutil.copytree(ROOT / package, tmp_path / package)
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy2(ROOT / name, tmp_path / name)
+    (tmp_path / "data/tokenized").mkdir(parents=True)
+    np.save(tmp_path / "data/tokenized/train.npy", np.arange(4096, dtype=np.uint16))
     saved = python(["-c", CHECKPOINT_SCRIPT, "save"], tmp_path, path=tmp_path)
     assert saved.returncode == 0, saved
-    edit(tmp_path / "lmask/train.py", "return cfg.lr * (step + 1)", "return 2 * cfg.lr * (step + 1)")
+    unchanged = python(["-c", CHECKPOINT_SCRIPT, "load"], tmp_path, path=tmp_path)
+    assert unchanged.stdout.splitlines()[-1] == "step 100 weights loaded: True", unchanged
+    rel, change, named = CHANGES[what]
+    change(tmp_path / rel)
     resumed = python(["-c", CHECKPOINT_SCRIPT, "load"], tmp_path, path=tmp_path)
     assert resumed.returncode == 0 and "Traceback" not in resumed.stderr, resumed
     assert resumed.stdout.splitlines() == [
-        "baseline: checkpoint ckpt/state.pt was made by other code (lmask/train.py changed); starting from step 0",
+        f"baseline: checkpoint ckpt/state.pt was made from other inputs ({named} changed); starting from step 0",
         "step 0 weights loaded: False",
     ]
 

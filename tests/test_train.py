@@ -7,6 +7,8 @@ Runs lmask.train in-process on the tiny preset (data prepared in-process, no DVC
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
 import shutil
 import subprocess
@@ -62,6 +64,7 @@ def prepare(root: Path, **train) -> Params:
 def tiny_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("train_data")
     shutil.copy2(ROOT / "params.yaml", root / "params.yaml")
+    shutil.copy2(ROOT / "dvc.yaml", root / "dvc.yaml")  # the stage's declared inputs: what a checkpoint must match
     shutil.copytree(ROOT / "presets", root / "presets")
     prepare(root, steps=8, checkpoint_every=2, eval_every=2)
     return root
@@ -82,6 +85,10 @@ def train(params: Params, stop_after: int | None = None) -> dict:
 def clean_outputs() -> None:
     for d in OUTPUTS:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def folder_bytes(folder: str) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir())}
 
 
 def weights(folder: str = "models/baseline") -> dict[str, torch.Tensor]:
@@ -106,7 +113,7 @@ def test_interrupted_run_resumes_to_identical_weights(workdir):
     params = load_params()
     assert params.train.steps == 8 and params.train.checkpoint_every == 2
     full = train(params)
-    ref_weights, ref_curve = weights(), curve()
+    ref_weights, ref_curve, ref_folder = weights(), curve(), folder_bytes("models/baseline")
     clean_outputs()
 
     # Stop twice, at steps that are not checkpoint_every multiples: stop_after must still leave a checkpoint.
@@ -119,6 +126,7 @@ def test_interrupted_run_resumes_to_identical_weights(workdir):
     assert curve() == ref_curve
     assert resumed["val_loss"] == full["val_loss"] and resumed["train_loss"] == full["train_loss"]
     assert not Path("checkpoints/baseline").exists(), "a finished run removes its checkpoints"
+    assert folder_bytes("models/baseline") == ref_folder, "the model folder holds only what the weights determine"
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
@@ -155,8 +163,9 @@ def test_stale_checkpoint_is_ignored(workdir, capsys):
     params = load_params()
     train(params, stop_after=2)
     changed = with_train(params, lr=params.train.lr / 2)
+    changed.raw["train"]["lr"] = changed.train.lr  # what dvc.yaml's params entry for the stage reads
     train(changed)
-    assert "ignoring stale checkpoint" in capsys.readouterr().out
+    assert "was made from other inputs (params:train changed); starting from step 0" in capsys.readouterr().out
     after_stale = weights()
     clean_outputs()
     train(changed)  # a fresh run with the new params is the reference
@@ -178,6 +187,7 @@ def test_non_finite_loss_stops_with_a_clear_error(workdir, monkeypatch):
     ):
         train(load_params())
     assert not Path("models/baseline").exists() and not Path("metrics/train/baseline").exists()
+    assert not Path("checkpoints/baseline").exists(), "a diverged run's checkpoint cannot resume: it is removed"
 
 
 def test_huge_learning_rate_diverges_with_a_clear_error(workdir):
@@ -200,16 +210,53 @@ def test_mixed_batches_are_a_function_of_seed_and_step():
     from lmask.synthetic import mix_batch
 
     blocks = np.random.default_rng(0).integers(1, 1000, size=(64, 32))
-    mix = MixParams(fraction=0.5, min_period=4, max_period=8)
-    a, b = mix_batch(blocks, mix, 1, 7), mix_batch(blocks, mix, 1, 7)
-    assert np.array_equal(a, b) and not np.array_equal(a, mix_batch(blocks, mix, 1, 8))
+    mix = MixParams(fraction=0.5, kind="natural", min_period=4, max_period=8)
+    (a, periods), (b, _) = mix_batch(blocks, mix, 1, 7, 1000), mix_batch(blocks, mix, 1, 7, 1000)
+    assert np.array_equal(a, b) and not np.array_equal(a, mix_batch(blocks, mix, 1, 8, 1000)[0])
     changed = [i for i in range(len(a)) if not np.array_equal(a[i], blocks[i])]
     assert 16 <= len(changed) <= 48  # about half the rows
-    for i in changed:  # each is a segment of that row's own text, repeated with a period in [4, 8]
-        period = next(p for p in range(4, 9) if np.array_equal(a[i][p:], a[i][:-p]))
-        segment = a[i][:period]
-        assert any(np.array_equal(blocks[i][s : s + period], segment) for s in range(32 - period + 1))
-    assert np.array_equal(mix_batch(blocks, MixParams(fraction=0.0), 1, 7), blocks)
+    assert changed == list(np.flatnonzero(periods))
+    for i in changed:  # each is a segment of that row's own text, repeated with its recorded period
+        p = periods[i]
+        assert 4 <= p <= 8 and np.array_equal(a[i][p:], a[i][:-p])
+        assert any(np.array_equal(blocks[i][s : s + p], a[i][:p]) for s in range(32 - p + 1))
+    unchanged, none = mix_batch(blocks, MixParams(fraction=0.0), 1, 7, 1000)
+    assert np.array_equal(unchanged, blocks) and not none.any()
+
+
+def test_random_periodic_rows_repeat_distinct_ids_with_their_period():
+    """kind random: only copying predicts them: distinct ids (never 0, the end-of-text id), repeated exactly."""
+    from lmask.params import MixParams
+    from lmask.synthetic import copy_rows, mix_batch
+
+    blocks = np.zeros((200, 48), dtype=np.int64)
+    out, periods = mix_batch(blocks, MixParams(fraction=1.0, kind="random", min_period=5, max_period=20), 3, 0, 50)
+    assert set(np.unique(periods)) <= set(range(5, 21)) and len(np.unique(periods)) > 5
+    rows, row_periods = copy_rows(30, 40, 2, 9, 50, seed=3, step=11)
+    assert rows.shape == (30, 40) and np.array_equal(rows, copy_rows(30, 40, 2, 9, 50, seed=3, step=11)[0])
+    for x, p in [*zip(out, periods), *zip(rows, row_periods)]:
+        segment = x[:p]
+        assert len(set(segment.tolist())) == p and 0 not in segment
+        assert np.array_equal(x, np.resize(segment, len(x)))
+
+
+def test_periodic_and_natural_losses_are_logged_apart(workdir):
+    """dvclive gets the loss on natural rows and, apart, on periodic rows after their first period (copying's onset
+    shows there), including during a copy warm-up."""
+    params = load_params()
+    cw = dataclasses.replace(params.train.copy_warmup, steps=3, batch_size=4, context=32, min_period=2, max_period=8)
+    train(with_train(params, copy_warmup=cw))
+    plots = Path("metrics/train/baseline/plots/metrics")
+    copy = [line.split("\t") for line in (plots / "copy_loss.tsv").read_text().splitlines()[1:]]
+    natural = [line.split("\t") for line in (plots / "natural_loss.tsv").read_text().splitlines()[1:]]
+    assert int(copy[0][0]) == 2 and {int(r[0]) for r in copy} <= {2, 4, 6, 8}  # warm-up, then mixed rows (if any)
+    assert [int(r[0]) for r in natural] == [4, 6, 8]  # none during the warm-up
+    uniform = math.log(params.tokenizer.vocab_size)
+    assert all(0 < float(r[1]) < 2 * uniform for r in copy + natural)
+    metrics = json.loads(Path("metrics/train/baseline/metrics.json").read_text())
+    assert metrics["attention_calls"]["causal"] > 0 and "attention_calls" not in json.loads(
+        Path("models/baseline/train_info.json").read_text()
+    )
 
 
 @pytest.mark.slow
