@@ -10,12 +10,13 @@ material of the report's intervals goes to ``<out_dir>/<variant>.npz``:
   document: documents are the units of every interval;
 - ``copy_nll``: [distances, sequences, 2] mean NLL of a natural span's second occurrence with the same span (0) or
   a different natural span (1) d tokens before it (lmask.synthetic);
-- ``gen_bleu`` / ``gen_distinct2`` / ``gen_continuation_nll``: per prompt, of seeded samples continuing long prompts
-  (lmask.generation).
+- ``gen_bleu`` / ``gen_bleu_null`` / ``gen_distinct2``: per prompt, of seeded samples continuing long prompts, and
+  the BLEU an unrelated passage (another test document's text at the same place) scores against the same reference:
+  the null a model must beat (lmask.generation).
 
-What each variant is scored on (``Parts``) is chosen to fit the CPU budget: every model scores the test domain;
-the baselines score everything; zero-shot variants add the copy probe (the first ``copy.schedule_sequences``
-sequences), and the first fine-tuning seed of each baseline adds the other domains and generation.
+What each variant is scored on (``Parts``): every model scores the test and repeated-text domains and the copy probe
+(the instruments of Q1, paired across models sequence by sequence); baselines and fine-tuned runs add the code domain;
+the baselines and the first fine-tuning seed add generation, one run the attention analysis.
 
 Point estimates go to the metrics JSON (``dvc metrics`` shows them). No timings: the benchmark owns speed.
 """
@@ -78,30 +79,33 @@ class EvalData:
     pairs: list[CopyPairs]
     prompts: np.ndarray
     references: np.ndarray
-    prompt_docs: np.ndarray  # test document of each prompt
+    nulls: np.ndarray  # per prompt, an unrelated passage in the reference's place: BLEU's null
 
 
-def eval_data(params: Params, data_dir: Path, n_sequences: int) -> EvalData:
+def eval_data(params: Params, data_dir: Path) -> EvalData:
     cap = params.evaluate.max_documents
     domains = {d: tuple(a[:cap] for a in load_documents(data_dir, d)) for d in HELDOUT}
     domains["repeated"] = repeated_text_documents(*domains["test"])
     pairs = copy_pairs(*domains["test"], params.copy, params.seed)
-    pairs = [CopyPairs(p.distance, p.same[:n_sequences], p.control[:n_sequences], p.start) for p in pairs]
-    prompts, references, prompt_docs = prompts_from_documents(*domains["test"], params.generation)
-    return EvalData(domains, pairs, prompts, references, prompt_docs)
+    prompts, references, nulls = prompts_from_documents(*domains["test"], params.generation)
+    return EvalData(domains, pairs, prompts, references, nulls)
 
 
 @dataclass(frozen=True)
 class Parts:
-    """What a variant is scored on besides the test domain."""
+    """What a variant is scored on besides the test and repeated-text domains and the copy probe (every model)."""
 
-    domains: bool = False  # the code and repeated-text domains
-    copy: bool = False  # the copy probe
+    code: bool = False  # the out-of-domain code files
     generation: bool = False
     analysis: bool = False  # attention entropy / distance / sink mass and heatmaps
+    copy: bool = True
+
+    @property
+    def domain_names(self) -> tuple[str, ...]:
+        return ("test", "code", "repeated") if self.code else ("test", "repeated")
 
 
-EVERYTHING = Parts(True, True, True, True)
+EVERYTHING = Parts(True, True, True)
 
 
 def evaluate_variant(
@@ -110,7 +114,8 @@ def evaluate_variant(
     """(arrays for the .npz, metrics + texts) for one model: the test domain and the ``parts`` asked for."""
     model.to(device)
     bs = params.evaluate.batch_size
-    domains = data.domains if parts.domains else {"test": data.domains["test"]}
+    domains = data.domains
+    domains = {d: domains[d] for d in domains if d in parts.domain_names}
     arrays = {f"nll_{d}": token_nll(model, blocks, lengths, bs, device) for d, (blocks, lengths) in domains.items()}
     metrics: dict = {f"{d}_ppl": round(math.exp(float(np.nanmean(arrays[f"nll_{d}"]))), 3) for d in domains}
     if parts.copy:
@@ -120,13 +125,10 @@ def evaluate_variant(
     extra: dict = {}
     if parts.generation:
         gen, extra["texts"] = generation_report(
-            model, tokenizer, data.prompts, data.references, params.generation, params.seed
+            model, tokenizer, data.prompts, data.references, data.nulls, params.generation, params.seed
         )
         arrays["gen_bleu"], arrays["gen_distinct2"] = gen.pop("per_prompt_bleu"), gen.pop("per_prompt_distinct2")
-        # The true continuation's NLL after each prompt: the test NLL at those positions (prompts are document starts).
-        p, n = params.generation.prompt_tokens, params.generation.new_tokens
-        arrays["gen_continuation_nll"] = arrays["nll_test"][data.prompt_docs, p - 1 : p - 1 + n].mean(1)
-        gen["continuation_nll"] = round(float(arrays["gen_continuation_nll"].mean()), 4) if len(data.prompts) else None
+        arrays["gen_bleu_null"] = gen.pop("per_prompt_bleu_null")
         metrics["generation"] = gen
     if parts.analysis:
         rows, extra["heatmaps"] = analyse(model, data.domains["test"][0][: params.analysis.batch_size], params.analysis)
@@ -161,7 +163,6 @@ def _evaluate(
     data_dir: Path,
     tokenizer_dir: Path,
     variants: dict[str, tuple[Callable[[], torch.nn.Module], Parts]],
-    n_sequences: int,
     desc: str,
 ) -> tuple[dict[str, tuple[dict, dict]], EvalData, object]:
     """Score every variant (name -> (model loader, parts))."""
@@ -169,7 +170,7 @@ def _evaluate(
 
     device = pick_device(params.train.device)
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    data = eval_data(params, data_dir, n_sequences)
+    data = eval_data(params, data_dir)
     results = {}
     for name, (make, parts) in tqdm(variants.items(), desc=desc, unit="model"):
         results[name] = evaluate_variant(make(), data, params, tokenizer, device, parts)
@@ -182,13 +183,11 @@ def evaluate_baselines(
     """Score every baseline seed; also records the unigram floor they must beat, on the same scored tokens."""
     first_run = min(model_dirs)
     variants = {
-        f"b{k}": (lambda p=path: _load(p), EVERYTHING if k == first_run else Parts(True, True, True))
+        f"b{k}": (lambda p=path: _load(p), EVERYTHING if k == first_run else Parts(code=True, generation=True))
         for k, path in model_dirs.items()
     }
     first = next(iter(model_dirs.values()))
-    results, data, tokenizer = _evaluate(
-        params, data_dir, first, variants, params.copy.n_sequences, "evaluate baselines"
-    )
+    results, data, tokenizer = _evaluate(params, data_dir, first, variants, "evaluate baselines")
     blocks, lengths = data.domains["test"]
     scored = np.concatenate([row[1:n] for row, n in zip(blocks, lengths, strict=True)])  # labels test_ppl averages
     unigram = unigram_perplexity(load_blocks(data_dir, "train"), scored, len(tokenizer))
@@ -217,14 +216,13 @@ def evaluate_schedule(
     sched = params.schedule(schedule)
     variants = {}
     for k, path in baseline_dirs.items():
-        variants[f"b{k}-zs"] = (lambda p=path: apply_windows(_load(p), sched.windows, sched.sinks), Parts(copy=True))
+        variants[f"b{k}-zs"] = (lambda p=path: apply_windows(_load(p), sched.windows, sched.sinks), Parts())
     first_seed, first_run = min(s for _, s in model_dirs), min(model_dirs)
     for (k, s), path in model_dirs.items():
-        parts = Parts(domains=s == first_seed, generation=s == first_seed, analysis=(k, s) == first_run)
+        parts = Parts(code=True, generation=s == first_seed, analysis=(k, s) == first_run)
         variants[f"b{k}-s{s}"] = (lambda p=path: _load(p), parts)
     first = next(iter(baseline_dirs.values()))
-    n_seq = params.copy.schedule_sequences
-    results, _, tokenizer = _evaluate(params, data_dir, first, variants, n_seq, f"evaluate {schedule}")
+    results, _, tokenizer = _evaluate(params, data_dir, first, variants, f"evaluate {schedule}")
     header = {
         "windows": sched.windows,
         "sinks": sched.sinks,

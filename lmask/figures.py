@@ -12,8 +12,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from lmask.answers import pareto
 from lmask.summary import BASELINE, EVAL_DOMAINS
-from lmask.tables import pareto
 
 Records = dict[str, dict[str, Any]]
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"]
@@ -142,7 +142,7 @@ def quality_cost_figure(records: Records, speedups: dict[str, float]) -> go.Figu
 
 
 def copy_figure(records: Records) -> go.Figure:
-    """Copy gain vs distance: the baselines (the Q1 gate), and each schedule zero-shot (dashed)."""
+    """Copy gain vs distance: the baselines (the Q1 gate), and each schedule zero-shot (dashed) and fine-tuned."""
     fig = go.Figure()
 
     def add(gains: dict[str, dict], name: str, c: str, dash: str = "solid") -> None:
@@ -161,7 +161,9 @@ def copy_figure(records: Records) -> go.Figure:
 
     add(records[BASELINE]["copy_loss_drop"], BASELINE, "#000")
     for i, name in enumerate(n for n in records if n != BASELINE):
-        add(records[name]["copy_gain"]["zero_shot"], f"{name} zero-shot", color(i), "dash")
+        add(records[name]["copy_gain_zero_shot"], f"{name} zero-shot", color(i), "dash")
+        if "copy_gain" in records[name]:
+            add(records[name]["copy_gain"], f"{name} fine-tuned", color(i))
     fig.add_hline(y=0, line_dash="dot")
     fig.update_xaxes(title="distance d between the two occurrences (tokens)", type="log")
     fig.update_yaxes(title="copy gain (nats)")

@@ -21,11 +21,13 @@ DEGENERATE_DISTINCT2 = 0.5  # an output whose bigrams are less than half distinc
 def prompts_from_documents(
     docs: np.ndarray, lengths: np.ndarray, cfg: GenerationParams
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(prompts [n, prompt_tokens], references [n, new_tokens], document indices): the first ``cfg.n_prompts``
-    documents long enough for a prompt and its reference."""
+    """(prompts [n, prompt_tokens], references [n, new_tokens], nulls [n, new_tokens]) from the first
+    ``cfg.n_prompts`` documents long enough for a prompt and its reference. A prompt's null is the next chosen
+    document's text at the same place: real text from the same domain that did not follow this prompt, so its BLEU
+    against the reference is what a model scores without using the prompt at all."""
     idx = np.flatnonzero(lengths >= cfg.prompt_tokens + cfg.new_tokens)[: cfg.n_prompts]
-    chosen = docs[idx]
-    return chosen[:, : cfg.prompt_tokens], chosen[:, cfg.prompt_tokens : cfg.prompt_tokens + cfg.new_tokens], idx
+    cont = docs[idx][:, cfg.prompt_tokens : cfg.prompt_tokens + cfg.new_tokens]
+    return docs[idx][:, : cfg.prompt_tokens], cont, np.roll(cont, -1, axis=0)
 
 
 @torch.no_grad()
@@ -73,13 +75,19 @@ def bleu(hypotheses: list[str], references: list[str]) -> float:
 
 
 def generation_report(
-    model: torch.nn.Module, tokenizer, prompts: np.ndarray, references: np.ndarray, cfg: GenerationParams, seed: int
+    model: torch.nn.Module,
+    tokenizer,
+    prompts: np.ndarray,
+    references: np.ndarray,
+    nulls: np.ndarray,
+    cfg: GenerationParams,
+    seed: int,
 ) -> tuple[dict, dict]:
     """(metrics, texts) for one model's seeded samples continuing the prompts.
 
-    BLEU (sacrebleu) is computed per prompt, so the report can put an interval over prompts on it. Each sample's
-    distinct-2 is kept and samples below ``DEGENERATE_DISTINCT2`` are counted, so loops are visible, not scored
-    silently.
+    BLEU (sacrebleu) is computed per prompt, so the report can put an interval over prompts on it, beside the BLEU
+    of each prompt's null passage against the same reference. Each sample's distinct-2 is kept and samples below
+    ``DEGENERATE_DISTINCT2`` are counted, so loops are visible, not scored silently.
     """
     if not len(prompts):
         empty = np.zeros(0)
@@ -88,6 +96,7 @@ def generation_report(
             "distinct_2": None,
             "degenerate_fraction": None,
             "per_prompt_bleu": empty,
+            "per_prompt_bleu_null": empty,
             "per_prompt_distinct2": empty,
         }, {"references": [], "sampled": [], "degenerate": []}
     sampled = generate_ids(model, prompts, cfg.new_tokens, False, seed, cfg.temperature, cfg.top_k)
@@ -95,11 +104,15 @@ def generation_report(
     sampled_text = [tokenizer.decode(g) for g in sampled]
     per_prompt_distinct2 = np.array([distinct_n([g], 2) for g in sampled.tolist()])
     per_prompt_bleu = np.array([sacrebleu.sentence_bleu(h, [r]).score for h, r in zip(sampled_text, ref_text)])
+    null_text = [tokenizer.decode(n) for n in nulls]
+    per_prompt_bleu_null = np.array([sacrebleu.sentence_bleu(h, [r]).score for h, r in zip(null_text, ref_text)])
     metrics = {
         "bleu": round(bleu(sampled_text, ref_text), 3),
         "distinct_2": round(distinct_n(sampled.tolist(), 2), 4),
         "degenerate_fraction": round(float((per_prompt_distinct2 < DEGENERATE_DISTINCT2).mean()), 4),
+        "bleu_null": round(bleu(null_text, ref_text), 3),
         "per_prompt_bleu": per_prompt_bleu,
+        "per_prompt_bleu_null": per_prompt_bleu_null,
         "per_prompt_distinct2": per_prompt_distinct2,
     }
     texts = {

@@ -214,20 +214,11 @@ MASKED_DEFAULTS = {
 class EvaluateParams:
     batch_size: int = 4
     max_documents: int | None = None  # documents scored per domain (None = all); each is an interval's unit
-    position_buckets: list[int] = field(default_factory=lambda: [64, 256, 512])  # query-position bucket edges
 
     def check(self, context: int) -> None:
         _positive("evaluate.batch_size", self.batch_size)
         if self.max_documents is not None:
             _positive("evaluate.max_documents", self.max_documents)
-        edges = self.position_buckets
-        for e in edges:
-            _positive("evaluate.position_buckets", e)
-        if edges != sorted(set(edges)) or (edges and edges[-1] >= context - 1):
-            raise ParamsError(
-                f"evaluate.position_buckets must be increasing edges below data.context_length - 1 ({context - 1}), "
-                f"got {edges}"
-            )
 
 
 @dataclass
@@ -237,19 +228,11 @@ class CopyParams:
     distances: list[int] = field(default_factory=lambda: [8, 32, 128, 512, 960])
     span: int = 8  # tokens per span; the gain is measured on tokens 2..span of the second occurrence
     offset: int = 16  # first occurrence starts here (clear of sink tokens)
-    n_sequences: int = 32  # pairs of sequences per distance, for each baseline (the Q1 gate)
-    schedule_sequences: int = 10  # the first ones, for each schedule's zero-shot models (fewer: they are many)
-    min_gain: float = 0.05  # nats: the gate needs a gain above this (Holm-corrected across distances)
+    n_sequences: int = 32  # pairs of sequences per distance, scored by every model (paired across models)
     batch_size: int = 8
 
     def check(self, context: int) -> None:
-        if self.schedule_sequences > self.n_sequences:
-            raise ParamsError(
-                f"copy.schedule_sequences ({self.schedule_sequences}) must be <= copy.n_sequences ({self.n_sequences})"
-            )
-        if not self.min_gain >= 0:
-            raise ParamsError(f"copy.min_gain must be a number >= 0 (nats), got {self.min_gain}")
-        for name in ("span", "n_sequences", "schedule_sequences", "batch_size"):
+        for name in ("span", "n_sequences", "batch_size"):
             _positive(f"copy.{name}", getattr(self, name))
         if isinstance(self.offset, bool) or not isinstance(self.offset, int) or self.offset < 0:
             raise ParamsError(f"copy.offset must be an integer >= 0, got {self.offset!r}")
@@ -307,15 +290,29 @@ class AnalysisParams:
 
 @dataclass
 class ReportParams:
+    """What only summarize and report read: changing it reruns those two stages, never an evaluation."""
+
     title: str = "Layer-wise attention windows in GPT-2"
     max_samples: int = 4  # generation samples shown per model
     confidence: float = 0.95  # of every interval; verdicts use Holm at 1 - confidence within each family
+    copy_min_gain: float = 0.05  # nats: the Q1 gate needs a copy gain above this (one-sided, Holm across distances)
+    position_buckets: list[int] = field(default_factory=lambda: [64, 256, 512])  # query-position bucket edges
 
-    def check(self) -> None:
+    def check(self, context: int = 1 << 30) -> None:
         if isinstance(self.max_samples, bool) or self.max_samples < 0:
             raise ParamsError(f"report.max_samples must be >= 0, got {self.max_samples}")
         if not 0.5 < self.confidence < 1:
             raise ParamsError(f"report.confidence must be in (0.5, 1), got {self.confidence}")
+        if not self.copy_min_gain >= 0:
+            raise ParamsError(f"report.copy_min_gain must be a number >= 0 (nats), got {self.copy_min_gain}")
+        edges = self.position_buckets
+        for e in edges:
+            _positive("report.position_buckets", e)
+        if edges != sorted(set(edges)) or (edges and edges[-1] >= context - 1):
+            raise ParamsError(
+                f"report.position_buckets must be increasing edges below data.context_length - 1 ({context - 1}), "
+                f"got {edges}"
+            )
 
 
 @dataclass

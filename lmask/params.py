@@ -100,8 +100,9 @@ class Params:
 
     def check(self) -> None:
         ctx, n_layer = self.context, self.model.n_layer
-        for section in (self.data, self.tokenizer, self.model, self.attention, self.report):
+        for section in (self.data, self.tokenizer, self.model, self.attention):
             section.check()
+        self.report.check(ctx)
         self.evaluate.check(ctx)
         self.benchmark.check()
         self.mix.check(ctx, self.tokenizer.vocab_size if self.tokenizer.kind == "bpe" else None)

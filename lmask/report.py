@@ -17,17 +17,18 @@ import numpy as np
 import pandas as pd
 
 from lmask import figures
+from lmask.answers import largest_t_speedups, q3, research_answers
 from lmask.bench_tables import benchmark_markdown
 from lmask.io import atomic_dir, read_json, write_text
 from lmask.params import Params
 from lmask.summary import BASELINE, load_model_files
 from lmask.tables import (
-    largest_t_speedups,
+    contrast_rows,
+    copy_rows,
+    generation_rows,
     markdown_table,
     method_note,
     position_rows,
-    q3,
-    research_answers,
     results_rows,
     scale_note,
 )
@@ -176,6 +177,12 @@ def build_html(inp: Inputs, params: Params) -> str:
         html_table(results_rows(inp.records)),
         "<h3>Fine-tuned vs the full control by query position</h3>",
         html_table(position_rows(inp.records)),
+        "<h3>Q1's instruments: copy gain and repeated-text drop (nats)</h3>",
+        html_table(copy_rows(inp.records)),
+        "<h3>Q4: each domain's gap minus the test domain's (percentage points)</h3>",
+        html_table(contrast_rows(inp.records)),
+        "<h3>Generation beside its null</h3>",
+        html_table(generation_rows(inp.records)),
         "<h2>Research questions</h2>",
     ]
     for question, answer in research_answers(inp.records, inp.meta, inp.benchmark):
@@ -202,7 +209,11 @@ def plot_frames(inp: Inputs) -> dict[str, pd.DataFrame]:
             "hi": (e["ci95"] or [None, None])[1],
         }
         for name, rec in inp.records.items()
-        for variant, gains in ([("", rec["copy_loss_drop"])] if name == BASELINE else rec["copy_gain"].items())
+        for variant, gains in (
+            [("", rec["copy_loss_drop"])]
+            if name == BASELINE
+            else [("zero-shot", rec["copy_gain_zero_shot"]), ("fine-tuned", rec.get("copy_gain", {}))]
+        )
         for d, e in gains.items()
     ]
     gaps = [

@@ -23,7 +23,16 @@ from lmask.flops import flops_ceiling
 from lmask.io import DataError, read_json
 from lmask.params import Params, Schedule
 from lmask.schedule import pair_fraction, receptive_field, windowed_layers
-from lmask.stats import Estimate, gap_array, holm, holm_adjusted, nll_gap_to_pct, run_estimate, verdict
+from lmask.stats import (
+    Estimate,
+    contrast_estimate,
+    gap_array,
+    holm,
+    holm_adjusted,
+    nll_gap_to_pct,
+    run_estimate,
+    verdict,
+)
 
 BASELINE = "baseline"
 # The texts evaluate scores every model on (an ``nll_<domain>`` array each): the held-out documents (lmask.data.HELDOUT)
@@ -96,14 +105,27 @@ class Families:
                 out["p_holm"] = None if adjusted is None else round(adjusted, 4)
 
 
+def _design(est: Estimate, mde80: float | None, digits: int) -> dict[str, Any]:
+    """What every interval record carries besides its numbers: degrees of freedom and the 80 %-power minimum
+    detectable effect (lmask.stats), or why there is no interval."""
+    out: dict[str, Any] = {
+        "df": None if est.df is None or not math.isfinite(est.df) else round(est.df, 2),
+        "mde80": None if mde80 is None else round(mde80, digits),
+    }
+    if est.why:
+        out["no_interval"] = est.why
+    return out
+
+
 def pct_gap(est: Estimate) -> dict[str, Any]:
-    """An NLL gap as a perplexity change in %, with its interval and per-baseline estimates."""
+    """An NLL gap as a perplexity change in %, with its interval, per-baseline estimates, df and mde80."""
     e = est.map(nll_gap_to_pct)
     return {
         "pct": round(e.value, 3),
         "pct_ci95": None if e.lo is None else [round(e.lo, 3), round(e.hi, 3)],
         "pct_baselines": [round(x, 3) for x in e.per_run],
         "documents": e.units,
+        **_design(e, e.mde80, 3),
     }
 
 
@@ -112,6 +134,7 @@ def nats(est: Estimate, digits: int = 4) -> dict[str, Any]:
         "value": round(est.value, digits),
         "ci95": None if est.lo is None else [round(est.lo, digits), round(est.hi, digits)],
         "baselines": [round(x, digits) for x in est.per_run],
+        **_design(est, est.mde80, digits),
     }
 
 
@@ -133,10 +156,36 @@ def compare(a: list[list[np.ndarray]], b: list[list[np.ndarray]], confidence: fl
     return run_estimate(gaps, weights, confidence)
 
 
+def copy_gain_arrays(copy_runs: list[list[np.ndarray]]) -> np.ndarray:
+    """Copy gain per (baseline, seed, distance, sequence) in nats: control NLL minus same-span NLL."""
+    return np.asarray([[c[:, :, 1] - c[:, :, 0] for c in per_seed] for per_seed in copy_runs])
+
+
 def copy_gains(copy_runs: list[list[np.ndarray]], confidence: float, threshold: float | None = None) -> list[Estimate]:
     """Copy gain per distance (nats), over baselines, seeds and probe sequences."""
-    g = np.asarray([[c[:, :, 1] - c[:, :, 0] for c in per_seed] for per_seed in copy_runs])  # [B, S, dist, seq]
+    g = copy_gain_arrays(copy_runs)  # [B, S, dist, seq]
     return [run_estimate(g[:, :, i, :], None, confidence, threshold) for i in range(g.shape[2])]
+
+
+def _paired(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a - b over [B, S, ...], a reference with one seed (a baseline, a zero-shot model) paired with every seed."""
+    return a - (b if b.shape[1] == a.shape[1] else np.repeat(b, a.shape[1], axis=1))
+
+
+def repeated_drop(nll: np.ndarray) -> np.ndarray:
+    """Per repeated-text document: mean NLL over its first half minus over its second half (labels 1..h-1 against
+    h+1..2h-1: the first token of each half cannot be copied). The second half is the first again, so only using
+    context h tokens back lowers it: the positive control of Q1."""
+    out = np.empty(len(nll))
+    for i, row in enumerate(np.asarray(nll, dtype=np.float64)):
+        h = (int(np.isfinite(row).sum()) + 1) // 2  # 2h - 1 scored labels
+        out[i] = row[: h - 1].mean() - row[h : 2 * h - 1].mean()
+    return out
+
+
+def drop_array(runs: list[list[np.ndarray]]) -> np.ndarray:
+    """repeated_drop per (baseline, seed, document)."""
+    return np.asarray([[repeated_drop(x) for x in per_seed] for per_seed in runs])
 
 
 def schedule_record(
@@ -163,19 +212,54 @@ def schedule_record(
         "zero_shot_vs_baseline": fam.add("zero_shot_vs_baseline", pct_gap(zero), zero),
         "vs_baseline": fam.add("vs_baseline", pct_gap(tuned_vs_base), tuned_vs_base),
     }
+    # What the windows remove (Q1): the copy gain by distance and the repeated-text drop, zero-shot against the
+    # baselines (the same weights), fine-tuned against the full control fine-tuned the same way.
+    gains_zs = copy_gain_arrays(files.runs("copy_nll@zs"))
+    rec["copy_gain_zero_shot"] = {
+        str(d): nats(e) for d, e in zip(params.copy.distances, copy_gains(files.runs("copy_nll@zs"), conf))
+    }
+    rec["copy_gain_zero_shot_vs_baseline"] = _by_distance(
+        _paired(gains_zs, copy_gain_arrays(base.runs("copy_nll"))), params, fam, "copy_gain_zero_shot_vs_baseline"
+    )
+    drop_zs = _paired(drop_array(files.runs("nll_repeated@zs")), drop_array(base.runs("nll_repeated")))
+    e = run_estimate(drop_zs, None, conf)
+    rec["repeated_drop_zero_shot_vs_baseline"] = fam.add(
+        "repeated_drop_zero_shot_vs_baseline", _word(e), e, lower_is_better=False
+    )
     if full is not None and not s.is_full:
         control = {d: full.runs(f"nll_{d}") for d in EVAL_DOMAINS}
         rec["domains"] = {}
+        gaps = {}
         for d in EVAL_DOMAINS:
-            e = compare(tuned[d], control[d], conf)
+            gaps[d] = gap_array(tuned[d], control[d])
+            e = run_estimate(*gaps[d], conf)
             rec["domains"][d] = {"vs_full": fam.add(f"vs_full/{d}", pct_gap(e), e)}
         rec["gaps"]["vs_full"] = rec["domains"]["test"]["vs_full"]
+        # Q4: does a domain lose more than test under the windows? Its gap minus test's (different documents).
+        rec["domain_contrasts"] = {}
+        for d in EVAL_DOMAINS:
+            if d != "test":
+                e = contrast_estimate(gaps[d], gaps["test"], conf)
+                rec["domain_contrasts"][f"{d}-test"] = fam.add("domain_contrasts", pct_points(e), e)
         rec["by_position"] = {}
-        for label, cols in bucket_labels(params.evaluate.position_buckets, ctx):
+        for label, cols in bucket_labels(params.report.position_buckets, ctx):
             e = compare(_columns(tuned["test"], cols), _columns(control["test"], cols), conf)
             rec["by_position"][label] = fam.add("vs_full/by_position", pct_gap(e), e)
-    gains = copy_gains(files.runs("copy_nll@zs"), conf)  # the probe runs on zero-shot variants (lmask.evaluate)
-    rec["copy_gain"] = {"zero_shot": {str(d): nats(e) for d, e in zip(params.copy.distances, gains, strict=True)}}
+        gains = copy_gain_arrays(files.runs("copy_nll"))
+        rec["copy_gain"] = {
+            str(d): nats(e) for d, e in zip(params.copy.distances, copy_gains(files.runs("copy_nll"), conf))
+        }
+        rec["copy_gain_vs_full"] = _by_distance(
+            _paired(gains, copy_gain_arrays(full.runs("copy_nll"))), params, fam, "copy_gain_vs_full"
+        )
+        drop = _paired(drop_array(tuned["repeated"]), drop_array(control["repeated"]))
+        e = run_estimate(drop, None, conf)
+        rec["repeated_drop_vs_full"] = fam.add("repeated_drop_vs_full", _word(e), e, lower_is_better=False)
+    elif s.is_full:
+        rec["copy_gain"] = {
+            str(d): nats(e) for d, e in zip(params.copy.distances, copy_gains(files.runs("copy_nll"), conf))
+        }
+        rec["repeated_drop"] = nats(run_estimate(drop_array(tuned["repeated"]), None, conf))
     rec["generation"] = generation(files, conf)
     rec["flops_ceiling_at_context"] = round(
         flops_ceiling(s.windows, ctx, params.model.n_embd, files.metrics.get("vocab_size", 4096), s.sinks), 4
@@ -183,15 +267,48 @@ def schedule_record(
     return rec
 
 
+def _word(est: Estimate, digits: int = 4) -> dict[str, Any]:
+    """A nats record in the contract's form: estimate and interval (the verdict is added by Families.resolve)."""
+    rec = nats(est, digits)
+    return {"estimate": rec.pop("value"), **rec}
+
+
+def _by_distance(gains: np.ndarray, params: Params, fam: Families, family: str) -> dict[str, Any]:
+    """{distance: estimate, ci95, verdict, ...} of a copy-gain difference [B, S, distance, sequence]; one Holm family
+    across schedules and distances (lower gain = worse: "worse" means the windows removed copying)."""
+    out = {}
+    for i, d in enumerate(params.copy.distances):
+        e = run_estimate(gains[:, :, i, :], None, params.report.confidence)
+        out[str(d)] = fam.add(family, _word(e), e, lower_is_better=False)
+    return out
+
+
+def pct_points(est: Estimate) -> dict[str, Any]:
+    """A difference of two perplexity gaps, in percentage points of exp(NLL gap) - 1 (first order: 100 · nats)."""
+    e = est.map(lambda x: 100.0 * x)
+    return {
+        "pct_points": round(e.value, 3),
+        "pct_points_ci95": None if e.lo is None else [round(e.lo, 3), round(e.hi, 3)],
+        "pct_points_baselines": [round(x, 3) for x in e.per_run],
+        **_design(e, e.mde80, 3),
+    }
+
+
 def generation(files: ModelFiles, confidence: float) -> dict[str, Any]:
-    """BLEU and the true continuation's NLL per prompt, over baselines, seeds and prompts; distinct-2 and loops."""
+    """BLEU per prompt over baselines, seeds and prompts, beside the null: the BLEU of an unrelated passage against
+    the same references (lmask.generation). ``beats_null`` only where the paired difference's interval is above 0;
+    no other word is drawn from generation. Distinct-2 and the share of looping samples."""
     first = files.runs("gen_bleu")[0][0]
     if not len(first):
         return {"prompts": 0}
     out: dict[str, Any] = {"prompts": len(first)}
-    for key, name, digits in (("gen_bleu", "bleu", 2), ("gen_continuation_nll", "continuation_nll", 4)):
-        runs = np.asarray(files.runs(key), dtype=np.float64)  # [B, S, prompts]
-        out[name] = nats(run_estimate(runs, None, confidence), digits)
+    bleu = np.asarray(files.runs("gen_bleu"), dtype=np.float64)  # [B, S, prompts]
+    null = np.asarray(files.runs("gen_bleu_null"), dtype=np.float64)
+    out["bleu"] = nats(run_estimate(bleu, None, confidence), 2)
+    out["bleu_null"] = nats(run_estimate(null, None, confidence), 2)
+    above = run_estimate(bleu - null, None, confidence)
+    out["bleu_above_null"] = nats(above, 2)
+    out["beats_null"] = above.lo is not None and above.lo > 0
     variants = [v for v in files.metrics if isinstance(files.metrics[v], dict) and "generation" in files.metrics[v]]
     for key in ("distinct_2", "degenerate_fraction"):
         out[key] = round(float(np.mean([files.metrics[v]["generation"][key] for v in variants])), 4)
@@ -208,11 +325,14 @@ def baseline_record(base: ModelFiles, params: Params, fam: Families) -> dict[str
     rec["n_baselines"] = len(bases)
     rec["baseline_seeds"] = bases
     rec["test_documents"] = base.metrics["documents"]
-    # The Q1 gate: a gain above copy.min_gain nats, one-sided, Holm-corrected across distances.
-    gains = copy_gains(base.runs("copy_nll"), conf, params.copy.min_gain)
+    # The Q1 gate: a gain above report.copy_min_gain nats, one-sided, Holm-corrected across distances.
+    gains = copy_gains(base.runs("copy_nll"), conf, params.report.copy_min_gain)
     rec["copy_loss_drop"] = {}
     for d, e in zip(params.copy.distances, gains, strict=True):
         rec["copy_loss_drop"][str(d)] = fam.add("copy_gate", {**nats(e), "sequences": e.units}, e, False)
+    # The positive control: the repeated half of each test document is easier than its first half.
+    drop = run_estimate(drop_array(base.runs("nll_repeated")), None, conf)
+    rec["copy"] = {"repeated_drop": nats(drop)}
     rec["generation"] = generation(base, conf)
     rec["attention_pairs"] = 1.0
     rec["receptive_field"] = params.context
@@ -220,7 +340,8 @@ def baseline_record(base: ModelFiles, params: Params, fam: Families) -> dict[str
 
 
 def copy_range(record: dict[str, Any]) -> int | None:
-    """The longest probe distance at which the baselines' copy gain passes the gate (above copy.min_gain, Holm)."""
+    """The longest probe distance at which the baselines' copy gain passes the gate (above report.copy_min_gain,
+    Holm)."""
     passed = [int(d) for d, e in record["copy_loss_drop"].items() if e["verdict"] == "better"]
     return max(passed) if passed else None
 
@@ -238,6 +359,10 @@ def summarize(params: Params, metrics_dir: Path, arrays_dir: Path) -> dict[str, 
     equal_pairs(out, files, params, fam)
     fam.resolve()
     out[BASELINE]["copy_range"] = copy_range(out[BASELINE])
+    copy = out[BASELINE]["copy"]
+    drop = copy["repeated_drop"]
+    copy["repeated_drop_nats"] = [drop["value"], *(drop["ci95"] or [None, None])]
+    copy["gate_passed_at"] = [int(d) for d, e in out[BASELINE]["copy_loss_drop"].items() if e["verdict"] == "better"]
     for rec in out.values():
         for key, g in rec.get("gaps", {}).items():  # the headline comparisons, flat (the summary contract)
             rec.update({f"{key}_pct": g["pct"], f"{key}_pct_ci95": g["pct_ci95"], key: g["verdict"]})
@@ -273,8 +398,11 @@ def run_meta(params: Params, metrics_dir: Path) -> dict[str, Any]:
         "mix_fraction": params.mix.fraction,
         "documents": base.get("documents", {}),
         "copy_sequences": params.copy.n_sequences,
-        "schedule_copy_sequences": params.copy.schedule_sequences,
-        "min_gain": params.copy.min_gain,
+        "min_gain": params.report.copy_min_gain,
+        "copy_warmup_tokens": params.train.copy_warmup.steps
+        * params.train.copy_warmup.batch_size
+        * params.train.copy_warmup.context,
+        "mix_kind": params.mix.kind,
         "confidence": params.report.confidence,
     }
 

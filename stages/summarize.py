@@ -13,9 +13,9 @@ def main() -> None:
     p.add_argument("--markdown", type=Path, required=True)
     args = p.parse_args()
     params = cli.params(args)
+    from lmask.answers import summary_markdown
     from lmask.io import write_json, write_text
     from lmask.summary import run_meta, summarize
-    from lmask.tables import summary_markdown
 
     records = summarize(params, args.eval_metrics, args.eval_arrays)
     meta = run_meta(params, args.eval_metrics)

@@ -1,42 +1,62 @@
-"""Generated words and tables (lmask/tables.py) follow the numbers they are given, never fixed names or thresholds."""
+"""Generated words and tables (lmask/tables.py, lmask/answers.py) follow the numbers they are given, never fixed names
+or thresholds."""
 
 from __future__ import annotations
 
-from lmask.tables import Q3, Q3_ELSEWHERE, gap_cell, generation_rows, pct, q1, q3, research_answers
+from lmask.answers import Q3, Q3_ELSEWHERE, q1, q3, research_answers
+from lmask.tables import gap_cell, generation_rows, interval, nats_cell, pct
 
 
 def gate(values: dict[int, tuple[float, float, float, str]]) -> dict[str, dict]:
     return {str(d): {"value": v, "ci95": [lo, hi], "verdict": w} for d, (v, lo, hi, w) in values.items()}
 
 
-def baseline(drop: dict[str, dict], reach: int | None) -> dict:
-    return {"copy_loss_drop": drop, "copy_range": reach}
+def baseline(drop: dict[str, dict], reach: int | None, repeated: float = 0.01) -> dict:
+    return {
+        "copy_loss_drop": drop,
+        "copy_range": reach,
+        "copy": {"repeated_drop": {"value": repeated, "ci95": [repeated - 0.01, repeated + 0.01], "mde80": 0.02}},
+    }
 
 
 def test_q1_says_not_testable_when_no_distance_passes_the_gate():
     drop = gate({8: (0.02, -0.01, 0.05, "no clear difference"), 512: (0.001, -0.002, 0.004, "no clear difference")})
     text = q1({"baseline": baseline(drop, None)})
-    assert "Q1 is not testable here" in text and "(8, 512 tokens; largest +0.0200 [-0.0100, +0.0500]" in text
+    assert "Q1 is not testable here" in text and "(8, 512 tokens; largest +0.020 [-0.010, +0.050]" in text
+    assert "repeated-text drop" in text and "+0.010 [+0.000, +0.020] mde80 0.020" in text
 
 
 def test_q1_reports_the_longest_distance_that_passes():
     drop = gate({8: (0.5, 0.3, 0.7, "better"), 128: (0.2, 0.1, 0.3, "better"), 512: (0.0, -0.1, 0.1, "no")})
-    text = q1({"baseline": baseline(drop, 128)})
-    assert "use distant context" in text and "up to d = 128 tokens (+0.2000 [+0.1000, +0.3000] nats)" in text
-    assert "not testable" not in text
+    text = q1({"baseline": baseline(drop, 128, repeated=2.5)})
+    assert "use distant context" in text and "up to d = 128 tokens (+0.200 [+0.100, +0.300]" in text
+    assert "not testable" not in text and "+2.500 [+2.490, +2.510]" in text
 
 
-def test_a_cell_shows_interval_baselines_and_word_or_too_few_documents():
-    g = {"pct": -0.5, "pct_ci95": [-0.9, -0.1], "pct_baselines": [-0.4, -0.6, -0.5], "verdict": "better"}
-    assert gap_cell(g) == "-0.50% [-0.90, -0.10] (-0.40, -0.60, -0.50): better"
+def test_a_cell_shows_interval_baselines_mde_and_word_or_why_there_is_none():
+    g = {"pct": -0.5, "pct_ci95": [-0.9, -0.1], "pct_baselines": [-0.4, -0.6, -0.5], "mde80": 0.55, "verdict": "better"}
+    assert gap_cell(g) == "-0.50% [-0.90, -0.10] (-0.40, -0.60, -0.50; mde80 0.55%): better"
     assert pct(0.3, None) == "+0.30% [too few documents]"
+    one = {
+        "pct": 0.4,
+        "pct_ci95": None,
+        "pct_baselines": [0.4],
+        "mde80": None,
+        "verdict": "one baseline",
+        "no_interval": "one baseline",
+    }
+    assert gap_cell(one) == "+0.40% [one baseline] (+0.40): one baseline"
+    assert interval(1.234, [1.0, 1.5], 1, " pt") == "+1.2 pt [+1.0, +1.5]"
+    tested = {"estimate": -2.5, "ci95": [-3.0, -2.0], "mde80": 0.7, "verdict": "worse"}
+    assert nats_cell(tested) == "-2.500 [-3.000, -2.000] mde80 0.700: worse"
 
 
-def test_generation_rows_show_bleu_and_continuation_nll_with_intervals():
+def test_generation_rows_show_bleu_beside_its_null():
     generation = {
         "prompts": 32,
-        "bleu": {"value": 1.02, "ci95": [0.35, 1.86]},
-        "continuation_nll": {"value": 6.7484, "ci95": [6.5, 7.0]},
+        "bleu": {"value": 2.5, "ci95": [2.1, 2.9]},
+        "bleu_null": {"value": 2.2, "ci95": [1.8, 2.6]},
+        "beats_null": False,
         "distinct_2": 0.9282,
         "degenerate_fraction": 0.03125,
     }
@@ -44,8 +64,9 @@ def test_generation_rows_show_bleu_and_continuation_nll_with_intervals():
     assert row == {
         "model": "half",
         "prompts": "32",
-        "BLEU (95% CI)": "1.02 [0.35, 1.86]",
-        "NLL of the true continuation (95% CI)": "6.748 [6.500, 7.000]",
+        "BLEU (95% CI)": "+2.50 [+2.10, +2.90]",
+        "null BLEU (unrelated passage)": "+2.20 [+1.80, +2.60]",
+        "beats its null": "no",
         "distinct-2": "0.928",
         "degenerate samples": "3%",
     }
@@ -61,7 +82,7 @@ def test_q3_weighs_pairs_and_measured_speed_and_says_where_it_is_without_the_ben
     assert text.startswith("half: 0.64 of full attention's pairs, 1.11x measured speedup at T=3072 (ceiling 1.09x")
     assert "no clear difference from the full control (-0.10% [-0.30, +0.10])" in text and "front" in text
     for other in ("q1", "q2", "q4"):  # they read fields these records do not have
-        monkeypatch.setattr(f"lmask.tables.{other}", lambda records: "")
+        monkeypatch.setattr(f"lmask.answers.{other}", lambda records: "")
     questions = [q for q, _ in research_answers(records, {})]
     assert questions[2] == Q3 and [q[:2] for q in questions] == ["Q1", "Q2", "Q3", "Q4"]
     assert dict(research_answers(records, {}))[Q3] == Q3_ELSEWHERE and "metrics/benchmark.md" in Q3_ELSEWHERE

@@ -30,8 +30,8 @@ if TYPE_CHECKING:
 
 def _headline_of(root: Path, run: str, params: Params) -> str:
     """The headline block of the run whose summary is ``run``/summary.json (evaluation metrics in ``run``/eval)."""
+    from lmask.answers import headline_markdown
     from lmask.summary import run_meta
-    from lmask.tables import headline_markdown
 
     meta = run_meta(params, root / run / "eval")
     return headline_markdown(_summary(root / run / "summary.json"), meta, source=f"{run}/summary.json")
