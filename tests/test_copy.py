@@ -13,6 +13,7 @@ must show.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ V, T = 48, 32  # vocabulary, positions
 D = V + T
 SPAN, OFFSET = 6, 3
 CPU = torch.device("cpu")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def copy_model(d: int, n_layer: int = 1) -> torch.nn.Module:
@@ -191,3 +193,34 @@ def test_twelve_layer_positive_control_under_a_schedule(window):
         np.testing.assert_allclose(g, gains(apply_windows(copy_model(d), [None]), pairs_for(d)), atol=1e-4)
     else:
         assert np.abs(g).max() < 1e-5
+
+
+def test_the_default_negative_control_loses_the_gain_and_the_repeated_text_drop():
+    """params.yaml's negative-control schedule (an 8-token window in every layer) on a 12-layer model that copies:
+    the copy gain at d = 20 and the repeated-text drop (a row's second half repeats its first, 16 tokens back), both
+    large under full attention, vanish: the window never reaches the first occurrence."""
+    from lmask.evaluate import token_nll
+    from lmask.params import load_params
+    from lmask.schedule import receptive_field
+    from lmask.summary import repeated_drop
+    from lmask.synthetic import repeated_text_documents
+
+    local = load_params(ROOT / "params.yaml").schedules["local"]
+    assert receptive_field(local.windows, 1024) < 128 - 8 + 1  # below every probe distance from 128 (span 8)
+    d = 20
+    copier = copy_model(d, n_layer=12)
+    full = gains(apply_windows(copier, [None] * 12), pairs_for(d))
+    negative = gains(apply_windows(copy_model(d, n_layer=12), local.windows), pairs_for(d))
+    assert full.min() > 2.0 and np.abs(negative).max() < 1e-5
+
+    half = 16  # the copier at d = 16 predicts token i + 1 - 16: the repeated half
+    docs, lengths = repeated_text_documents(*background(n=12, seed=5))
+    assert (lengths == 2 * half).all()
+
+    def drop(windows):
+        nll = token_nll(apply_windows(copy_model(half, n_layer=12), windows), docs, lengths, 4, CPU)
+        return repeated_drop(nll)
+
+    # Without the copy only position effects are left (early queries see fewer than 8 keys): a small fraction.
+    full_drop, local_drop = drop([None] * 12), drop(local.windows)
+    assert full_drop.min() > 2.0 and np.abs(local_drop).max() < 0.25 * full_drop.min()

@@ -47,11 +47,13 @@ def test_prompts_and_references_come_from_long_enough_documents():
     blocks = np.arange(10 * 20).reshape(10, 20)
     lengths = np.array([20, 8, 9, 20, 20, 5, 20, 20, 20, 20])  # documents 1, 2 and 5 are too short for 5 + 4
     cfg = GenerationParams(n_prompts=3, prompt_tokens=5, new_tokens=4)
-    prompts, refs, idx = prompts_from_documents(blocks, lengths, cfg)
-    assert prompts.shape == (3, 5) and refs.shape == (3, 4)
-    assert idx.tolist() == [0, 2, 3]  # the first three that hold a prompt and its reference (9 tokens)
+    prompts, refs, nulls = prompts_from_documents(blocks, lengths, cfg)
+    assert prompts.shape == (3, 5) and refs.shape == (3, 4) and nulls.shape == (3, 4)
+    idx = [0, 2, 3]  # the first three that hold a prompt and its reference (9 tokens)
     assert np.array_equal(prompts, blocks[idx, :5]) and np.array_equal(refs, blocks[idx, 5:9])
     assert np.array_equal(refs[:, 0], prompts[:, -1] + 1)  # the reference continues the prompt
+    # The null: the next chosen document's text in the reference's place (real text that did not follow the prompt)
+    assert np.array_equal(nulls, blocks[[2, 3, 0], 5:9])
     with pytest.raises(ParamsError, match=r"generation\.prompt_tokens \+ generation\.new_tokens"):
         GenerationParams(prompt_tokens=60, new_tokens=10).check(64)
 
@@ -191,15 +193,16 @@ def test_generation_report_flags_looping_output():
     blocks = np.stack([np.arange(40) + 10 * r for r in range(6)])  # each block counts up by one
     # A near-zero temperature: sampling is (all but) argmax, so what the models would continue is known.
     cfg = GenerationParams(n_prompts=3, prompt_tokens=8, new_tokens=10, temperature=1e-3, top_k=5)
-    prompts, refs, _ = prompts_from_documents(blocks, np.full(6, 40), cfg)
+    prompts, refs, nulls = prompts_from_documents(blocks, np.full(6, 40), cfg)
 
-    counting, texts = generation_report(one_hot_gpt2(100, True), IdTokenizer(), prompts, refs, cfg, seed=0)
+    counting, texts = generation_report(one_hot_gpt2(100, True), IdTokenizer(), prompts, refs, nulls, cfg, seed=0)
     assert texts["sampled"] == texts["references"]  # the successor model continues the count exactly
     assert texts["degenerate"] == [False, False, False] and counting["degenerate_fraction"] == 0.0
     np.testing.assert_allclose(counting["per_prompt_distinct2"], 1.0)
     np.testing.assert_allclose(counting["per_prompt_bleu"], 100.0)
+    np.testing.assert_allclose(counting["per_prompt_bleu_null"], 0.0)  # another block's count shares no 4-gram
 
-    looping, texts = generation_report(one_hot_gpt2(100, False), IdTokenizer(), prompts, refs, cfg, seed=0)
+    looping, texts = generation_report(one_hot_gpt2(100, False), IdTokenizer(), prompts, refs, nulls, cfg, seed=0)
     assert texts["sampled"] == [" ".join(["w7"] * 10)] * 3
     assert texts["degenerate"] == [True, True, True] and looping["degenerate_fraction"] == 1.0
     # One distinct bigram out of nine, below the threshold.
@@ -208,16 +211,16 @@ def test_generation_report_flags_looping_output():
     np.testing.assert_allclose(looping["per_prompt_bleu"], 0.0)
 
 
-def test_later_seeds_score_the_test_domain_only(monkeypatch, tmp_path):
-    """evaluate_schedule's scoring plan, two baselines x two seeds (the tiny pipeline runs one seed): each zero-shot
-    model gets the copy probe; the first seed of every baseline also scores the other domains and generation; only
-    the first run is analysed; later seeds score the test domain alone."""
+def test_scoring_plan_of_a_schedule(monkeypatch, tmp_path):
+    """evaluate_schedule's scoring plan, two baselines x two seeds: every model scores test, repeated text and the
+    copy probe (Q1's instruments); fine-tuned runs add the code domain; the first seed of every baseline adds
+    generation; only the first run is analysed."""
     import lmask.evaluate as E
     from lmask.params import load_params
 
     planned = {}
 
-    def fake_evaluate(params, data_dir, first, variants, n_seq, desc):
+    def fake_evaluate(params, data_dir, first, variants, desc):
         planned.update({name: parts for name, (_, parts) in variants.items()})
         return {name: ({}, {}) for name in variants}, None, [0] * 7
 
@@ -228,15 +231,15 @@ def test_later_seeds_score_the_test_domain_only(monkeypatch, tmp_path):
     runs = {(k, s): tmp_path / f"b{k}-s{s}" for k in (0, 1) for s in (0, 1)}
     header = E.evaluate_schedule(params, "half", tmp_path, bases, runs, tmp_path / "m.json", tmp_path / "out")
     assert header["finetune_seeds"] == [0, 1] and header["baseline_seeds"] == [0, 1]
-    test_only = E.Parts()
     assert planned == {
-        "b0-zs": E.Parts(copy=True),
-        "b1-zs": E.Parts(copy=True),
-        "b0-s0": E.Parts(domains=True, generation=True, analysis=True),
-        "b1-s0": E.Parts(domains=True, generation=True),
-        "b0-s1": test_only,
-        "b1-s1": test_only,
+        "b0-zs": E.Parts(),
+        "b1-zs": E.Parts(),
+        "b0-s0": E.Parts(code=True, generation=True, analysis=True),
+        "b1-s0": E.Parts(code=True, generation=True),
+        "b0-s1": E.Parts(code=True),
+        "b1-s1": E.Parts(code=True),
     }
+    assert all(p.copy and "repeated" in p.domain_names for p in planned.values())
 
 
 def test_summary_reads_every_seed_of_a_key_and_only_the_seeds_that_scored_it():
