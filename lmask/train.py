@@ -127,14 +127,15 @@ def step_batch(step: int, blocks: np.ndarray, cfg: TrainParams, mix: MixParams, 
 
 
 def row_losses(logits: torch.Tensor, x: torch.Tensor, periods: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(mean next-token loss over all labels, summed loss and label count on natural rows, and on periodic rows after
-    their first period). The first is what trains; the others are logged apart so that copying's onset shows."""
+    """(mean next-token loss over all labels, and the sums [loss, labels] over all labels, natural rows, and periodic
+    rows after their first period). The first is what trains; the parts are logged apart so that copying's onset
+    shows."""
     nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2).float(), x[:, 1:], reduction="none")
     label_pos = torch.arange(1, x.shape[1], device=x.device)[None, :]
     natural = (periods == 0)[:, None].expand_as(nll)
     copied = (periods[:, None] > 0) & (label_pos >= periods[:, None])
-    sums = torch.stack([(nll * natural).sum(), natural.sum(), (nll * copied).sum(), copied.sum()]).detach()
-    return nll.mean(), sums
+    parts = [nll.sum(), nll.numel(), (nll * natural).sum(), natural.sum(), (nll * copied).sum(), copied.sum()]
+    return nll.mean(), torch.stack([torch.as_tensor(p, dtype=nll.dtype, device=nll.device) for p in parts]).detach()
 
 
 def train(
@@ -228,20 +229,8 @@ def _train(
         rows = batch.rows[world.rank * shard : (world.rank + 1) * shard]
         periods = batch.periods[world.rank * shard : (world.rank + 1) * shard]
         micro = cfg.micro_batch_size if step >= cfg.copy_warmup.steps else shard  # warm-up rows are short: one pass
-        accumulation = shard // micro
-        sums = torch.zeros(4, device=device)
-        for k in range(accumulation):
-            x = torch.from_numpy(rows[k * micro : (k + 1) * micro]).to(device)
-            per = torch.from_numpy(periods[k * micro : (k + 1) * micro]).to(device)
-            sync = k == accumulation - 1 or not world.enabled
-            with nullcontext() if sync else ddp_model.no_sync(), autocast(device):
-                loss, part = row_losses(ddp_model(input_ids=x).logits, x, per)
-            (loss / accumulation).backward()
-            sums += part
-        # The global batch's sums over ranks: the value logged, and the one every rank checks, so a NaN on any rank
-        # stops all of them together instead of leaving the others hanging in the next all-reduce.
-        sums = world.all_sum(sums)
-        step_loss = float((sums[0] + sums[2]) / (sums[1] + sums[3]).clamp(min=1))
+        sums = accumulate_gradients(ddp_model, rows, periods, micro, world, device)
+        step_loss = float(sums[0] / sums[1])
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
         if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
             # Raised before optimizer.step(), so the last checkpoint holds finite weights.
@@ -278,8 +267,28 @@ def _train(
     return progress
 
 
+def accumulate_gradients(
+    ddp_model: torch.nn.Module, rows: np.ndarray, periods: np.ndarray, micro: int, world: Distributed, device
+) -> torch.Tensor:
+    """Forward and backward of this rank's rows in micro-batches (gradients summed, DDP synchronised on the last);
+    returns the loss sums over the global batch (lmask.train.row_losses' six)."""
+    accumulation = len(rows) // micro
+    sums = torch.zeros(6, device=device)
+    for k in range(accumulation):
+        x = torch.from_numpy(rows[k * micro : (k + 1) * micro]).to(device)
+        per = torch.from_numpy(periods[k * micro : (k + 1) * micro]).to(device)
+        sync = k == accumulation - 1 or not world.enabled
+        with nullcontext() if sync else ddp_model.no_sync(), autocast(device):
+            loss, part = row_losses(ddp_model(input_ids=x).logits, x, per)
+        (loss / accumulation).backward()
+        sums += part
+    # Summed over ranks: the value logged, and the one every rank checks, so a NaN on any rank stops all of them
+    # together instead of leaving the others hanging in the next all-reduce.
+    return world.all_sum(sums)
+
+
 def _new_window(step: int) -> dict:
-    return {"loss": 0.0, "sums": [0.0, 0.0, 0.0, 0.0], "tokens": 0, "time": 0.0, "start": step}
+    return {"loss": 0.0, "sums": [0.0] * 6, "tokens": 0, "time": 0.0, "start": step}
 
 
 def _accumulate(log: dict, loss: float, sums: list[float], tokens: int, dt: float) -> None:
@@ -290,7 +299,7 @@ def _accumulate(log: dict, loss: float, sums: list[float], tokens: int, dt: floa
 
 
 def _log_row(log: dict, step: int, val: float, lr: float) -> dict:
-    nat_sum, nat_n, copy_sum, copy_n = log["sums"]
+    _, _, nat_sum, nat_n, copy_sum, copy_n = log["sums"]
     return {
         "step": step,
         "train_loss": round(log["loss"] / (step - log["start"]), 5),
