@@ -79,11 +79,44 @@ def _kernel_lines(kernel: list[dict], files: dict[str, dict]) -> list[str]:
     return lines
 
 
+def train_lines(train: dict) -> list[str]:
+    """benchmark_train's table: the pipeline's training step against the reference step and the matmul peak."""
+    s, run = train["summary"], train["run"]
+    dims = run["dims"]
+    lines = [
+        "",
+        f"The training step at the experiment's dims ({dims['n_layer']} layers x {dims['n_embd']}, {dims['n_head']} "
+        f"heads, vocabulary {dims['vocab_size']}, batch {dims['batch']} x {dims['seq_len']}; "
+        f"{run['train_gflop_per_token'] * 1e3:.1f} MFLOP per token fwd+bwd), {run['rounds']} interleaved rounds "
+        f"(benchmark_train). *reference*: the step before this benchmark (gelu_new, transformers' loss); "
+        f"*pipeline*: the training stages' step. Host fp32 matmul rate, measured in the same process: "
+        f"{s['matmul_gflops']:.0f} GFLOP/s. Losses of the two sides differ by {run['max_abs_loss_diff']:.1e} "
+        "(same function, rounding).",
+        "",
+        "| step | median (s) | tokens/s | GFLOP/s | fraction of matmul peak |",
+        "|---|---|---|---|---|",
+    ]
+    for r in train["records"]:
+        lines.append(
+            f"| {r['side']} | {r['step_s_median']:.3f} | {r['tokens_per_s']:.0f} | {r['gflops']:.1f} "
+            f"| {r['fraction_of_matmul_peak']:.2f} |"
+        )
+    rounds = run["round_speedups"]
+    lines += [
+        "",
+        f"Speedup of the pipeline's step over the reference: {s['speedup_vs_reference']:.2f}x (median of the "
+        f"per-round ratios, {min(rounds):.2f}–{max(rounds):.2f}).",
+    ]
+    return lines
+
+
 def benchmark_markdown(
     files: dict[str, dict], made_by: str = "`dvc repro report` (lmask/bench_tables.py) from metrics/benchmark/"
 ) -> str:
     """README's benchmark block from the benchmark stages' files: model table, kernel table, targets. ``made_by``
-    names the command and the files in the header comment (scripts/bench_long.py passes its own)."""
+    names the command and the files in the header comment (tools/bench_long.py passes its own)."""
+    train = files.get("train")
+    files = {k: f for k, f in files.items() if k != "train"}
     records = [r for f in files.values() for r in f["records"]]
     if not records:
         raise DataError("no benchmark records: run `dvc repro benchmark_kernel benchmark` first")
@@ -139,6 +172,8 @@ def benchmark_markdown(
     kernel = [r for r in records if r["mode"].startswith("kernel")]
     if kernel:  # benchmark_kernel's file; the long benchmark has none
         lines += _kernel_lines(kernel, files)
+    if train is not None:
+        lines += train_lines(train)
     lines += ["", "Targets (checked by `lmask.bench_tables.benchmark_targets` on these records):", ""]
     for target, held, evidence in benchmark_targets(records):
         if held is None:
@@ -148,4 +183,4 @@ def benchmark_markdown(
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["benchmark_markdown", "benchmark_targets"]
+__all__ = ["benchmark_markdown", "benchmark_targets", "train_lines"]

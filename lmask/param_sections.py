@@ -330,6 +330,7 @@ class BenchmarkParams:
     kernel_repeats: int = 5  # timed rounds of the one-layer kernel comparison
     band_max_window: int = 256  # the kernel benchmark times the band kernel up to this window (crossover sweep)
     experiment_repeats: int = 6  # timed rounds at the experiment's own dims and context (0 = skip)
+    train_rounds: int = 6  # benchmark_train: timed training steps of each side (pipeline, reference)
     device: str = "auto"  # auto | cpu | cuda; CPU threads: the top-level cpu_threads, pinned before torch loads
 
     def check(self) -> None:

@@ -101,7 +101,7 @@ def load_inputs(
         attention=pd.concat(attention, ignore_index=True),
         heatmaps=heatmaps,
         texts=texts,
-        benchmark={k: v for k, v in bench.items() if k == "kernel" or k in params.schedules},
+        benchmark={k: v for k, v in bench.items() if k in ("kernel", "train") or k in params.schedules},
     )
 
 

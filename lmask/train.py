@@ -181,7 +181,7 @@ def train(
     return result
 
 
-def _optimizer(model: torch.nn.Module, cfg: TrainParams, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, cfg: TrainParams, device: torch.device) -> torch.optim.Optimizer:
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     return torch.optim.AdamW(
@@ -207,7 +207,7 @@ def _train(
     vocab_size = model.config.vocab_size
     torch.manual_seed(run.seed + world.rank)  # distinct dropout per rank; rank 0 matches a single-process run
     model.to(device).train()
-    optimizer = _optimizer(model, cfg, device)
+    optimizer = make_optimizer(model, cfg, device)
     # Every rank restores the same model and optimizer state before DDP wraps (and broadcasts) the model.
     progress = checkpoint.load(run.checkpoint_dir, model, optimizer, run.inputs, run.name, world)
     ddp_model = (

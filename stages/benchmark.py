@@ -8,9 +8,15 @@ from stages import cli
 def main() -> None:
     p = cli.parser(__doc__)
     p.add_argument("--schedule", default=None, help="schedule to time against full; omit for the one-layer kernel")
+    p.add_argument("--train", action="store_true", help="time the training step instead (benchmark_train)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     params = cli.params(args)
+    if args.train:
+        from lmask import train_bench
+
+        print(train_bench.run_stage(params, args.out)["summary"])
+        return
     schedule = params.schedule(args.schedule) if args.schedule else None
     if schedule is not None and schedule.is_full:
         from lmask.io import write_json  # nothing to time: no torch import
