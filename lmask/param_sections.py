@@ -86,33 +86,62 @@ class MixParams:
 
 
 @dataclass
-class CopyWarmupParams:
-    """The copy warm-up: the first ``steps`` training steps are rows of distinct random ids repeated with a varying
-    period, at a short context and a small batch, where only copying lowers the loss (lmask.synthetic.copy_rows).
-    Induction (copying) heads form there far sooner than in natural text; natural text follows."""
+class CopyPhase:
+    """One phase of the copy warm-up: ``steps`` steps of ``batch_size`` rows of ``context`` tokens, each a segment of
+    distinct random ids repeated with a period drawn from [copy_warmup.min_period, max_period]."""
 
-    steps: int = 0  # 0: no warm-up
-    batch_size: int = 8
-    context: int = 128
-    min_period: int = 8
-    max_period: int = 32
+    context: int
+    steps: int
+    batch_size: int
+    max_period: int
+
+
+@dataclass
+class CopyWarmupParams:
+    """The copy warm-up: training starts on rows of distinct random ids repeated with a varying period, where only
+    copying lowers the loss (lmask.synthetic.copy_rows), in phases of growing context (a curriculum: induction heads
+    form far sooner at short contexts, then the longer phase teaches them farther positions). Natural text follows.
+    ``phases``: a list of {context, steps, batch_size, max_period}; empty = no warm-up."""
+
+    phases: list[dict[str, int]] = field(default_factory=list)
+    min_period: int = 2
     lr: float = 5e-4  # peak; warmup then constant (the main schedule starts after it)
     warmup_steps: int = 100
 
+    @property
+    def plan(self) -> list[CopyPhase]:
+        return [CopyPhase(**p) for p in self.phases]
+
+    @property
+    def steps(self) -> int:
+        return sum(p.steps for p in self.plan)
+
+    def phase_at(self, step: int) -> CopyPhase | None:
+        """The phase training step ``step`` belongs to, or None once the warm-up is over."""
+        for p in self.plan:
+            if step < p.steps:
+                return p
+            step -= p.steps
+        return None
+
+    def tokens(self) -> int:
+        return sum(p.steps * p.batch_size * p.context for p in self.plan)
+
     def check(self, section: str, context: int) -> None:
-        if self.steps < 0:
-            raise ParamsError(f"{section}.steps must be >= 0, got {self.steps}")
-        if self.steps == 0:
-            return  # no warm-up: its other settings are unused
-        for name in ("batch_size", "context", "min_period", "max_period"):
-            _positive(f"{section}.{name}", getattr(self, name))
-        if self.context > context:
-            raise ParamsError(f"{section}.context ({self.context}) must be <= data.context_length ({context})")
-        if self.min_period > self.max_period or 2 * self.max_period > self.context:
-            raise ParamsError(
-                f"{section}: need min_period <= max_period <= context / 2 ({self.min_period}, {self.max_period}, "
-                f"{self.context})"
-            )
+        keys = {"context", "steps", "batch_size", "max_period"}
+        for i, phase in enumerate(self.phases):
+            where = f"{section}.phases[{i}]"
+            if not isinstance(phase, dict) or set(phase) != keys:
+                raise ParamsError(f"{where} must be a mapping with exactly {sorted(keys)}, got {phase!r}")
+            for name in sorted(keys):
+                _positive(f"{where}.{name}", phase[name])
+            if phase["context"] > context:
+                raise ParamsError(f"{where}.context ({phase['context']}) must be <= data.context_length ({context})")
+            if not self.min_period <= phase["max_period"] <= phase["context"] // 2:
+                raise ParamsError(
+                    f"{where}.max_period must be in [{section}.min_period, context / 2], got {phase['max_period']}"
+                )
+        _positive(f"{section}.min_period", self.min_period)
         if self.lr <= 0 or self.warmup_steps < 0:
             raise ParamsError(f"{section}.lr must be > 0 and warmup_steps >= 0, got {self.lr}, {self.warmup_steps}")
 
@@ -177,6 +206,11 @@ class TrainParams:
 
     def check(self, section: str, context: int = 1 << 30) -> None:
         self.copy_warmup.check(f"{section}.copy_warmup", context)
+        if self.copy_warmup.steps >= self.steps:
+            raise ParamsError(
+                f"{section}.copy_warmup's phases take {self.copy_warmup.steps} of {section}.steps ({self.steps}): "
+                "natural text must follow"
+            )
         if self.steps > 10_000_000:
             raise ParamsError(f"{section}.steps must be at most 10000000, got {self.steps}")
         for name in ("steps", "batch_size", "micro_batch_size", "eval_every", "eval_batches", "checkpoint_every"):

@@ -383,6 +383,13 @@ def equal_pairs(
                 records[a]["vs_equal_pairs"][b] = fam.add("equal_pairs", pct_gap(e), e)
 
 
+def run_tokens_of(params: Params) -> int:
+    """Tokens a baseline trains on: the copy warm-up's short rows, then natural-text blocks (lmask.train.run_tokens,
+    without importing torch)."""
+    t = params.train
+    return t.copy_warmup.tokens() + (t.steps - t.copy_warmup.steps) * t.batch_size * params.context
+
+
 def run_meta(params: Params, metrics_dir: Path) -> dict[str, Any]:
     """The scale of the run, for the captions: from params and the baselines' evaluation."""
     base = read_json(metrics_dir / f"{BASELINE}.json")
@@ -399,9 +406,8 @@ def run_meta(params: Params, metrics_dir: Path) -> dict[str, Any]:
         "documents": base.get("documents", {}),
         "copy_sequences": params.copy.n_sequences,
         "min_gain": params.report.copy_min_gain,
-        "copy_warmup_tokens": params.train.copy_warmup.steps
-        * params.train.copy_warmup.batch_size
-        * params.train.copy_warmup.context,
+        "copy_warmup_tokens": params.train.copy_warmup.tokens(),
+        "train_tokens": run_tokens_of(params),
         "mix_kind": params.mix.kind,
         "confidence": params.report.confidence,
     }

@@ -116,9 +116,10 @@ class Batch:
 def step_batch(step: int, blocks: np.ndarray, cfg: TrainParams, mix: MixParams, seed: int, vocab_size: int) -> Batch:
     """The global batch of a step, a function of (seed, step) alone: copy warm-up rows first, then natural blocks with
     ``mix`` periodic rows among them."""
-    cw = cfg.copy_warmup
-    if step < cw.steps:
-        rows, periods = copy_rows(cw.batch_size, cw.context, cw.min_period, cw.max_period, vocab_size, seed, step)
+    phase = cfg.copy_warmup.phase_at(step)
+    if phase is not None:
+        min_period = cfg.copy_warmup.min_period
+        rows, periods = copy_rows(phase.batch_size, phase.context, min_period, phase.max_period, vocab_size, seed, step)
         return Batch(rows, periods)
     rows, periods = mix_batch(
         blocks[batch_indices(step, len(blocks), cfg.batch_size, seed)], mix, seed, step, vocab_size
@@ -155,10 +156,13 @@ def train(
     written, returns ``{"stopped_at": step}``), to test resume.
     """
     world_size = int(os.environ.get("WORLD_SIZE", 1))  # a multi-node world (nnodes × nproc) is only known here
-    if cfg.batch_size % (cfg.micro_batch_size * world_size) or cfg.copy_warmup.batch_size % world_size:
+    if cfg.batch_size % (cfg.micro_batch_size * world_size) or any(
+        p.batch_size % world_size for p in cfg.copy_warmup.plan
+    ):
         raise ValueError(
             f"{run.name}: batch_size {cfg.batch_size} is not divisible by micro_batch_size {cfg.micro_batch_size} × "
-            f"{world_size} processes (or copy_warmup.batch_size by {world_size}); the global batch must stay batch_size"
+            f"{world_size} processes (or a copy_warmup phase's batch_size by {world_size}); the global batch must stay "
+            "batch_size"
         )
     device = pick_device(cfg.device)
     if device.type == "cpu":
@@ -311,10 +315,10 @@ def _log_row(log: dict, step: int, val: float, lr: float) -> dict:
     }
 
 
-def run_tokens(cfg: TrainParams, context: int) -> int:
+def run_tokens(cfg: TrainParams, context: int) -> int:  # lmask.summary.run_tokens_of says the same for the report
     """Tokens a run trains on: the copy warm-up's short rows, then full blocks."""
     cw = cfg.copy_warmup
-    return cw.steps * cw.batch_size * cw.context + (cfg.steps - cw.steps) * cfg.batch_size * context
+    return cw.tokens() + (cfg.steps - cw.steps) * cfg.batch_size * context
 
 
 def _finish(

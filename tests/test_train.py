@@ -244,7 +244,12 @@ def test_periodic_and_natural_losses_are_logged_apart(workdir):
     """dvclive gets the loss on natural rows and, apart, on periodic rows after their first period (copying's onset
     shows there), including during a copy warm-up."""
     params = load_params()
-    cw = dataclasses.replace(params.train.copy_warmup, steps=3, batch_size=4, context=32, min_period=2, max_period=8)
+    phases = [
+        {"context": 16, "steps": 2, "batch_size": 4, "max_period": 4},
+        {"context": 32, "steps": 1, "batch_size": 2, "max_period": 8},
+    ]
+    cw = dataclasses.replace(params.train.copy_warmup, phases=phases)
+    assert cw.steps == 3 and cw.phase_at(1).context == 16 and cw.phase_at(2).context == 32 and cw.phase_at(3) is None
     train(with_train(params, copy_warmup=cw))
     plots = Path("metrics/train/baseline/plots/metrics")
     copy = [line.split("\t") for line in (plots / "copy_loss.tsv").read_text().splitlines()[1:]]
