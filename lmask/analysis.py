@@ -1,7 +1,7 @@
 """Attention analysis: per-layer, per-head entropy, mean attention distance and sink mass, plus heatmaps.
 
 The fast paths never materialise attention weights, so this analysis swaps in an explicit path for one forward on a
-fixed test batch: softmax(Q K^T * scale) under the same ``lmask.attention.window_mask`` (window and sinks from the
+fixed test batch: softmax(Q K^T * scale) under the same ``lmask.dense.window_mask`` (window and sinks from the
 model config), then weights @ V. Its output equals the fast path's to rounding, so what we measure is the model
 the other metrics score.
 """
@@ -15,9 +15,10 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from lmask.attention import window_mask
+from lmask.dense import window_mask
 from lmask.model import ATTN_NAME
 from lmask.params import AnalysisParams
+from lmask.schedule import config_windows
 
 EXPLICIT_NAME = "lmask_explicit"
 SINK_POSITIONS = 4  # attention mass on the first 4 tokens: StreamingLLM's "attention sink" measure
@@ -39,10 +40,8 @@ def explicit_attention(
     Per-head statistics and the head-averaged top-left corner of the first sequence's weights are kept on the
     module, not the full [B, H, T, T] weights (gigabytes at GPT-2 scale across 12 layers).
     """
-    config = module.config
-    windows = getattr(config, "layer_windows", None)
-    window = windows[module.layer_idx] if windows else None
-    mask = window_mask(query.shape[-2], key.shape[-2], window, getattr(config, "attention_sinks", 0), query.device)
+    windows, sinks = config_windows(module.config)
+    mask = window_mask(query.shape[-2], key.shape[-2], windows[module.layer_idx], sinks, query.device)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     scores = (query @ key.transpose(-1, -2)).float() * scale
     weights = scores.masked_fill(~mask, float("-inf")).softmax(-1)

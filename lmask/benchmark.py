@@ -26,6 +26,7 @@ import collections
 import dataclasses
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,9 @@ import torch
 from tqdm import tqdm
 
 from lmask import attention
-from lmask.attention import causal_attention, select_path, windowed_attention
+from lmask.attention import select_path, windowed_attention
 from lmask.band import BAND_MAX_WINDOW
+from lmask.dense import causal_attention
 from lmask.device import autocast
 from lmask.flops import attention_ceiling, blocked_pairs, flops_ceiling
 from lmask.io import write_json
@@ -93,6 +95,15 @@ def _timed(fn: Any, device: torch.device) -> tuple[float, int | None]:
     return time.perf_counter() - t0, _peak(device, base)
 
 
+def _rounds(keys: list[Any], warmup: int, repeats: int) -> Iterator[tuple[bool, Any]]:
+    """(timed, key) for each call of interleaved rounds: ``warmup`` untimed rounds, then ``repeats`` timed ones, each
+    round calling every key once. The timed rounds alternate order (as given, then reversed), so a linear drift in
+    machine speed cancels exactly over an even number of rounds (and nearly over an odd one)."""
+    for r in range(warmup + repeats):
+        for key in keys if (r - warmup) % 2 == 0 else keys[::-1]:
+            yield r >= warmup, key
+
+
 def _model_step(model: torch.nn.Module, ids: torch.Tensor, mode: str) -> None:
     """One timed call, in the precision training uses (bf16 autocast on CUDA, fp32 on CPU)."""
     if mode == "fwd":
@@ -133,19 +144,17 @@ def bench_model(
             model.train(mode == "fwd_bwd")  # dropout is 0: train() only matters for autograd bookkeeping
             # Warm-up rounds run both once, untimed: the first call of a schedule at a new T and mode pays one-off
             # costs (allocator growth, first touch of its buffers, cached masks). Timed rounds alternate order (full
-            # first, then full last), so a linear drift in machine speed cancels exactly over an even number of
-            # rounds (and nearly over an odd one).
-            for r in range(p.warmup + p.repeats):
-                for name in names if (r - p.warmup) % 2 == 0 else names[::-1]:
-                    apply_windows(model, *windows[name])
-                    before = attention.PATH_COUNTS.copy()
-                    t, peak = _timed(lambda ids=ids, mode=mode: _model_step(model, ids, mode), device)
-                    paths[name] += attention.PATH_COUNTS - before
-                    if r >= p.warmup:
-                        times[name].append(t)
-                        if peak is not None:
-                            peaks[name].append(peak)
-                    progress.update(1)
+            # first, then full last; see _rounds).
+            for timed, name in _rounds(names, p.warmup, p.repeats):
+                apply_windows(model, *windows[name])
+                before = attention.PATH_COUNTS.copy()
+                t, peak = _timed(lambda ids=ids, mode=mode: _model_step(model, ids, mode), device)
+                paths[name] += attention.PATH_COUNTS - before
+                if timed:
+                    times[name].append(t)
+                    if peak is not None:
+                        peaks[name].append(peak)
+                progress.update(1)
             t_full = statistics.median(times[ref])
             for name in names[1:]:  # the reference's own times are each record's full_time_s
                 w, sinks = windows[name]
@@ -229,9 +238,8 @@ def bench_kernel(p: BenchmarkParams, seq_lens: list[int], device: torch.device, 
             times: dict[Any, list[float]] = {key: [] for key in fns}
             for fn in fns.values():  # warm-up
                 fn()
-            for r in range(p.kernel_repeats):  # order alternates, as in bench_model
-                for key in list(fns) if r % 2 == 0 else list(fns)[::-1]:
-                    times[key].append(_timed(fns[key], device)[0])
+            for _, key in _rounds(list(fns), 0, p.kernel_repeats):  # order alternates, as in bench_model
+                times[key].append(_timed(fns[key], device)[0])
             progress.update(1)
             t_causal = statistics.median(times[None])
             t_floor = statistics.median(times["floor"]) if "floor" in times else None

@@ -10,7 +10,7 @@ is the same ratio.
 
 from __future__ import annotations
 
-from lmask.blocking import blocked_layout
+from lmask.block_layout import blocked_layout
 from lmask.schedule import Windows, attention_pairs
 
 
@@ -33,7 +33,7 @@ def attention_ceiling(window: int | None, seq_len: int, sinks: int = 0) -> float
 
 
 def blocked_pairs(window: int, seq_len: int, sinks: int = 0, block: int | None = None) -> int:
-    """(query, key) scores the blocked path (``lmask.attention.blocked_attention``) computes, masked ones included.
+    """(query, key) scores the blocked path (``lmask.blocked.blocked_attention``) computes, masked ones included.
 
     It mirrors that function's three pieces: the first P queries (causal when P <= window: half the square; else
     dense), n full blocks of b queries against sinks + P + b keys each, and the last < b queries against the keys

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from lmask.schedule import Windows
+from lmask.schedule import Windows, config_windows
 
 
 class WindowedLayer(DynamicLayer):
@@ -83,9 +83,8 @@ class WindowedCache(DynamicCache):
 
 def windowed_cache(model: torch.nn.Module) -> WindowedCache:
     """A fresh windowed cache matching a model masked with ``lmask.model.apply_windows``."""
-    config = model.config
-    windows = getattr(config, "layer_windows", None) or [None] * config.n_layer
-    return WindowedCache(list(windows), getattr(config, "attention_sinks", 0))
+    windows, sinks = config_windows(model.config)
+    return WindowedCache(list(windows), sinks)
 
 
 def kv_cache_entries(windows: Windows, seq_len: int, sinks: int = 0) -> list[int]:

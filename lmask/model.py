@@ -17,6 +17,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from lmask.attention import band_by_default, windowed_attention
 from lmask.band import band_available
 from lmask.provenance import verify_weights
+from lmask.schedule import check_windows, config_windows
 
 ATTN_NAME = "lmask"
 
@@ -33,14 +34,13 @@ def lmask_attention(
 ) -> tuple[torch.Tensor, None]:
     """AttentionInterface entry: look up this layer's window in the config and run windowed attention."""
     config = module.config
-    windows = getattr(config, "layer_windows", None)
-    window = windows[module.layer_idx] if windows else None
+    windows, sinks = config_windows(config)
     out = windowed_attention(
         query,
         key,
         value,
-        window=window,
-        sinks=getattr(config, "attention_sinks", 0),
+        window=windows[module.layer_idx],
+        sinks=sinks,
         attention_mask=attention_mask,
         scaling=scaling,
         dropout=dropout,
@@ -60,9 +60,7 @@ def apply_windows(
     n_layer = model.config.n_layer
     if len(windows) != n_layer:
         raise ValueError(f"windows has {len(windows)} entries but the model has n_layer={n_layer}")
-    for i, w in enumerate(windows):
-        if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 1):
-            raise ValueError(f"windows[{i}] must be None or an integer >= 1, got {w!r}")
+    check_windows(windows, "windows", none="None")
     if isinstance(sinks, bool) or not isinstance(sinks, int) or sinks < 0:
         raise ValueError(f"sinks must be an integer >= 0, got {sinks!r}")
     model.config.layer_windows = list(windows)
@@ -143,5 +141,4 @@ def load_model(path: str | Path, **kwargs) -> GPT2LMHeadModel:
     weights must match the hashes recorded when it was written (``lmask.provenance.verify_weights``)."""
     verify_weights(Path(path))
     model = GPT2LMHeadModel.from_pretrained(path, attn_implementation=ATTN_NAME, **kwargs)
-    windows = getattr(model.config, "layer_windows", None) or [None] * model.config.n_layer
-    return apply_windows(model, windows, getattr(model.config, "attention_sinks", 0))
+    return apply_windows(model, *config_windows(model.config))

@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from lmask.backends import ATTENTION_BACKENDS  # paths attention.backend may force (the attention files own it)
+
 DATA_SOURCES = ("embedded", "hf", "text")
 TOKENIZER_KINDS = ("bpe", "gpt2")
 MODEL_INITS = ("scratch", "pretrained")
 POSITION_INITS = ("default", "sinusoidal")
-ATTENTION_BACKENDS = ("auto", "blocked", "flex", "masked")  # paths attention.backend may force (lmask.attention)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SPLITS = ("train", "validation", "test")
 

@@ -33,6 +33,21 @@ def visible(q_pos: Any, k_pos: Any, window: int | None, sinks: Any = 0) -> Any:
     return causal & ((q_pos - k_pos < window) | (k_pos < sinks))
 
 
+def check_windows(windows: list, where: str, none: str = "null") -> None:
+    """Every entry is a window: ``None`` (full attention) or an integer >= 1, not a bool. ``ValueError`` names the
+    first bad entry as ``where[i]``; ``none`` is how the caller's user writes None (params.yaml: null)."""
+    for i, w in enumerate(windows):
+        if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 1):
+            raise ValueError(f"{where}[{i}] must be {none} or an integer >= 1, got {w!r}")
+
+
+def config_windows(config: Any) -> tuple[Windows, int]:
+    """(window per layer, sinks) of a model config (``lmask.model.apply_windows`` writes them): the one place that
+    reads them back. A config without windows (a plain GPT-2) is full attention in every layer, without sinks. The
+    list is the config's own, not a copy."""
+    return getattr(config, "layer_windows", None) or [None] * config.n_layer, getattr(config, "attention_sinks", 0)
+
+
 def _int_field(spec: dict, key: str, where: str, minimum: int) -> int:
     if key not in spec:
         raise ValueError(f"{where}.{key} is required for type '{spec['type']}'")
@@ -71,9 +86,7 @@ def layer_windows(spec: dict[str, Any], n_layer: int, where: str = "schedule") -
             raise ValueError(f"{where}.windows must be a list of {n_layer} windows (null = full)")
         if len(windows) != n_layer:
             raise ValueError(f"{where}.windows has {len(windows)} entries but model.n_layer is {n_layer}")
-        for i, w in enumerate(windows):
-            if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 1):
-                raise ValueError(f"{where}.windows[{i}] must be null or an integer >= 1, got {w!r}")
+        check_windows(windows, f"{where}.windows")
         return list(windows)
 
     if kind == "interleaved":
@@ -171,6 +184,8 @@ def describe(schedules: dict[str, tuple[Windows, int]], seq_len: int) -> str:
 
 __all__ = [
     "attention_pairs",
+    "check_windows",
+    "config_windows",
     "describe",
     "effective_window",
     "layer_windows",

@@ -8,27 +8,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmask import attention as A
 from lmask import band as band_module
-from lmask.attention import (
-    PATH_COUNTS,
-    blocked_attention,
-    flex_windowed_attention,
-    masked_attention,
-    select_path,
-    window_mask,
-    windowed_attention,
-)
+from lmask import blocked as blocked_module
+from lmask import flex as flex_module
+from lmask.attention import PATH_COUNTS, select_path, windowed_attention
 from lmask.band import band_attention
+from lmask.blocked import blocked_attention
+from lmask.dense import masked_attention, window_mask
+from lmask.flex import flex_windowed_attention
 from lmask.model import apply_windows, new_model, scratch_config
 
 
 @pytest.fixture(autouse=True)
 def restore_flex_state():
     """A failed flex call marks flex broken for the whole process; keep that from leaking between tests."""
-    saved = list(A._FLEX_BROKEN)
+    saved = list(flex_module._FLEX_BROKEN)
     yield
-    A._FLEX_BROKEN[:] = saved
+    flex_module._FLEX_BROKEN[:] = saved
 
 
 def reference(q, k, v, window, sinks=0, mask=None):
@@ -72,7 +68,7 @@ def middle_path(request, monkeypatch):
     """Run a test on both middle-block implementations: the CPU flash kernel on strided slabs, and the generic
     unfold + SDPA path (what CUDA uses when FlexAttention is unavailable)."""
     if request.param == "generic":
-        monkeypatch.setattr(A, "_cpu_slabs_supported", lambda query: False)
+        monkeypatch.setattr(blocked_module, "_cpu_slabs_supported", lambda query: False)
     return request.param
 
 
@@ -128,7 +124,7 @@ def test_every_backend_matches_reference(backend, window):
         expected = {backend: 1}
     elif backend == "flex":
         expected = {"flex_fallback": 1}
-    elif backend == "auto" and window <= A.BAND_MAX_WINDOW:
+    elif backend == "auto" and window <= band_module.BAND_MAX_WINDOW:
         expected = {"band": 1}  # auto on CPU, small windows: the band kernel
     else:
         expected = {"blocked": 1}  # auto on CPU, larger windows: the blocked path
@@ -174,9 +170,9 @@ def test_path_selection():
     pad = torch.ones(1, 1, 64, 64, dtype=torch.bool)
     assert q.requires_grad and select_path(q, k, 16) == "band"  # training on CPU, small window
     assert select_path(q.detach(), k.detach(), 16) == "band"  # forward only (evaluation) too
-    long_q, long_k, _ = qkv(1, 1, 2 * A.BAND_MAX_WINDOW + 8)
-    assert select_path(long_q, long_k, A.BAND_MAX_WINDOW) == "band"  # the crossover is inclusive
-    assert select_path(long_q, long_k, A.BAND_MAX_WINDOW + 1) == "blocked"  # above it: blocked
+    long_q, long_k, _ = qkv(1, 1, 2 * band_module.BAND_MAX_WINDOW + 8)
+    assert select_path(long_q, long_k, band_module.BAND_MAX_WINDOW) == "band"  # the crossover is inclusive
+    assert select_path(long_q, long_k, band_module.BAND_MAX_WINDOW + 1) == "blocked"  # above it: blocked
     assert select_path(q, k, 16, backend="band") == "band"
     assert select_path(q, k, None) == "causal"
     assert select_path(q, k, 64) == "causal"  # the window covers every key
@@ -191,7 +187,7 @@ def test_path_selection():
     assert select_path(q, k, 16, backend="flex") == "flex"  # forced: compiled flex runs on CPU too
     assert select_path(q, k, None, backend="flex") == "causal"  # full layers never need a mask
     assert select_path(q, k, 16, attention_mask=pad, backend="flex") == "masked"  # flex has no padding support here
-    assert not A.flex_available(q.device)  # auto picks flex on CUDA only
+    assert not flex_module.flex_available(q.device)  # auto picks flex on CUDA only
     with pytest.raises(ValueError, match="backend"):
         select_path(q, k, 16, backend="dense")
 
@@ -213,13 +209,13 @@ def test_blocked_never_builds_a_full_score_matrix(monkeypatch, middle_path):
         seen.append(("backward", q.shape[-2], k.shape[-2], k.data_ptr()))
         return real_backward(go, q, k, v, *args, **kw)
 
-    real_backward = A._CPU_FLASH_BACKWARD
-    monkeypatch.setattr(A.F, "scaled_dot_product_attention", spy(F.scaled_dot_product_attention))
-    monkeypatch.setattr(A, "_CPU_FLASH", spy(A._CPU_FLASH))
-    monkeypatch.setattr(A, "_CPU_FLASH_BACKWARD", spy_backward)
+    real_backward = blocked_module._CPU_FLASH_BACKWARD
+    monkeypatch.setattr(blocked_module.F, "scaled_dot_product_attention", spy(F.scaled_dot_product_attention))
+    monkeypatch.setattr(blocked_module, "_CPU_FLASH", spy(blocked_module._CPU_FLASH))
+    monkeypatch.setattr(blocked_module, "_CPU_FLASH_BACKWARD", spy_backward)
     q, k, v = qkv(1, 2, 1000, dtype=torch.float32)
     out = blocked_attention(q, k, v, 64, sinks=4)
-    middle = "scaled_dot_product_attention" if middle_path == "generic" else A._CPU_FLASH.__name__
+    middle = "scaled_dot_product_attention" if middle_path == "generic" else blocked_module._CPU_FLASH.__name__
     assert [s[:3] for s in seen] == [
         ("scaled_dot_product_attention", 64, 64),  # head: queries < P=64, plain causal
         (middle, 32, 4 + 96),  # middle blocks (b=32): sinks + P + b keys each
@@ -237,7 +233,7 @@ def test_blocked_never_builds_a_full_score_matrix(monkeypatch, middle_path):
 @pytest.mark.parametrize("window,sinks", [(1, 0), (5, 0), (5, 3), (40, 1)])
 def test_flex_mask_mod_equals_window_mask(window, sinks):
     flex = pytest.importorskip("torch.nn.attention.flex_attention")
-    mask = flex.create_mask(A.flex_mask_mod(window, sinks), None, None, 48, 48, device="cpu")
+    mask = flex.create_mask(flex_module.flex_mask_mod(window, sinks), None, None, 48, 48, device="cpu")
     assert torch.equal(mask[0, 0], window_mask(48, 48, window, sinks))
 
 
@@ -263,7 +259,7 @@ def test_real_compiled_flex_forward_matches_masked_fp32():
     next test for what lmask does then). One T per compile: window and sinks are tensors in the mask, so changing
     them does not recompile; T=100 is not a multiple of flex's 128-token blocks.
     """
-    if not A.flex_supported():
+    if not flex_module.flex_supported():
         pytest.skip("this torch has no FlexAttention")
     cases = [(256, 16, 0), (256, 64, 4), (256, 1, 3), (256, 200, 1), (100, 7, 2)]
     for T, window, sinks in cases:
@@ -272,12 +268,12 @@ def test_real_compiled_flex_forward_matches_masked_fp32():
         with torch.no_grad():
             got = flex_windowed_attention(q, k, v, window, sinks)
             want = masked_attention(q, k, v, window, sinks)
-        assert dict(PATH_COUNTS - before) == {"flex": 1}, (T, window, sinks, A._FLEX_BROKEN)
+        assert dict(PATH_COUNTS - before) == {"flex": 1}, (T, window, sinks, flex_module._FLEX_BROKEN)
         assert got.shape == want.shape == (2, T, 3, 16)
         assert (got - want).abs().max().item() <= 1e-5, (T, window, sinks)
         # Not vacuous: a window one larger gives a visibly different output.
         assert (masked_attention(q, k, v, window + 1, sinks) - want).abs().max().item() > 1e-3
-    assert not A._FLEX_BROKEN
+    assert not flex_module._FLEX_BROKEN
 
 
 def test_flex_with_gradients_on_cpu_gives_correct_outputs_and_grads():
@@ -302,8 +298,8 @@ def test_failed_flex_falls_back_to_blocked(monkeypatch):
         calls.append(1)
         raise RuntimeError("simulated flex failure")
 
-    monkeypatch.setattr(A, "_flex_kernel", lambda: broken_kernel)
-    monkeypatch.setattr(A, "_FLEX_BROKEN", [])
+    monkeypatch.setattr(flex_module, "_flex_kernel", lambda: broken_kernel)
+    monkeypatch.setattr(flex_module, "_FLEX_BROKEN", [])
     q, k, v = (x.detach() for x in qkv(2, 2, 90, D=8, dtype=torch.float32, seed=12))
     before = PATH_COUNTS.copy()
     with pytest.warns(UserWarning, match="simulated flex failure"):
@@ -312,8 +308,8 @@ def test_failed_flex_falls_back_to_blocked(monkeypatch):
     assert torch.equal(got, blocked_attention(q, k, v, 10, 1))
     assert (got - reference(q.double(), k.double(), v.double(), 10, 1)).abs().max().item() < 1e-5
     assert dict(PATH_COUNTS - before) == {"flex_fallback": 1}
-    assert A._FLEX_BROKEN and "simulated flex failure" in A._FLEX_BROKEN[0]
-    assert not A.flex_supported()
+    assert flex_module._FLEX_BROKEN and "simulated flex failure" in flex_module._FLEX_BROKEN[0]
+    assert not flex_module.flex_supported()
     # Once broken, later calls go straight to the blocked path without trying the kernel again.
     again = flex_windowed_attention(q, k, v, 10, 1)
     assert calls == [1] and torch.equal(again, got)

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-import lmask.attention as A
-from lmask.blocking import block_size, blocked_layout
+import lmask.blocked as blocked_module
+from lmask.block_layout import block_size, blocked_layout
 from lmask.flops import attention_ceiling, attention_share, blocked_pairs, flops_ceiling, forward_flops_per_token
 from lmask.schedule import attention_pairs, layer_windows
 
@@ -91,10 +91,12 @@ def test_blocked_pairs_counts_the_scores_the_kernel_is_given(monkeypatch, T, win
 
         return call
 
-    monkeypatch.setattr(A.F, "scaled_dot_product_attention", count(torch.nn.functional.scaled_dot_product_attention))
-    monkeypatch.setattr(A, "_CPU_FLASH", count(A._CPU_FLASH))
+    monkeypatch.setattr(
+        blocked_module.F, "scaled_dot_product_attention", count(torch.nn.functional.scaled_dot_product_attention)
+    )
+    monkeypatch.setattr(blocked_module, "_CPU_FLASH", count(blocked_module._CPU_FLASH))
     q, k, v = (torch.randn(1, T, 1, 8).transpose(1, 2) for _ in range(3))
-    A.blocked_attention(q, k, v, window, sinks, block=block)
+    blocked_module.blocked_attention(q, k, v, window, sinks, block=block)
     assert sum(scores) == blocked_pairs(window, T, sinks, block)
     assert blocked_pairs(window, T, sinks, block) >= attention_pairs(window, T, sinks)
 

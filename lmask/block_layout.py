@@ -1,6 +1,7 @@
 """How the blocked kernel cuts a windowed causal sequence into pieces (pure Python; no torch).
 
-``lmask.attention.blocked_attention`` computes these pieces and ``lmask.flops.blocked_pairs`` counts their scores, so
+Kept apart from the kernel (``lmask.blocked``, which needs torch) so that ``lmask.flops`` stays torch-free.
+``lmask.blocked.blocked_attention`` computes these pieces and ``lmask.flops.blocked_pairs`` counts their scores, so
 the two cannot drift apart:
 
 - head: queries [0, P) against keys [0, P): causal when P <= window (every key is inside the window), else dense
