@@ -195,7 +195,11 @@ def download(params: DataParams, out_dir: Path) -> dict[str, int]:
         splits["train"] = splits["train"][: params.max_train_docs]
     for split in SPLITS:
         if not splits[split]:
-            why = f" (test takes articles of {MIN_TEST_CHARS}+ characters)" if split == "test" else ""
+            why = {
+                "test": f" (test takes articles of {MIN_TEST_CHARS}+ characters)",
+                "train": f" (data.test_documents = {params.test_documents} and data.validation_fraction = "
+                f"{params.validation_fraction} take the articles first: lower them)",
+            }.get(split, "")
             raise DataError(f"data.source {params.source}: the {split} split is empty{why}")
     with atomic_dir(out_dir) as tmp:
         for split in SPLITS:

@@ -37,6 +37,8 @@ _WRITE_FAILURES = ("unexpected pos", "failed writing", "file too large", "fileto
 def _write_failure(err: BaseException) -> str | None:
     """The reason, in one line, if ``err`` is a failed write; None for any other error (re-raised as it is)."""
     text = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+    if "unexpected pos" in text.lower():  # torch's writer, cut short: the file hit a size limit or the disk filled
+        return f"file too large for the file size limit (ulimit -f) or the disk is full; torch said: {text}"
     if isinstance(err, OSError) or any(s in str(err).lower() for s in _WRITE_FAILURES):
         return text
     return None
@@ -52,7 +54,7 @@ def write_with(path: Path | str, write: Callable[[Path], Any]) -> None:
     """Call ``write(tmp)`` on a temp path beside ``path``, then rename it into place (removed if ``write`` fails)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARK}", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
@@ -86,16 +88,31 @@ def read_json(path: Path | str, what: str = "") -> Any:
         raise DataError(f"{path}: not valid JSON ({err})") from None
 
 
+TMP_MARK = ".lmask-tmp-"  # temp folders and files carry it (.gitignore and .dvcignore skip it)
+
+
+def sweep_stale(final: Path) -> None:
+    """Remove what a killed writer of ``final`` left beside it (its temp folder, the previous version it was
+    replacing): otherwise a stray folder inside an output's parent changes that folder's hash for the next stage."""
+    for stray in final.parent.glob(f".{final.name}{TMP_MARK}*"):
+        if stray.is_dir():
+            shutil.rmtree(stray, ignore_errors=True)
+        else:
+            stray.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path | str) -> Iterator[Path]:
-    """Yield a fresh temp folder beside ``final``; on success it replaces ``final``, on any error it is removed."""
+    """Yield a fresh temp folder beside ``final``; on success it replaces ``final``, on any error it is removed.
+    Leftovers of a writer killed mid-way (kill -9 gives no chance to clean up) are swept at the next start."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    sweep_stale(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}{TMP_MARK}", dir=final.parent))
     try:
         tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private (0700)
         yield tmp
-        old = final.with_name(f".{final.name}.old")
+        old = final.with_name(f".{final.name}{TMP_MARK}old")
         shutil.rmtree(old, ignore_errors=True)
         if final.exists():
             final.rename(old)
@@ -118,14 +135,20 @@ def atomic_dir(final: Path | str) -> Iterator[Path]:
 REMOTE = re.compile(r"""\[\s*'?remote\s+"([^"]+)"'?\s*\]""")  # ['remote "name"'], as `dvc remote add` writes it
 
 
+def dvc_config_files(root: Path | str = ".") -> list[Path]:
+    """DVC's config files in the order DVC merges them (later wins): system, user (global), repo, local."""
+    xdg = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    system = [Path(d) / "dvc" / "config" for d in os.environ.get("XDG_CONFIG_DIRS", "/etc/xdg").split(":") if d]
+    return [*system, xdg / "dvc" / "config", Path(root) / ".dvc" / "config", Path(root) / ".dvc" / "config.local"]
+
+
 def unverified_remotes(root: Path | str = ".") -> list[str]:
-    """Names of the DVC remotes in ``root``'s .dvc/config and .dvc/config.local (merged, as DVC merges them) that
+    """Names of the DVC remotes in every config DVC reads for ``root`` (merged, as DVC merges them) that
     lack ``verify = true``: without it `dvc pull` checks out a corrupted object and exits 0. Reads the ini files
-    directly (importing dvc would cost the validate stage seconds); remotes in the user or system config are not seen.
+    directly (importing dvc would cost the validate stage seconds): the system, user, repo and local configs.
     """
     remotes: dict[str, dict[str, str]] = {}
-    for name in ("config", "config.local"):
-        path = Path(root) / ".dvc" / name
+    for path in dvc_config_files(root):
         section = None
         for line in path.read_text(errors="replace").splitlines() if path.is_file() else []:
             line = line.strip()
@@ -147,11 +170,13 @@ def remote_warnings(root: Path | str = ".") -> list[str]:
 
 
 __all__ = [
+    "TMP_MARK",
     "DataError",
     "WriteError",
     "atomic_dir",
     "read_json",
     "remote_warnings",
+    "sweep_stale",
     "unverified_remotes",
     "write_json",
     "write_text",

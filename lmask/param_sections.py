@@ -43,6 +43,8 @@ class DataParams:
         if not 0 < self.validation_fraction < 0.5:
             raise ParamsError(f"data.validation_fraction must be in (0, 0.5), got {self.validation_fraction}")
         _positive("data.test_documents", self.test_documents)
+        if self.test_documents > 100_000:
+            raise ParamsError(f"data.test_documents must be at most 100000, got {self.test_documents}")
         if self.max_train_docs is not None:
             _positive("data.max_train_docs", self.max_train_docs)
         extra = sorted(set(self.text_files) - set(SPLITS))
@@ -172,8 +174,10 @@ class ModelParams:
     def check(self) -> None:
         _choice("model.init", self.init, MODEL_INITS)
         _choice("model.position_init", self.position_init, POSITION_INITS)
-        for name in ("n_layer", "n_embd", "n_head", "n_positions"):
+        for name, most in (("n_layer", 128), ("n_embd", 16384), ("n_head", 256), ("n_positions", 1 << 20)):
             _positive(f"model.{name}", getattr(self, name))
+            if getattr(self, name) > most:  # a typo's size (1000 layers) fails here, not after an hour
+                raise ParamsError(f"model.{name} must be at most {most}, got {getattr(self, name)}")
         if self.n_embd % self.n_head:
             raise ParamsError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
         if not 0 <= self.dropout < 1:

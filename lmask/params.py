@@ -238,17 +238,18 @@ def params_from_dict(raw: Any) -> Params:
         if key not in known:
             raise ParamsError(f"{key} is not a known section (known: {', '.join(sorted(known))})")
     seed = raw.get("seed", 1337)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ParamsError(f"seed must be an integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
+        raise ParamsError(f"seed must be an integer in [0, 2**31) (numpy's seeds are non-negative), got {seed!r}")
     defaults, seed_lists = Params(), {}
     for key in ("baseline_seeds", "finetune_seeds"):
         seed_lists[key] = raw.get(key, getattr(defaults, key))
         if not isinstance(seed_lists[key], list):
             raise ParamsError(f"{key} must be a list of integers, got {seed_lists[key]!r}")
     sections = {name: section_from_dict(cls, raw.get(name), name) for name, cls in SECTIONS.items()}
+    sections["model"].check()  # its bounds first: the schedules are resolved against n_layer
     threads = raw.get("cpu_threads", 2)
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ParamsError(f"cpu_threads must be a positive integer or null, got {threads!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 1024):
+        raise ParamsError(f"cpu_threads must be an integer in [1, 1024] or null, got {threads!r}")
     params = Params(
         seed=seed,
         **seed_lists,
@@ -261,13 +262,27 @@ def params_from_dict(raw: Any) -> Params:
     return params
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key written twice in one mapping (PyYAML keeps the last silently; DVC
+    refuses the file), so a duplicated key fails here with its name instead of at `dvc repro`."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ParamsError(f"'{key}' appears twice in one mapping (line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml (every stage calls this first)."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found (run from the repository root)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as err:
         raise ParamsError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
     return params_from_dict(raw or {})

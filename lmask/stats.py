@@ -69,9 +69,7 @@ class Estimate:
         as a gap above zero (fn(mde80) - fn(0))."""
         lo, hi = (None, None) if self.lo is None else (fn(self.lo), fn(self.hi))
         mde = None if self.mde80 is None else fn(self.mde80) - fn(0.0)
-        return replace(
-            self, value=fn(self.value), lo=lo, hi=hi, per_run=tuple(fn(x) for x in self.per_run), mde80=mde
-        )
+        return replace(self, value=fn(self.value), lo=lo, hi=hi, per_run=tuple(fn(x) for x in self.per_run), mde80=mde)
 
 
 @dataclass(frozen=True)

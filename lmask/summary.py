@@ -13,6 +13,7 @@ has ``copy_loss_drop``: {distance: {"value", "ci95"}} and ``test_documents``: {d
 from __future__ import annotations
 
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,7 @@ def load_model_files(name: str, metrics_dir: Path, arrays_dir: Path) -> ModelFil
         try:
             with np.load(npz) as f:
                 arrays[npz.stem] = {k: f[k] for k in f.files}
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
             raise DataError(f"{npz}: not a readable .npz archive ({err})") from None
         extras[npz.stem] = read_json(npz.with_suffix(".json"))
     if not arrays:

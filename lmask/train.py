@@ -208,7 +208,6 @@ def _train(
     stop_after: int | None,
 ) -> checkpoint.Progress:
     """The optimizer steps; returns where the run stands (cfg.steps when done, earlier when stopped)."""
-    vocab_size = model.config.vocab_size
     torch.manual_seed(run.seed + world.rank)  # distinct dropout per rank; rank 0 matches a single-process run
     model.to(device).train()
     optimizer = make_optimizer(model, cfg, device)
@@ -219,8 +218,46 @@ def _train(
         if world.enabled
         else model
     )
-    calls_before = attention.PATH_COUNTS.copy()
     bar = tqdm(total=cfg.steps, initial=progress.step, desc=run.name, unit="step", disable=not world.is_main)
+    try:
+        _steps(
+            model,
+            ddp_model,
+            optimizer,
+            train_blocks,
+            val_blocks,
+            cfg,
+            mix,
+            run,
+            device,
+            world,
+            progress,
+            bar,
+            stop_after,
+        )
+    finally:
+        bar.close()  # ends the progress line before any error message, so the message is a line of its own
+    world.barrier()  # the checkpoint is on disk before any rank returns
+    return progress
+
+
+def _steps(
+    model,
+    ddp_model,
+    optimizer,
+    train_blocks,
+    val_blocks,
+    cfg: TrainParams,
+    mix: MixParams,
+    run: Run,
+    device,
+    world: Distributed,
+    progress: checkpoint.Progress,
+    bar,
+    stop_after: int | None,
+) -> None:
+    vocab_size = model.config.vocab_size
+    calls_before = attention.PATH_COUNTS.copy()
     log = progress.log_window or _new_window(progress.step)
     while progress.step < cfg.steps:
         step = progress.step
@@ -239,7 +276,6 @@ def _train(
         if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
             # Raised before optimizer.step(), so the last checkpoint holds finite weights.
             what = "loss" if not math.isfinite(step_loss) else "gradient norm"
-            bar.close()  # ends the progress line, so the error is a line of its own
             raise FloatingPointError(
                 f"{run.name}: training {what} became {step_loss if what == 'loss' else grad_norm} at step {step} "
                 f"(lr {lr:.3g}); lower the learning rate (lr={cfg.lr}) or check the data"
@@ -266,9 +302,6 @@ def _train(
             checkpoint.save(run.checkpoint_dir, model, optimizer, progress, run.inputs, world)
         if stopping:
             break
-    bar.close()
-    world.barrier()  # the checkpoint is on disk before any rank returns
-    return progress
 
 
 def accumulate_gradients(

@@ -18,7 +18,10 @@ from lmask.io import DataError, WriteError
 from lmask.params import Params, ParamsError, load_params
 
 # DVC deletes a stage's outputs before running it; after a failure the lock still names the previous ones.
-RESTORE = "DVC removed this stage's previous outputs before it ran: `dvc checkout` restores them"
+RESTORE = (
+    "DVC removed this stage's previous outputs before it ran: `dvc checkout && git checkout metrics/` restores them "
+    "(models and arrays from the cache, the run's metrics from git)"
+)
 
 
 def parser(description: str) -> argparse.ArgumentParser:

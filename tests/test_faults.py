@@ -183,7 +183,8 @@ def tiny_run(tmp_path: Path, folder: str = "run", **train) -> tuple[dict, lmask.
     cfg = dataclasses.replace(cfg, device="cpu", **train)
     out = tmp_path / folder
     run_ = lmask.train.Run("baseline", 0, out / "model", out / "live", out / "ckpt", {"inputs": "fixed"})
-    return {"model": model, "train_blocks": blocks, "val_blocks": blocks[:4], "cfg": cfg, "mix": MixParams()}, run_
+    mix = MixParams(min_period=2, max_period=8)  # periodic rows of random ids fit the 64-token vocabulary
+    return {"model": model, "train_blocks": blocks, "val_blocks": blocks[:4], "cfg": cfg, "mix": mix}, run_
 
 
 CHECKPOINT_SCRIPT = """\
@@ -332,7 +333,8 @@ def test_nan_loss_ends_the_stage_in_one_line(tmp_path, capsys):
     assert re.fullmatch(
         r"error: baseline: training loss became (nan|inf) at step \d \(lr [0-9.]+e\+[0-9]+\); lower the learning rate "
         r"\(lr=1e\+30\) or check the data\. DVC removed this stage's previous outputs before it ran: "
-        r"`dvc checkout` restores them",
+        r"`dvc checkout && git checkout metrics/` restores them \(models and arrays from the cache, the run's "
+        r"metrics from git\)",
         line,
     ), line
     assert [p.name for p in run_.model_dir.iterdir()] == ["model.safetensors"]
@@ -366,7 +368,10 @@ def test_full_disk_names_the_output_and_keeps_the_previous_one(tmp_path, label):
     proc = python(["-c", code + "from stages import cli\ncli.run(main)\n"], tmp_path, shell_prefix="ulimit -f 300; ")
     assert proc.returncode == 2, proc
     line = one_error_line(proc.stderr)
-    assert line.startswith(f"error: {dest}: could not write it (") and "`dvc checkout` restores them" in line, line
+    assert (
+        line.startswith(f"error: {dest}: could not write it (")
+        and "`dvc checkout && git checkout metrics/` restores them" in line
+    ), line
     assert previous.read_bytes() == b"previous"
     leftovers = [p for p in tmp_path.rglob(".*") if p.name.startswith((".baseline", ".state.pt"))]
     assert not leftovers, leftovers
@@ -675,3 +680,162 @@ def load_params_at(path: Path):
     from lmask.params import load_params
 
     return load_params(path)
+
+
+# --------------------------------------------------------------------------------------------- issue 30
+def test_killed_run_resumes_to_a_byte_identical_model_folder(tmp_path):
+    """Row 1: a run stopped mid-way (as kill -9 would, after its last checkpoint) and resumed by a new call writes the
+    same model folder, byte for byte, as an uninterrupted run: the attention-call counts live in the run's metrics,
+    carried over in the checkpoint, not in the folder."""
+    kwargs, whole = tiny_run(tmp_path, "whole", steps=4, checkpoint_every=1)
+    lmask.train.train(**kwargs, run=whole)
+    kwargs, split = tiny_run(tmp_path, "split", steps=4, checkpoint_every=1)
+    assert lmask.train.train(**kwargs, run=split, stop_after=2) == {"stopped_at": 2}
+    kwargs, _ = tiny_run(tmp_path, "split", steps=4, checkpoint_every=1)  # a new process: a fresh model object
+    lmask.train.train(**kwargs, run=split)
+
+    def folder(run_):
+        return {p.name: p.read_bytes() for p in sorted(run_.model_dir.iterdir())}
+
+    assert folder(whole) == folder(split)
+    calls = [json.loads((r.live_dir / "metrics.json").read_text())["attention_calls"] for r in (whole, split)]
+    assert calls[0] == calls[1] and calls[0]["causal"] > 0
+
+
+def test_corrupt_weights_are_refused_where_they_are_used(tmp_path):
+    """Row 5: one flipped byte in a model folder's weights (a corrupt cache object checked out with exit 0): loading
+    it for evaluation or fine-tuning stops in one line naming the folder and the repair."""
+    from lmask.io import DataError
+    from lmask.model import load_model
+
+    kwargs, run_ = tiny_run(tmp_path)
+    lmask.train.train(**kwargs, run=run_)
+    load_model(run_.model_dir)  # intact: loads
+    weights = run_.model_dir / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(DataError) as err:
+        load_model(run_.model_dir)
+    assert str(err.value) == (
+        f"{run_.model_dir}: weights do not match their recorded hash: run `python -m tools.remote verify --cache "
+        "--repair`, then `dvc pull` or `dvc repro`"
+    )
+
+
+def test_one_baseline_gives_no_verdict():
+    """Row 7: with baseline_seeds: [0] the run-to-run variance cannot be estimated: no interval, no word."""
+    from lmask.stats import ONE_RUN, run_estimate, verdict
+
+    gaps = np.random.default_rng(0).normal(0.005, 0.001, size=(1, 2, 32))  # clearly positive over documents
+    e = run_estimate(gaps)
+    assert e.lo is None and e.p is None and verdict(e, rejected=True) == ONE_RUN
+
+
+def test_a_killed_atomic_write_leaves_nothing_the_next_one_does_not_sweep(tmp_path):
+    """A folder left by kill -9 during an atomic model write (and a half-renamed previous version) is swept when the
+    output is written next, and git and DVC ignore such folders meanwhile."""
+    from lmask.io import TMP_MARK, atomic_dir
+
+    final = tmp_path / "models/masked/half/b0-s0"
+    final.parent.mkdir(parents=True)
+    stray = final.parent / f".b0-s0{TMP_MARK}k2x9"
+    stray.mkdir()
+    (stray / "model.safetensors").write_bytes(b"half")
+    (final.parent / f".b0-s0{TMP_MARK}old").mkdir()
+    other = final.parent / "b1-s0"  # another output beside it is not touched
+    other.mkdir()
+    with atomic_dir(final) as tmp:
+        (tmp / "w").write_text("new")
+    assert sorted(p.name for p in final.parent.iterdir()) == ["b0-s0", "b1-s0"]
+    for ignore in (".gitignore", ".dvcignore"):
+        assert f".*{TMP_MARK}*" in (ROOT / ignore).read_text().splitlines()
+
+
+def test_a_diverged_runs_checkpoint_is_removed(tmp_path):
+    kwargs, run_ = tiny_run(tmp_path, lr=1e30, grad_clip=1e30, checkpoint_every=1, steps=3)
+    with pytest.raises(FloatingPointError):
+        lmask.train.train(**kwargs, run=run_)
+    assert not run_.checkpoint_dir.exists()
+
+
+BOUNDS = [
+    ({"seed": -1}, r"seed must be an integer in \[0, 2\*\*31\)"),
+    ({"train.steps": 10**12}, r"train.steps must be at most 10000000"),
+    ({"cpu_threads": 10000}, r"cpu_threads must be an integer in \[1, 1024\]"),
+    ({"model.n_layer": 1000}, r"model.n_layer must be at most 128"),
+    ({"data.test_documents": 10**6}, r"data.test_documents must be at most 100000"),
+]
+
+
+@pytest.mark.parametrize("change, message", BOUNDS, ids=[next(iter(c)) for c, _ in BOUNDS])
+def test_out_of_bounds_values_name_the_field(change, message):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for dotted, value in change.items():
+        node = raw
+        *parents, key = dotted.split(".")
+        for p in parents:
+            node = node[p]
+        node[key] = value
+    with pytest.raises(ParamsError, match=message):
+        params_from_dict(raw)
+
+
+def test_too_many_test_documents_name_the_field(tmp_path):
+    """Within bounds but more than the corpus holds: the empty train split's message names data.test_documents."""
+    from lmask.data import download
+    from lmask.io import DataError
+    from lmask.params import DataParams
+
+    with pytest.raises(DataError, match=r"train split is empty \(data.test_documents = 100000 .*: lower them\)"):
+        download(DataParams(test_documents=100000), tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+
+
+def test_a_duplicated_key_is_refused_with_its_name(tmp_path):
+    from lmask.params import load_params
+
+    path = tmp_path / "params.yaml"
+    path.write_text((ROOT / "params.yaml").read_text() + "seed: 3\n")
+    with pytest.raises(ParamsError, match=r"'seed' appears twice in one mapping"):
+        load_params(path)
+
+
+def test_a_size_limited_write_says_file_too_large():
+    """The `ulimit -f` case: torch's writer fails with "unexpected pos"; the line says what that means."""
+    from lmask.io import WriteError, write_with
+
+    def cut_short(tmp):
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 1007680 vs 1007572")
+
+    with pytest.raises(WriteError, match=r"file too large for the file size limit \(ulimit -f\) or the disk is full"):
+        write_with(Path("/tmp/never-written.pt"), cut_short)
+
+
+def test_a_user_level_remote_without_verify_is_flagged(tmp_path, monkeypatch):
+    from lmask.io import unverified_remotes
+
+    home = tmp_path / "xdg"
+    (home / "dvc").mkdir(parents=True)
+    (home / "dvc" / "config").write_text("['remote \"shared\"']\n    url = s3://bucket/x\n")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_DIRS", str(tmp_path / "none"))
+    (tmp_path / "repo" / ".dvc").mkdir(parents=True)
+    assert unverified_remotes(tmp_path / "repo") == ["shared"]
+    (tmp_path / "repo" / ".dvc" / "config.local").write_text("['remote \"shared\"']\n    verify = true\n")
+    assert unverified_remotes(tmp_path / "repo") == []
+
+
+def test_a_truncated_evaluation_archive_is_named_in_one_line(tmp_path):
+    from lmask.io import DataError
+    from lmask.summary import load_model_files
+
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "half.json").write_text("{}")
+    (tmp_path / "eval" / "half").mkdir(parents=True)
+    good = tmp_path / "eval" / "half" / "b0-s0.npz"
+    np.savez_compressed(good, nll_test=np.zeros((4, 8)))
+    good.write_bytes(good.read_bytes()[:40])
+    (tmp_path / "eval" / "half" / "b0-s0.json").write_text("{}")
+    with pytest.raises(DataError, match=r"b0-s0.npz: not a readable .npz archive"):
+        load_model_files("half", tmp_path / "metrics", tmp_path / "eval")

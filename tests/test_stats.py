@@ -26,8 +26,18 @@ from lmask.stats import (
 )
 
 
-def simulate(rng, effect: float, n_b: int = 3, n_s: int = 2, n_d: int = 32, run_sd=0.02, seed_sd=0.01, doc_sd=0.03,
-             inter_sd=0.01, resid_sd=0.01):
+def simulate(
+    rng,
+    effect: float,
+    n_b: int = 3,
+    n_s: int = 2,
+    n_d: int = 32,
+    run_sd=0.02,
+    seed_sd=0.01,
+    doc_sd=0.03,
+    inter_sd=0.01,
+    resid_sd=0.01,
+):
     """G[b, s, d] = effect + baseline + seed + document + baseline × document + residual: the crossed random-effects
     structure of a real comparison (documents shared by every run, seeds nested in baselines)."""
     base = rng.normal(0, run_sd, size=(n_b, 1, 1))
