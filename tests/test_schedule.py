@@ -153,9 +153,10 @@ def with_progressions(tmp_path_factory):
 
 def test_default_params_keep_the_seed_windows(with_progressions):
     p = load_params(ROOT / "params.yaml")
-    assert set(p.schedules) == {"full", "half", "aggressive"}
+    assert set(p.schedules) == {"full", "half", "aggressive", "local"}  # local: Q1's negative control
     for name in ("full", "half", "aggressive"):
         assert p.schedules[name].windows == GEOMETRIC[name], name
+    assert p.schedules["local"].windows == [8] * 12
     q = with_progressions
     for name in ("full", "half", "quarter", "aggressive"):
         assert q.schedules[name].windows == GEOMETRIC[name], name
