@@ -362,6 +362,20 @@ def tokenize_splits(
     return stats
 
 
+def tokenize_project(params, raw_dir: Path, tok_dir: Path, data_dir: Path) -> dict:
+    """``tokenize_splits`` with its settings from validated params (lmask.params.Params): what the tokenize stage and
+    the tests that prepare data call."""
+    return tokenize_splits(
+        raw_dir,
+        params.tokenizer,
+        params.context,
+        params.data.code_package,
+        params.data.test_documents,
+        tok_dir,
+        data_dir,
+    )
+
+
 def load_blocks(data_dir: Path, split: str) -> np.ndarray:
     """[blocks, context] token ids of one split; a missing or unreadable file raises ``DataError`` naming it."""
     path = Path(data_dir) / f"{split}.npy"

@@ -12,17 +12,9 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     params = cli.params(args)
-    from lmask.data import tokenize_splits
+    from lmask.data import tokenize_project
 
-    stats = tokenize_splits(
-        args.raw,
-        params.tokenizer,
-        params.context,
-        params.data.code_package,
-        params.data.test_documents,
-        args.tokenizer,
-        args.out,
-    )
+    stats = tokenize_project(params, args.raw, args.tokenizer, args.out)
     print({k: v for k, v in stats.items() if not isinstance(v, list)})
 
 

@@ -17,7 +17,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from lmask.data import download, load_blocks, tokenize_splits
+from lmask.data import download, load_blocks, tokenize_project
 from lmask.model import load_model
 from lmask.params import load_params
 from lmask.train import mean_loss, train_baseline
@@ -86,15 +86,7 @@ def project(tmp_path_factory) -> Path:
     set_train(repo, **OVERRIDES)
     params = load_params(repo / "params.yaml")
     download(params.data, repo / "data/raw")
-    tokenize_splits(
-        repo / "data/raw",
-        params.tokenizer,
-        params.context,
-        params.data.code_package,
-        params.data.test_documents,
-        repo / "data/tokenizer",
-        repo / "data/tokenized",
-    )
+    tokenize_project(params, repo / "data/raw", repo / "data/tokenizer", repo / "data/tokenized")
     shrink_validation(repo / "data/tokenized")
     return repo
 

@@ -21,7 +21,8 @@ def test_every_stage_runs_and_writes_its_outputs(tiny_pipeline):
     stages = set(run(["dvc", "stage", "list", "--name-only"], repo).stdout.split())
     expected = {"validate", "download", "tokenize", "evaluate_baseline", "summarize", "report"}
     expected |= {f"train_baseline@{b}" for b in bases}
-    expected |= {"benchmark_kernel"} | {f"benchmark@{s}" for s in names} | {f"evaluate@{s}" for s in names}
+    expected |= {"benchmark_kernel", "benchmark_train"}
+    expected |= {f"benchmark@{s}" for s in names} | {f"evaluate@{s}" for s in names}
     expected |= {f"train_masked@{s}-{b}-{k}" for s in names for b, k in runs}
     assert stages == expected
 
@@ -39,18 +40,22 @@ def test_every_stage_runs_and_writes_its_outputs(tiny_pipeline):
             assert config["layer_windows"] == params.schedules[name].windows
             assert config["attention_sinks"] == params.schedules[name].sinks
             info = json.loads((model_dir / "train_info.json").read_text())
-            assert (info["baseline"], info["finetune_seed"]) == (b, k) and info["threads"] == params.cpu_threads
+            assert (info["baseline"], info["finetune_seed"]) == (b, k) and set(info["weights_sha256"]) == {
+                "model.safetensors"
+            }
             live = repo / "metrics/train" / f"{name}-b{b}-s{k}"
-            assert math.isfinite(json.loads((live / "metrics.json").read_text())["val_loss"])
+            metrics = json.loads((live / "metrics.json").read_text())
+            assert math.isfinite(metrics["val_loss"]) and metrics["threads"] == params.cpu_threads
             assert (live / "plots/metrics/val_loss.tsv").read_text().startswith("step\tval_loss")
         evaluated = json.loads((repo / "metrics/eval" / f"{name}.json").read_text())
         assert set(evaluated) >= {*(f"b{b}-zs" for b in bases), *(f"b{b}-s{k}" for b, k in runs)}
+        copy_shape = (len(params.copy.distances), params.copy.n_sequences, 2)
         with np.load(repo / "eval" / name / "b0-s0.npz") as arrays:
-            assert arrays["nll_test"].shape == (n_docs, params.context - 1)  # one row per test document
-            assert arrays["nll_code"].shape == (n_docs, params.context - 1)  # the first seed scores every domain
-        with np.load(repo / "eval" / name / "b0-zs.npz") as arrays:
-            copy_shape = (len(params.copy.distances), params.copy.schedule_sequences, 2)
+            for domain in ("test", "code", "repeated"):  # one row per document; fine-tuned runs score every domain
+                assert arrays[f"nll_{domain}"].shape == (n_docs, params.context - 1)
             assert arrays["copy_nll"].shape == copy_shape
+        with np.load(repo / "eval" / name / "b0-zs.npz") as arrays:
+            assert arrays["copy_nll"].shape == copy_shape and "nll_repeated" in arrays
     assert not list(repo.glob("checkpoints/**/state*.pt"))  # finished runs clean their checkpoints
     page = (repo / "plots/report.html").read_text()
     assert all(name in page for name in names)
@@ -71,14 +76,28 @@ def test_summary_contract(tiny_pipeline):
             lo, hi = rec["vs_full_pct_ci95"]
             assert lo <= rec["vs_full_pct"] <= hi
             assert rec["vs_full"] in ("better", "worse", "no clear difference")
-    # zero-shot `full` is the baseline itself: exactly no change, and a zero-width interval
-    assert summary["full"]["zero_shot_vs_baseline_pct"] == 0.0
-    assert summary["full"]["zero_shot_vs_baseline_pct_ci95"] == [0.0, 0.0]
+    # zero-shot `full` is the baseline itself: exactly no change, a zero-width interval, and no test (no Holm member)
+    zero = summary["full"]["gaps"]["zero_shot_vs_baseline"]
+    assert zero["pct"] == 0.0 and zero["pct_ci95"] == [0.0, 0.0] and zero["p_holm"] is None
     drop = summary["baseline"]["copy_loss_drop"]
     assert set(drop) == {str(d) for d in params.copy.distances}
-    assert all(len(e["ci95"]) == 2 for e in drop.values())
+    assert all(len(e["ci95"]) == 2 and e["df"] > 0 and e["mde80"] > 0 for e in drop.values())
     docs = min(params.evaluate.max_documents, params.data.test_documents)
     assert summary["baseline"]["test_documents"] == {"test": docs, "code": docs, "repeated": docs}
+    # Issue 27's contract: the positive control and what each windowed schedule removes from it
+    copy = summary["baseline"]["copy"]
+    est, lo, hi = copy["repeated_drop_nats"]
+    assert lo <= est <= hi and set(copy["gate_passed_at"]) <= set(params.copy.distances)
+    for name, s in params.schedules.items():
+        if s.is_full:
+            continue
+        gains = summary[name]["copy_gain_vs_full"]
+        assert set(gains) == {str(d) for d in params.copy.distances}
+        for e in [*gains.values(), summary[name]["repeated_drop_vs_full"]]:
+            assert set(e) >= {"estimate", "ci95", "verdict", "df", "mde80"} and e["ci95"][0] <= e["estimate"]
+    # Issue 28's contract: every interval record has df and mde80
+    records = [g for rec in summary.values() for g in rec.get("gaps", {}).values()]
+    assert records and all("df" in g and "mde80" in g for g in records)
 
 
 def test_tiny_baseline_beats_its_unigram_model(tiny_pipeline):
@@ -98,6 +117,18 @@ def test_tiny_baseline_beats_its_unigram_model(tiny_pipeline):
     summary = json.loads((tiny_pipeline / "metrics/summary.json").read_text())
     assert summary["baseline"]["test_unigram_ppl"] == pytest.approx(unigram, rel=1e-4)
     assert summary["baseline"]["test_ppl"] < 0.9 * unigram
+
+
+def test_report_only_settings_rerun_no_evaluation(tiny_repo):
+    """report.copy_min_gain and report.position_buckets are read by summarize and report alone: changing them leaves
+    every training and evaluate stage up to date."""
+    text = (tiny_repo / "params.yaml").read_text()
+    text = text.replace("copy_min_gain: 0.05", "copy_min_gain: 0.1").replace(
+        "position_buckets: [16, 32]", "position_buckets: [8, 32]"
+    )
+    (tiny_repo / "params.yaml").write_text(text)
+    status = json.loads(run(["dvc", "status", "--json"], tiny_repo).stdout)
+    assert set(status) <= {"validate", "summarize", "report"} and {"summarize", "report"} <= set(status), status
 
 
 def test_second_repro_is_a_no_op(tiny_repo):

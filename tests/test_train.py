@@ -22,7 +22,7 @@ import yaml
 from safetensors.torch import load_file
 
 import lmask.train
-from lmask.data import download, tokenize_splits
+from lmask.data import download, tokenize_project
 from lmask.params import Params, load_params
 from lmask.train import train_baseline
 from tests.conftest import copy_project, env
@@ -47,15 +47,7 @@ def prepare(root: Path, **train) -> Params:
         (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     params = load_params(root / "params.yaml")
     download(params.data, root / "data/raw")
-    tokenize_splits(
-        root / "data/raw",
-        params.tokenizer,
-        params.context,
-        params.data.code_package,
-        params.data.test_documents,
-        root / "data/tokenizer",
-        root / "data/tokenized",
-    )
+    tokenize_project(params, root / "data/raw", root / "data/tokenizer", root / "data/tokenized")
     shrink_validation(root / "data/tokenized")
     return params
 
