@@ -30,9 +30,14 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+PARSE_ONLY = "LMASK_PARSE_ONLY"  # set: a stage parses its command line and exits 0 (tests/test_docs.py checks docs)
+
+
 def params(args: argparse.Namespace) -> Params:
     """The validated params; also pins CPU numerics (threads, kernels) before any torch import, for reproducible
     results (lmask.determinism)."""
+    if os.environ.get(PARSE_ONLY):
+        raise SystemExit(0)
     p = load_params(args.params)
     if "torch" not in sys.modules:
         pin_cpu(p.cpu_threads)
