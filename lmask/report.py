@@ -108,7 +108,8 @@ def load_inputs(
 def speed_rows(inp: Inputs) -> pd.DataFrame:
     rows = [
         {k: r[k] for k in ("schedule", "mode", "seq_len", "speedup", "ceiling", "efficiency")}
-        for f in inp.benchmark.values()
+        for name, f in inp.benchmark.items()
+        if name != "train"  # the training-step benchmark has no schedule speedups
         for r in f["records"]
     ]
     return pd.DataFrame(rows, columns=["schedule", "mode", "seq_len", "speedup", "ceiling", "efficiency"])

@@ -41,6 +41,7 @@ MIN_UNITS = 10  # no interval from fewer documents (or probe sequences) than thi
 TOO_FEW = "too few documents"
 ONE_RUN = "one baseline: no run-to-run variance, no word"
 NO_DIFFERENCE = "no clear difference"
+IDENTICAL = "identical (no test)"  # the same numbers on both sides, e.g. a full-attention schedule zero-shot
 POWER = 0.8  # mde80's power
 
 
@@ -251,6 +252,8 @@ def verdict(estimate: Estimate, rejected: bool, lower_is_better: bool = True) ->
     """The word: "better" / "worse" where the (Holm-corrected) test rejects, else no difference, or why no interval."""
     if estimate.lo is None:
         return estimate.why or TOO_FEW
+    if estimate.se == 0.0:
+        return IDENTICAL
     if not rejected:
         return NO_DIFFERENCE
     return "better" if (estimate.value < 0) == lower_is_better else "worse"
@@ -263,6 +266,7 @@ def nll_gap_to_pct(gap: float) -> float:
 
 __all__ = [
     "MIN_UNITS",
+    "IDENTICAL",
     "NO_DIFFERENCE",
     "ONE_RUN",
     "TOO_FEW",

@@ -36,10 +36,10 @@ def gap_cell(g: dict[str, Any]) -> str:
     return f"{pct(g['pct'], g['pct_ci95'], g.get('no_interval'))} ({runs}{_mde(g, 2, '%')}): {g['verdict']}"
 
 
-def nats_cell(e: dict[str, Any], digits: int = 3) -> str:
+def nats_cell(e: dict[str, Any], digits: int = 3, word: bool = True) -> str:
     """A difference in nats (copy gain, repeated-text drop): estimate, interval, mde80 and, if tested, its word."""
     value = e["estimate"] if "estimate" in e else e["value"]
-    word = f": {e['verdict']}" if "verdict" in e else ""
+    word = f": {e['verdict']}" if word and "verdict" in e else ""
     return f"{interval(value, e['ci95'], digits, '', e.get('no_interval'))}{_mde(e, digits)}{word}".replace(
         "; mde80", " mde80", 1
     )
@@ -125,7 +125,7 @@ def copy_rows(records: Records) -> list[dict[str, str]]:
     each schedule removes from them, zero-shot (against the baselines) and fine-tuned (against the full control)."""
     base = records[BASELINE]
     gate = {
-        d: f"{nats_cell(e)} ({'passes' if e['verdict'] == 'better' else 'fails'})"
+        d: f"{nats_cell(e, word=False)} ({'passes' if e['verdict'] == 'better' else 'fails'})"
         for d, e in base["copy_loss_drop"].items()
     }
     rows = [

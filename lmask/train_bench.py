@@ -63,7 +63,7 @@ def _reference_step(model, optimizer, x: torch.Tensor, grad_clip: float) -> floa
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(loss)
+    return loss.item()
 
 
 def _pipeline_step(model, optimizer, rows: np.ndarray, world: Distributed, device, grad_clip: float) -> float:
