@@ -72,6 +72,12 @@ class MixParams:
     kind: str = "random"  # random: distinct random ids repeated (only copying pays) | natural: the row's own text
     min_period: int = 32  # a periodic row repeats a segment of this many tokens ...
     max_period: int = 512  # ... up to this many, to fill the context
+    # Short copy rows added to every natural-text step (0 = none): distinct random ids repeated with a period in
+    # [2, copy_max_period], copy_context tokens each. They keep the copy warm-up's induction heads while natural
+    # text is learned (without them natural text overwrote the heads: README); the loss weighs every token alike.
+    copy_rows: int = 0
+    copy_context: int = 128
+    copy_max_period: int = 48
 
     def check(self, context: int, vocab_size: int | None = None) -> None:
         if not 0 <= self.fraction <= 1:
@@ -86,6 +92,15 @@ class MixParams:
             )
         if self.kind == "random" and vocab_size is not None and self.max_period >= vocab_size:
             raise ParamsError(f"mix.max_period ({self.max_period}) must be below the vocabulary ({vocab_size})")
+        if self.copy_rows < 0:
+            raise ParamsError(f"mix.copy_rows must be >= 0, got {self.copy_rows}")
+        if self.copy_rows:
+            _positive("mix.copy_context", self.copy_context)
+            if self.copy_context > context or not 2 <= self.copy_max_period <= self.copy_context // 2:
+                raise ParamsError(
+                    f"mix: need copy_context <= data.context_length and 2 <= copy_max_period <= copy_context / 2, "
+                    f"got {self.copy_context}, {self.copy_max_period}"
+                )
 
 
 @dataclass

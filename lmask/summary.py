@@ -387,8 +387,9 @@ def equal_pairs(
 def run_tokens_of(params: Params) -> int:
     """Tokens a baseline trains on: the copy warm-up's short rows, then natural-text blocks (lmask.train.run_tokens,
     without importing torch)."""
-    t = params.train
-    return t.copy_warmup.tokens() + (t.steps - t.copy_warmup.steps) * t.batch_size * params.context
+    t, m = params.train, params.mix
+    per_step = t.batch_size * params.context + m.copy_rows * m.copy_context
+    return t.copy_warmup.tokens() + (t.steps - t.copy_warmup.steps) * per_step
 
 
 def run_meta(params: Params, metrics_dir: Path) -> dict[str, Any]:

@@ -107,36 +107,53 @@ class Run:
 
 @dataclass
 class Batch:
-    """One step's global batch: token rows and each row's period (0 = natural text)."""
+    """One step's global batch: token rows and each row's period (0 = natural text), and optionally a second group of
+    shorter rows (the short copy rows of ``mix.copy_rows``) trained in the same step."""
 
     rows: np.ndarray
     periods: np.ndarray
+    short_rows: np.ndarray | None = None
+    short_periods: np.ndarray | None = None
+
+    @property
+    def labels(self) -> int:
+        short = 0 if self.short_rows is None else self.short_rows.shape[0] * (self.short_rows.shape[1] - 1)
+        return self.rows.shape[0] * (self.rows.shape[1] - 1) + short
+
+    @property
+    def tokens(self) -> int:
+        return self.rows.size + (0 if self.short_rows is None else self.short_rows.size)
 
 
 def step_batch(step: int, blocks: np.ndarray, cfg: TrainParams, mix: MixParams, seed: int, vocab_size: int) -> Batch:
     """The global batch of a step, a function of (seed, step) alone: copy warm-up rows first, then natural blocks with
-    ``mix`` periodic rows among them."""
+    ``mix`` periodic rows among them (and ``mix.copy_rows`` short copy rows beside them)."""
     phase = cfg.copy_warmup.phase_at(step)
+    min_period = cfg.copy_warmup.min_period
     if phase is not None:
-        min_period = cfg.copy_warmup.min_period
         rows, periods = copy_rows(phase.batch_size, phase.context, min_period, phase.max_period, vocab_size, seed, step)
         return Batch(rows, periods)
     rows, periods = mix_batch(
         blocks[batch_indices(step, len(blocks), cfg.batch_size, seed)], mix, seed, step, vocab_size
     )
-    return Batch(rows, periods)
+    if not mix.copy_rows:
+        return Batch(rows, periods)
+    short, short_periods = copy_rows(
+        mix.copy_rows, mix.copy_context, min_period, mix.copy_max_period, vocab_size, seed, step
+    )
+    return Batch(rows, periods, short, short_periods)
 
 
 def row_losses(logits: torch.Tensor, x: torch.Tensor, periods: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(mean next-token loss over all labels, and the sums [loss, labels] over all labels, natural rows, and periodic
-    rows after their first period). The first is what trains; the parts are logged apart so that copying's onset
-    shows."""
+    """(summed next-token loss over all labels, and the sums [loss, labels] over all labels, natural rows, and
+    periodic rows after their first period). The first is what trains (divided by the step's labels); the parts are
+    logged apart so that copying's onset shows."""
     nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2).float(), x[:, 1:], reduction="none")
     label_pos = torch.arange(1, x.shape[1], device=x.device)[None, :]
     natural = (periods == 0)[:, None].expand_as(nll)
     copied = (periods[:, None] > 0) & (label_pos >= periods[:, None])
     parts = [nll.sum(), nll.numel(), (nll * natural).sum(), natural.sum(), (nll * copied).sum(), copied.sum()]
-    return nll.mean(), torch.stack([torch.as_tensor(p, dtype=nll.dtype, device=nll.device) for p in parts]).detach()
+    return nll.sum(), torch.stack([torch.as_tensor(p, dtype=nll.dtype, device=nll.device) for p in parts]).detach()
 
 
 def train(
@@ -266,11 +283,9 @@ def _steps(
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = step_batch(step, train_blocks, cfg, mix, run.seed, vocab_size)
-        shard = len(batch.rows) // world.world_size
-        rows = batch.rows[world.rank * shard : (world.rank + 1) * shard]
-        periods = batch.periods[world.rank * shard : (world.rank + 1) * shard]
-        micro = cfg.micro_batch_size if step >= cfg.copy_warmup.steps else shard  # warm-up rows are short: one pass
-        sums = accumulate_gradients(ddp_model, rows, periods, micro, world, device)
+        # Warm-up rows are short: one pass for the rank's share
+        micro = cfg.micro_batch_size if step >= cfg.copy_warmup.steps else len(batch.rows)
+        sums = accumulate_gradients(ddp_model, batch, micro, world, device)
         step_loss = float(sums[0] / sums[1])
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
         if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
@@ -285,7 +300,7 @@ def _steps(
         progress.step = step = step + 1
         dt = time.perf_counter() - t0
         progress.elapsed += dt
-        _accumulate(log, step_loss, sums.tolist(), batch.rows.size, dt)
+        _accumulate(log, step_loss, sums.tolist(), batch.tokens, dt)
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{log['tokens'] / log['time']:.0f}")
         if step % cfg.eval_every == 0 or step == cfg.steps:
@@ -305,19 +320,29 @@ def _steps(
 
 
 def accumulate_gradients(
-    ddp_model: torch.nn.Module, rows: np.ndarray, periods: np.ndarray, micro: int, world: Distributed, device
+    ddp_model: torch.nn.Module, batch: Batch, micro: int, world: Distributed, device
 ) -> torch.Tensor:
-    """Forward and backward of this rank's rows in micro-batches (gradients summed, DDP synchronised on the last);
-    returns the loss sums over the global batch (lmask.train.row_losses' six)."""
-    accumulation = len(rows) // micro
+    """Forward and backward of this rank's shard of ``batch`` in micro-batches (gradients summed, DDP synchronised on
+    the last pass); the loss is the mean over every label of the global batch, long and short rows alike. Returns the
+    loss sums over the global batch (lmask.train.row_losses' six)."""
+    groups = [(batch.rows, batch.periods, micro)]
+    if batch.short_rows is not None:
+        groups.append((batch.short_rows, batch.short_periods, len(batch.short_rows)))
+    passes = [
+        (rows[world.rank * shard : (world.rank + 1) * shard], periods[world.rank * shard : (world.rank + 1) * shard], m)
+        for rows, periods, m in groups
+        for shard in [len(rows) // world.world_size]
+    ]
+    chunks = [(r[k : k + m], p[k : k + m]) for r, p, m in passes for k in range(0, len(r), min(m, len(r)))]
+    labels = batch.labels / world.world_size  # this rank's share: DDP averages the ranks' gradients
     sums = torch.zeros(6, device=device)
-    for k in range(accumulation):
-        x = torch.from_numpy(rows[k * micro : (k + 1) * micro]).to(device)
-        per = torch.from_numpy(periods[k * micro : (k + 1) * micro]).to(device)
-        sync = k == accumulation - 1 or not world.enabled
+    for i, (rows, periods) in enumerate(chunks):
+        x = torch.from_numpy(rows).to(device)
+        per = torch.from_numpy(periods).to(device)
+        sync = i == len(chunks) - 1 or not world.enabled
         with nullcontext() if sync else ddp_model.no_sync(), autocast(device):
             loss, part = row_losses(ddp_model(input_ids=x).logits, x, per)
-        (loss / accumulation).backward()
+        (loss / labels).backward()
         sums += part
     # Summed over ranks: the value logged, and the one every rank checks, so a NaN on any rank stops all of them
     # together instead of leaving the others hanging in the next all-reduce.
@@ -348,10 +373,10 @@ def _log_row(log: dict, step: int, val: float, lr: float) -> dict:
     }
 
 
-def run_tokens(cfg: TrainParams, context: int) -> int:  # lmask.summary.run_tokens_of says the same for the report
-    """Tokens a run trains on: the copy warm-up's short rows, then full blocks."""
+def run_tokens(cfg: TrainParams, mix: MixParams, context: int) -> int:  # lmask.summary.run_tokens_of: the same
+    """Tokens a run trains on: the copy warm-up's short rows, then full blocks (and short copy rows beside them)."""
     cw = cfg.copy_warmup
-    return cw.tokens() + (cfg.steps - cw.steps) * cfg.batch_size * context
+    return cw.tokens() + (cfg.steps - cw.steps) * (cfg.batch_size * context + mix.copy_rows * mix.copy_context)
 
 
 def _finish(
@@ -374,7 +399,7 @@ def _finish(
         if last["step"] == cfg.steps
         else mean_loss(model, val_blocks, cfg.micro_batch_size, device, cfg.eval_batches, world)
     )
-    tokens = run_tokens(cfg, val_blocks.shape[1])
+    tokens = run_tokens(cfg, mix, val_blocks.shape[1])
     metrics = {
         "steps": cfg.steps,
         "train_loss": last["train_loss"],

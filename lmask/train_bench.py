@@ -29,7 +29,7 @@ from lmask.device import Distributed, pick_device
 from lmask.io import write_json
 from lmask.params import TrainParams
 from lmask.schedule import attention_pairs
-from lmask.train import accumulate_gradients, make_optimizer
+from lmask.train import Batch, accumulate_gradients, make_optimizer
 
 MATMUL_SIZES = (2048, 4096)
 
@@ -67,7 +67,8 @@ def _reference_step(model, optimizer, x: torch.Tensor, grad_clip: float) -> floa
 
 
 def _pipeline_step(model, optimizer, rows: np.ndarray, world: Distributed, device, grad_clip: float) -> float:
-    sums = accumulate_gradients(model, rows, np.zeros(len(rows), dtype=np.int64), len(rows), world, device)
+    batch = Batch(rows, np.zeros(len(rows), dtype=np.int64))
+    sums = accumulate_gradients(model, batch, len(rows), world, device)
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

@@ -291,3 +291,24 @@ def test_same_bits_with_and_without_a_competing_cpu_load(tmp_path):
             p.kill()
     assert idle == loaded, "weights differ when another process competes for the CPU"
     assert os.environ.get("OMP_DYNAMIC") != "TRUE"  # the test's own process was not changed
+
+
+def test_short_copy_rows_train_beside_natural_blocks(workdir):
+    """mix.copy_rows: every natural-text step also trains short copy rows (a batch of two row lengths); the step's
+    loss is the mean over every label, so the copy loss is logged at every logging step."""
+    params = load_params()
+    mix = dataclasses.replace(params.mix, fraction=0.0, copy_rows=3, copy_context=16, copy_max_period=6)
+    batch = lmask.train.step_batch(5, np.zeros((10, 64), dtype=np.int64), params.train, mix, 7, 320)
+    assert batch.rows.shape == (4, 64) and not batch.periods.any()
+    assert batch.short_rows.shape == (3, 16) and all(2 <= p <= 6 for p in batch.short_periods)
+    assert batch.labels == 4 * 63 + 3 * 15 and batch.tokens == 4 * 64 + 3 * 16
+    train(dataclasses.replace(params, mix=mix))
+    plots = Path("metrics/train/baseline/plots/metrics")
+    assert [line.split("\t")[0] for line in (plots / "copy_loss.tsv").read_text().splitlines()[1:]] == [
+        "2",
+        "4",
+        "6",
+        "8",
+    ]
+    info = json.loads(Path("models/baseline/train_info.json").read_text())
+    assert info["tokens"] == 8 * (4 * 64 + 3 * 16)
