@@ -37,6 +37,7 @@ from lmask.data import HELDOUT, load_blocks, load_documents, unigram_perplexity
 from lmask.device import autocast, pick_device
 from lmask.generation import generation_report, prompts_from_documents
 from lmask.io import DataError, atomic_dir, write_json
+from lmask.model import next_token_nll
 from lmask.params import Params
 from lmask.synthetic import CopyPairs, copy_pairs, repeated_text_documents
 
@@ -53,7 +54,7 @@ def token_nll(
         x = torch.from_numpy(blocks[start : start + batch_size, :n]).to(device)
         with autocast(device):
             logits = model(x).logits.float()
-        nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), x[:, 1:], reduction="none")
+        nll = next_token_nll(logits, x)
         out[start : start + len(x), : n - 1] = nll.cpu().numpy()
     valid = np.arange(blocks.shape[1] - 1)[None, :] < (lengths[:, None] - 1)
     out[~valid] = np.nan

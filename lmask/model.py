@@ -142,3 +142,14 @@ def load_model(path: str | Path, **kwargs) -> GPT2LMHeadModel:
     verify_weights(Path(path))
     model = GPT2LMHeadModel.from_pretrained(path, attn_implementation=ATTN_NAME, **kwargs)
     return apply_windows(model, *config_windows(model.config))
+
+
+def next_token_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per-label NLL [B, T-1] of ``x[:, 1:]`` under ``logits`` [B, T, V]. Cross-entropy over the contiguous [B·T, V]
+    logits with the last position's label ignored: slicing or transposing the logits first would copy them (32 MB
+    at the experiment's batch) and run log-softmax over a strided dimension."""
+    labels = torch.nn.functional.pad(x[:, 1:], (0, 1), value=-100)
+    nll = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), reduction="none", ignore_index=-100
+    )
+    return nll.view(x.shape)[:, :-1]

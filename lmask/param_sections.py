@@ -69,7 +69,7 @@ class MixParams:
     """Synthetic periodic rows mixed into every training batch (baseline and fine-tuning alike)."""
 
     fraction: float = 0.25  # share of training rows that are periodic
-    kind: str = "random"  # random: distinct random ids repeated (only copying pays) | natural: the row's own text
+    kind: str = "natural"  # natural: a segment of the row's own text | random: distinct random ids (only copying pays)
     min_period: int = 32  # a periodic row repeats a segment of this many tokens ...
     max_period: int = 512  # ... up to this many, to fill the context
     # Short copy rows added to every natural-text step (0 = none): distinct random ids repeated with a period in

@@ -27,6 +27,7 @@ from lmask.data import load_blocks, require_hub
 from lmask.determinism import host_cpu, require_pinned
 from lmask.device import Distributed, autocast, pick_device
 from lmask.io import DataError, atomic_dir, write_json
+from lmask.model import next_token_nll
 from lmask.params import MixParams, Params, TrainParams
 from lmask.provenance import record_weights, stage_inputs, verify_weights
 from lmask.synthetic import copy_rows, mix_batch
@@ -148,7 +149,7 @@ def row_losses(logits: torch.Tensor, x: torch.Tensor, periods: torch.Tensor) -> 
     """(summed next-token loss over all labels, and the sums [loss, labels] over all labels, natural rows, and
     periodic rows after their first period). The first is what trains (divided by the step's labels); the parts are
     logged apart so that copying's onset shows."""
-    nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2).float(), x[:, 1:], reduction="none")
+    nll = next_token_nll(logits, x)
     label_pos = torch.arange(1, x.shape[1], device=x.device)[None, :]
     natural = (periods == 0)[:, None].expand_as(nll)
     copied = (periods[:, None] > 0) & (label_pos >= periods[:, None])

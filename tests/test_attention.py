@@ -324,7 +324,12 @@ def test_failed_flex_falls_back_to_blocked(monkeypatch):
 def test_blocked_bf16_matches_masked_in_fp32(T, window, sinks, middle_path):
     g = torch.Generator().manual_seed(T + window)
     q, k, v = (torch.randn(2, T, 4, 32, generator=g).transpose(1, 2).to(torch.bfloat16) for _ in range(3))
-    got = blocked_attention(q, k, v, window, sinks)
+    try:
+        got = blocked_attention(q, k, v, window, sinks)
+    except RuntimeError as err:  # torch's bf16 flash kernel on an AVX-512 CPU whose dispatch is pinned to AVX2
+        if "pack_vnni2" not in str(err):
+            raise
+        pytest.skip(f"this host's torch cannot run bf16 SDPA under the AVX2 pin: {err}")
     assert got.dtype == torch.bfloat16
     want = masked_attention(q.float(), k.float(), v.float(), window, sinks)
     torch.testing.assert_close(got.float(), want, atol=2e-2, rtol=1e-2)

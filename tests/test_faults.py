@@ -431,6 +431,7 @@ def test_every_torch_stage_takes_cpu_threads_as_a_param():
         "evaluate",
         "benchmark",
         "benchmark_kernel",
+        "benchmark_train",
     }
     assert [n for n in sorted(torch_stages) if "cpu_threads" not in stage_bodies()[n]["params"]] == []
 
@@ -664,14 +665,14 @@ def test_preset_apply_refuse_stack_and_reset(preset_repo):
     assert preset(preset_repo, "tiny").returncode == 0
     applied = params.read_text()
     assert applied.startswith("# presets applied: tiny\n") and load_params_at(params).train.steps == 400
-    line = one_tool_error(preset(preset_repo, "long"), "preset")
+    line = one_tool_error(preset(preset_repo, "progressions"), "preset")
     assert "already has preset tiny applied" in line and "--stack" in line, line
     assert params.read_text() == applied  # refused: untouched
-    proc = preset(preset_repo, "long", "--stack")
+    proc = preset(preset_repo, "progressions", "--stack")
     assert proc.returncode == 0, proc.stderr
-    assert params.read_text().startswith("# presets applied: tiny, long\n")
+    assert params.read_text().startswith("# presets applied: tiny, progressions\n")
     proc = preset(preset_repo, "--reset")
-    assert proc.returncode == 0 and "undid tiny, long" in proc.stdout, proc
+    assert proc.returncode == 0 and "undid tiny, progressions" in proc.stdout, proc
     assert params.read_text() == committed
     assert preset(preset_repo, "tiny").returncode == 0  # a fresh start: no refusal
 
