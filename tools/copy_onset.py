@@ -1,0 +1,117 @@
+"""When does a GPT-2 of the experiment's shape learn to copy? The onset probes behind the long preset's recipe.
+
+    python -m tools.copy_onset --layers 12 --periods 8 32 --batch 8 --steps 2500 --lr 5e-4 --every 250
+    python -m tools.copy_onset --layers 2 --periods 64 64 --context 128 --batch 32 --steps 600   # fixed period
+
+Trains a fresh model (lmask.model, the experiment's config unless flags change it) from scratch on rows of distinct
+random ids repeated with a period drawn from ``--periods LO HI`` (lmask.synthetic.random_periodic; LO = HI is a fixed
+period, which a positional shortcut solves without induction), optionally with a share of natural-text rows cut from
+data/tokenized/train.npy (run `dvc repro tokenize` first). Every ``--every`` steps it prints, and writes to ``--tsv``,
+the copy drop on held-out rows: the mean loss over a row's first period minus over the rest, at a period inside the
+training range and at one twice its top. Only copying (induction) makes the drop positive at a varying period.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tools import fail
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m tools.copy_onset", description=__doc__.split("\n\n")[0])
+    p.add_argument("--layers", type=int, default=12)
+    p.add_argument("--embd", type=int, default=128)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--vocab", type=int, default=4096)
+    p.add_argument("--periods", type=int, nargs=2, default=[8, 32], metavar=("LO", "HI"))
+    p.add_argument("--context", type=int, default=128)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--natural", type=float, default=0.0, help="share of rows replaced by natural text")
+    p.add_argument("--every", type=int, default=250)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", type=Path, default=Path("data/tokenized"))
+    p.add_argument("--tsv", type=Path, default=None, help="write the onset curve here")
+    a = p.parse_args(argv)
+    lo, hi = a.periods
+    if not 1 <= lo <= hi or 2 * hi > a.context or hi >= a.vocab:
+        fail("copy_onset", f"--periods {lo} {hi}: need 1 <= LO <= HI <= --context / 2 and HI < --vocab")
+    for name in ("layers", "embd", "heads", "batch", "steps", "every"):
+        if getattr(a, name) < 1:
+            fail("copy_onset", f"--{name} must be >= 1")
+    if not 0 <= a.natural < 1:
+        fail("copy_onset", "--natural must be in [0, 1)")
+    if a.natural and not (a.data / "train.npy").is_file():
+        fail("copy_onset", f"{a.data / 'train.npy'}: file not found (run `dvc repro tokenize`)")
+    return a
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parse(argv)
+    from lmask.determinism import pin_cpu
+
+    pin_cpu(2)
+    import torch
+
+    from lmask.model import new_model, scratch_config
+    from lmask.params import TrainParams
+    from lmask.synthetic import random_periodic
+    from lmask.train import make_optimizer
+
+    config = scratch_config(a.vocab, a.layers, a.embd, a.heads, 1024, 0.0, 0, 0)
+    model = new_model(config, a.seed, "sinusoidal").train()
+    optimizer = make_optimizer(model, TrainParams(lr=a.lr), torch.device("cpu"))
+    rng, held = np.random.default_rng([a.seed, 1]), np.random.default_rng([a.seed, 2])
+    lo, hi = a.periods
+    probes = {
+        f"P{(lo + hi) // 2}": ((lo + hi) // 2, 4 * ((lo + hi) // 2)),
+        f"P{2 * hi}": (2 * hi, min(1024, 4 * 2 * hi)),
+    }
+    probes = {
+        k: (P, np.stack([random_periodic(held, T, P, a.vocab) for _ in range(16)])) for k, (P, T) in probes.items()
+    }
+    natural = np.load(a.data / "train.npy").astype(np.int64).reshape(-1, a.context) if a.natural else None
+
+    def drop(P: int, rows: np.ndarray) -> float:
+        with torch.no_grad():
+            x = torch.from_numpy(rows)
+            nll = torch.nn.functional.cross_entropy(model(x).logits[:, :-1].transpose(1, 2), x[:, 1:], reduction="none")
+        model.train()
+        return float(nll[:, : P - 1].mean() - nll[:, P:].mean())
+
+    lines = ["step\ttokens\tseconds\t" + "\t".join(probes)]
+    t0 = time.perf_counter()
+    for step in range(a.steps + 1):
+        if step % a.every == 0:
+            model.eval()
+            drops = [drop(P, rows) for P, rows in probes.values()]
+            row = [step, step * a.batch * a.context, round(time.perf_counter() - t0)] + [round(d, 3) for d in drops]
+            lines.append("\t".join(map(str, row)))
+            print(" ".join(f"{h}={v}" for h, v in zip(lines[0].split("\t"), row)), flush=True)
+        if step == a.steps:
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = a.lr * min(1.0, (step + 1) / a.warmup)
+        rows = np.stack([random_periodic(rng, a.context, int(P), a.vocab) for P in rng.integers(lo, hi + 1, a.batch)])
+        k = int(round(a.batch * a.natural))
+        if k:
+            rows[:k] = natural[rng.integers(0, len(natural), size=k)]
+        x = torch.from_numpy(rows)
+        model(input_ids=x, labels=x).loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    if a.tsv is not None:
+        a.tsv.parent.mkdir(parents=True, exist_ok=True)
+        a.tsv.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
