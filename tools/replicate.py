@@ -52,6 +52,14 @@ def verdicts(summary: dict[str, dict[str, Any]]) -> dict[str, str]:
             out[f"{name}/vs/{other}"] = g["verdict"]
         for d, g in rec.get("copy_loss_drop", {}).items():
             out[f"{name}/copy_gate/d={d}"] = g["verdict"]
+        for key in ("copy_gain_vs_full", "copy_gain_zero_shot_vs_baseline"):
+            for d, g in rec.get(key, {}).items():
+                out[f"{name}/{key}/d={d}"] = g["verdict"]
+        for key in ("repeated_drop_vs_full", "repeated_drop_zero_shot_vs_baseline"):
+            if key in rec:
+                out[f"{name}/{key}"] = rec[key]["verdict"]
+        for contrast, g in rec.get("domain_contrasts", {}).items():
+            out[f"{name}/domain_contrast/{contrast}"] = g["verdict"]
     return out
 
 
