@@ -44,7 +44,7 @@ def _kernel_lines(kernel: list[dict], files: dict[str, dict]) -> list[str]:
         "",
         "One layer's attention alone (`mode: kernel` forward, `kernel_fwd_bwd` forward + backward; each against causal "
         "SDPA in the same mode; ideal = causal pairs / window pairs). *band*: `lmask.band` (fused C++ kernel, "
-        "exactly the window's pairs); *blocked*: `lmask.attention.blocked_attention` (SDPA flash kernel on key "
+        "exactly the window's pairs); *blocked*: `lmask.blocked.blocked_attention` (SDPA flash kernel on key "
         "slabs); **bold** = the kernel the dispatch picks. Fraction of ideal = (needed / computed pairs) x (speed "
         "per computed pair relative to causal SDPA): *computed / needed* is the tiling's extra work (1 for band; "
         "`blocked_pairs`), *per-pair speed* what is left. *Memory floor* (forward): one op that reads q, k, v and "
