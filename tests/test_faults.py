@@ -2,9 +2,9 @@
 
 Bad params fail in the `validate` stage, which every other stage depends on, so DVC removes no result before the
 check runs (tried on the tiny pipeline, marked slow). Data errors name the file (and the params field). Remote
-corruption is covered in test_remote.py and a truncated checkpoint in test_train.py. The faults of issue 18 (stale
-resume after a code change, unchecked numbers, local cache corruption, NaN loss, full disk, remotes without verify,
-timings in model folders, cpu_threads, unpinned training) are tried at unit level, or on a small DVC repo, below.
+corruption is covered in test_remote.py and a truncated checkpoint in test_train.py. The other faults (stale resume
+after an input change, unchecked numbers, local cache corruption, NaN loss, full disk, remotes without verify, timings
+in model folders, cpu_threads, unpinned training) are tried at unit level, or on a small DVC repo, below.
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def test_corpus_too_small_for_one_block_leaves_no_partial_folders(tiny_repo):
     assert not leftovers, leftovers
 
 
-# --------------------------------------------------------------------------------------------- issue 18
+# ------------------------------------------------------------------ stale resume, numbers, cache, NaN, disk
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -207,7 +207,7 @@ else:
     print("step", step, "weights loaded:", not all(torch.equal(a, b) for a, b in zip(before, model.parameters())))
 """
 
-CHANGES = {  # issue 30's resume faults: each input dvc.yaml declares for the stage, changed between save and resume
+CHANGES = {  # resume faults: each input dvc.yaml declares for the stage, changed between save and resume
     "kernel": ("lmask/csrc/band.cpp", lambda p: p.write_text(p.read_text() + "// edited\n"), "lmask/csrc/band.cpp"),
     "code": ("lmask/train.py", lambda p: p.write_text(p.read_text() + "# edited\n"), "lmask/train.py"),
     "data": (
@@ -485,7 +485,7 @@ def test_params_module_answers_help():
     assert proc.returncode == 0 and proc.stdout.startswith("usage: python -m lmask.params"), proc
 
 
-# --- tools.replicate run never deletes what it did not create (issue 30 row 6)
+# --- tools.replicate run never deletes what it did not create (a workdir of `.` once deleted the repository)
 def replicate_run(workdir: Path, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return tool(["tools.replicate", "run", "--seeds", "3", "4", "5", "--workdir", str(workdir)], cwd)
 
@@ -683,7 +683,7 @@ def load_params_at(path: Path):
     return load_params(path)
 
 
-# --------------------------------------------------------------------------------------------- issue 30
+# ------------------------------------------------- resume and integrity: everything that made a model matches
 def test_killed_run_resumes_to_a_byte_identical_model_folder(tmp_path):
     """Row 1: a run stopped mid-way (as kill -9 would, after its last checkpoint) and resumed by a new call writes the
     same model folder, byte for byte, as an uninterrupted run: the attention-call counts live in the run's metrics,
