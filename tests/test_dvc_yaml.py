@@ -56,6 +56,30 @@ def test_library_holds_only_the_experiment():
             assert tools == [], f"{path.relative_to(ROOT)} imports {tools}: the library must not need tools/"
 
 
+def test_library_imports_form_no_circle():
+    """lmask's modules import each other (lazy imports inside functions included) without a circle, and no lmask/
+    module imports stages/ (upward): the library is layered, so any module can be read and tested with only what
+    sits below it."""
+    import graphlib
+
+    modules = {p.stem: p for p in (ROOT / "lmask").glob("*.py")}
+    graph = {
+        name: {
+            parts[1]
+            for parts in (m.split(".") for m in _imported(path))
+            if parts[0] == "lmask" and len(parts) > 1 and parts[1] in modules and parts[1] != name
+        }
+        for name, path in modules.items()
+    }
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as err:
+        pytest.fail(f"import circle in lmask/: {' -> '.join(err.args[1])}")
+    for path in sorted((ROOT / "lmask").rglob("*.py")):
+        upward = sorted(m for m in _imported(path) if m == "stages" or m.startswith("stages."))
+        assert upward == [], f"{path.relative_to(ROOT)} imports {upward}: the library must not need stages/"
+
+
 def test_closure_follows_lazy_imports(tmp_path):
     """The closure walker sees imports inside functions and `from package import module` (an independent check)."""
     (tmp_path / "stages").mkdir()
