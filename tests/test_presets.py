@@ -41,7 +41,7 @@ def test_gpu_preset_is_the_seed_setup(params_copy):
     assert p.mix.fraction == 0  # a pretrained GPT-2 already copies: no synthetic sequences
     assert p.finetune_seeds == [0, 1]
     for cfg in (p.train, p.masked):
-        assert (cfg.steps, cfg.batch_size, cfg.lr, cfg.warmup_steps) == (4000, 16, 5e-5, 1000)  # the seed's
+        assert (cfg.steps, cfg.batch_size, cfg.lr, cfg.warmup_steps) == (4000, 16, 5e-5, 1000)  # the original project's
         assert isinstance(cfg.lr, float) and (cfg.micro_batch_size, cfg.nproc) == (16, 1)
     assert p.evaluate.max_documents is None  # every test article
     # Every copy distance fits context 1024, up to near the context.

@@ -1,4 +1,4 @@
-"""Schedules: the window rule against brute force, exact windows for every type, the seed's schedules in both
+"""Schedules: the window rule against brute force, exact windows for every type, the original project's schedules in both
 readings, and validation errors that name the field."""
 
 from pathlib import Path
@@ -100,7 +100,7 @@ SEED = {
     "aggressive": {"type": "progressive", "start_layer": 1, "start_window": 1024, "end_window": 1},
 }
 
-# README reading: geometric interpolation with exact endpoints (halves each layer for the seed's schedules).
+# README reading: geometric interpolation with exact endpoints (halves each layer for the original project's schedules).
 GEOMETRIC = {
     "full": [F] * 12,
     "half": [F] * 6 + [512, 256, 128, 64, 32, 16],

@@ -1,4 +1,4 @@
-"""The long benchmark: the whole-model speed targets (fwd and fwd+bwd, T = 4096 and 8192, the seed's three schedules),
+"""The long benchmark: the whole-model speed targets (fwd and fwd+bwd, T = 4096 and 8192, the original project's three schedules),
 outside the default pipeline's 10-min benchmark budget.
 
     python -m tools.bench_long                          # presets/bench-long.yaml's T, one after another (~1.5 h)
@@ -6,7 +6,7 @@ outside the default pipeline's 10-min benchmark budget.
     python -m tools.bench_long --seq-lens 8192 --schedules half   # redo one schedule, keep the others' files
     python -m tools.bench_long --render                 # rewrite benchmark.md from the folders there
 
-For each T it copies the project into a temporary folder, applies presets/progressions.yaml (the seed's
+For each T it copies the project into a temporary folder, applies presets/progressions.yaml (the original project's
 ``quarter``) and presets/bench-long.yaml (plus the overrides given here), and runs the benchmark stage's own code,
 ``python -m stages.benchmark --schedule S``, once per schedule: each times S and full attention interleaved in one
 process. Each T lands in its own folder, --out/T<T>/ (each schedule's JSON, the merged params.yaml and the commands

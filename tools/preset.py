@@ -1,6 +1,6 @@
 """Apply a preset: merge ``presets/<name>.yaml`` into params.yaml, keeping params.yaml's comments.
 
-    python -m tools.preset gpu             # the seed's GPT-2 / WikiText-103 setup
+    python -m tools.preset gpu             # the original project's GPT-2 / WikiText-103 setup
     python -m tools.preset tiny            # seconds-long smoke run (tests use it)
     python -m tools.preset long --stack    # on top of a preset already applied, on purpose
     python -m tools.preset --reset         # params.yaml as committed (git show HEAD:params.yaml)
