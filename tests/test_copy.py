@@ -183,7 +183,7 @@ def test_window_just_short_of_d_cannot_copy(window):
 @pytest.mark.parametrize("window", [None, 20, 8, 1])
 def test_twelve_layer_positive_control_under_a_schedule(window):
     """The probe on a 12-layer model whose last layer copies from d = 20, under a schedule that windows that layer
-    (and, as the original project's schedules do, others): full attention and a window reaching d keep the whole gain; windows
+    (and, as the original project's do, others): full attention and a window reaching d keep the whole gain; windows
     below d - span + 1 see none of the first occurrence and lose it exactly."""
     d = 20
     windows = [None] * 6 + [512, 256, 128, 64, 32, window]

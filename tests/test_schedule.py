@@ -1,4 +1,4 @@
-"""Schedules: the window rule against brute force, exact windows for every type, the original project's schedules in both
+"""Schedules: the window rule against brute force, exact windows for every type, the original schedules in both
 readings, and validation errors that name the field."""
 
 from pathlib import Path

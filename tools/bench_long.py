@@ -1,4 +1,4 @@
-"""The long benchmark: the whole-model speed targets (fwd and fwd+bwd, T = 4096 and 8192, the original project's three schedules),
+"""The long benchmark: the whole-model speed targets (fwd and fwd+bwd, T = 4096 and 8192, the original three schedules),
 outside the default pipeline's 10-min benchmark budget.
 
     python -m tools.bench_long                          # presets/bench-long.yaml's T, one after another (~1.5 h)
