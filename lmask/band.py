@@ -34,8 +34,9 @@ from lmask.io import write_with
 SOURCE = Path(__file__).with_name("csrc") / "band.cpp"
 
 # Windows up to BAND_MAX_WINDOW take this path on the CPU (``lmask.attention.select_path``); larger ones the blocked
-# path. Measured crossover: metrics/benchmark/kernel.json ("crossover").
-BAND_MAX_WINDOW = 64
+# path. Measured crossover (metrics/benchmark/kernel.json, "crossover", T = 1024): band is faster up to w = 128
+# forward (a tie there) and up to w = 256 forward + backward (1.7x at 128); blocked wins forward at 256.
+BAND_MAX_WINDOW = 128
 
 
 @functools.cache

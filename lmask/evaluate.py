@@ -61,14 +61,30 @@ def token_nll(
     return out
 
 
+@torch.no_grad()
+def tail_nll(
+    model: torch.nn.Module, seqs: np.ndarray, first_label: int, batch_size: int, device: torch.device
+) -> np.ndarray:
+    """Mean NLL [n] of each sequence's labels from position ``first_label`` to its end (sequences of equal length).
+    The LM head runs only on the positions that predict them (``logits_to_keep``): on the copy probe, most of a
+    sequence is context, and the head is a ninth of the forward's FLOPs at the experiment's vocabulary."""
+    model.eval()
+    keep = seqs.shape[1] - first_label + 1  # positions first_label - 1 .. end; the last one predicts nothing
+    out = np.empty(len(seqs), dtype=np.float64)
+    for start in range(0, len(seqs), batch_size):
+        x = torch.from_numpy(seqs[start : start + batch_size]).to(device)
+        with autocast(device):
+            logits = model(x, logits_to_keep=keep).logits.float()
+        out[start : start + len(x)] = next_token_nll(logits, x[:, -keep:]).mean(1).cpu().numpy()
+    return out
+
+
 def copy_nll(model: torch.nn.Module, pairs: list[CopyPairs], batch_size: int, device: torch.device) -> np.ndarray:
     """[distances, sequences, 2]: mean NLL over the scored span tokens, for the same (0) and control (1) sequences."""
     out = np.empty((len(pairs), len(pairs[0].same), 2), dtype=np.float64)
     for i, p in enumerate(pairs):
-        lengths = np.full(len(p.same), p.same.shape[1])
         for j, seqs in enumerate((p.same, p.control)):
-            nll = token_nll(model, seqs, lengths, batch_size, device)  # label of NLL column c is token c + 1
-            out[i, :, j] = nll[:, p.scored.start - 1 : p.scored.stop - 1].mean(1)
+            out[i, :, j] = tail_nll(model, seqs, p.scored.start, batch_size, device)
     return out
 
 
@@ -242,5 +258,6 @@ __all__ = [
     "eval_data",
     "evaluate_baselines",
     "evaluate_schedule",
+    "tail_nll",
     "token_nll",
 ]

@@ -308,7 +308,7 @@ class CopyParams:
 @dataclass
 class GenerationParams:
     n_prompts: int = 32  # test documents long enough give one prompt each (the interval's unit)
-    prompt_tokens: int = 960  # long enough that every window of the seed's schedules binds
+    prompt_tokens: int = 960  # long enough that every window of the original project's schedules binds
     new_tokens: int = 32
     temperature: float = 1.0
     top_k: int = 50
@@ -375,6 +375,7 @@ class BenchmarkParams:
     gpu_seq_lens: list[int] = field(default_factory=lambda: [1024, 2048, 4096, 8192, 16384])
     fwd_bwd_seq_lens: list[int] | None = field(default_factory=list)  # T that also time fwd+bwd; None = every T
     kernel_windows: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024])
+    kernel_seq_lens: list[int] = field(default_factory=lambda: [1024, 3072])  # CPU; on CUDA: gpu_seq_lens
     n_embd: int = 768  # the layer count is model.n_layer (the schedules' windows have one entry per layer)
     n_head: int = 12
     vocab_size: int = 50257
@@ -388,7 +389,7 @@ class BenchmarkParams:
     device: str = "auto"  # auto | cpu | cuda; CPU threads: the top-level cpu_threads, pinned before torch loads
 
     def check(self) -> None:
-        for name in ("seq_lens", "gpu_seq_lens", "kernel_windows"):
+        for name in ("seq_lens", "gpu_seq_lens", "kernel_windows", "kernel_seq_lens"):
             values = getattr(self, name)
             if not values:
                 raise ParamsError(f"benchmark.{name} must be a non-empty list of positive integers")

@@ -115,7 +115,7 @@ def layer_windows(spec: dict[str, Any], n_layer: int, where: str = "schedule") -
             w = round(start * (end / start) ** frac)
         elif interpolation == "linear":
             w = round(start + (end - start) * frac)
-        else:  # the seed code's formula: the first windowed layer already has start/2
+        else:  # the original project's formula: the first windowed layer already has start/2
             w = max(end, start // 2 ** (k + 1))
         windows.append(max(1, int(w)))
     return windows
