@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lmask.analysis import analyse, explicit_weights, weight_stats
-from lmask.evaluate import token_nll
+from lmask.evaluate import tail_nll, token_nll
 from lmask.generation import (
     DEGENERATE_DISTINCT2,
     bleu,
@@ -128,6 +128,21 @@ def test_token_nll_averages_to_the_transformers_loss():
         per_block = [model(x[i : i + 1], labels=x[i : i + 1]).loss.item() for i in range(5)]
     assert float(nll.mean()) == pytest.approx(loss, abs=1e-5)
     np.testing.assert_allclose(nll.mean(1), per_block, atol=1e-5)
+
+
+def test_tail_nll_equals_the_loss_on_the_tail_labels_alone():
+    """The copy probe's score with the LM head on the scored positions only equals transformers' loss with every
+    other label ignored (-100), per sequence."""
+    model = tiny_gpt2(WINDOWS, sinks=1)
+    seqs = np.random.default_rng(4).integers(0, 200, size=(5, 30))
+    first_label = 23
+    nll = tail_nll(model, seqs, first_label, batch_size=2, device=CPU)  # batches of 2, 2 and 1
+    with torch.no_grad():
+        for i in range(5):
+            x = torch.from_numpy(seqs[i : i + 1])
+            labels = x.clone()
+            labels[:, :first_label] = -100  # transformers shifts: label t is scored from position t - 1
+            assert nll[i] == pytest.approx(model(x, labels=labels).loss.item(), abs=1e-5)
 
 
 def test_token_nll_scores_each_document_alone_and_pads_with_nan():
