@@ -86,7 +86,8 @@ def _replicate(root: Path) -> str:
         "",
         f"Baseline seeds {r['seeds_a']} against {r['seeds_b']} (the whole experiment rerun from other baselines): "
         f"**{r['changed']} of {r['total']}** verdict words changed ({r['changed_fraction']:.0%}), **{r['reversals']}** "
-        "reversals (better <-> worse).",
+        f"reversals (better <-> worse); **{r['rejections_a']}** and **{r['rejections_b']}** rejections (better or "
+        "worse words) in A and B.",
         "",
     ]
     if r["changed_comparisons"]:
