@@ -214,6 +214,24 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainParams, device: torch.devic
     )
 
 
+@dataclass
+class _Loop:
+    """What the optimizer loop works on, built once by ``_train``."""
+
+    model: GPT2LMHeadModel
+    ddp_model: torch.nn.Module  # the model itself, or its DDP wrapper under torchrun
+    optimizer: torch.optim.Optimizer
+    train_blocks: np.ndarray
+    val_blocks: np.ndarray
+    cfg: TrainParams
+    mix: MixParams
+    run: Run
+    device: torch.device
+    world: Distributed
+    progress: checkpoint.Progress
+    bar: tqdm
+
+
 def _train(
     model,
     train_blocks,
@@ -237,43 +255,17 @@ def _train(
         else model
     )
     bar = tqdm(total=cfg.steps, initial=progress.step, desc=run.name, unit="step", disable=not world.is_main)
+    loop = _Loop(model, ddp_model, optimizer, train_blocks, val_blocks, cfg, mix, run, device, world, progress, bar)
     try:
-        _steps(
-            model,
-            ddp_model,
-            optimizer,
-            train_blocks,
-            val_blocks,
-            cfg,
-            mix,
-            run,
-            device,
-            world,
-            progress,
-            bar,
-            stop_after,
-        )
+        _steps(loop, stop_after)
     finally:
         bar.close()  # ends the progress line before any error message, so the message is a line of its own
     world.barrier()  # the checkpoint is on disk before any rank returns
     return progress
 
 
-def _steps(
-    model,
-    ddp_model,
-    optimizer,
-    train_blocks,
-    val_blocks,
-    cfg: TrainParams,
-    mix: MixParams,
-    run: Run,
-    device,
-    world: Distributed,
-    progress: checkpoint.Progress,
-    bar,
-    stop_after: int | None,
-) -> None:
+def _steps(loop: _Loop, stop_after: int | None) -> None:
+    model, optimizer, cfg, run, progress = loop.model, loop.optimizer, loop.cfg, loop.run, loop.progress
     vocab_size = model.config.vocab_size
     calls_before = attention.PATH_COUNTS.copy()
     log = progress.log_window or _new_window(progress.step)
@@ -283,10 +275,10 @@ def _steps(
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = step_batch(step, train_blocks, cfg, mix, run.seed, vocab_size)
+        batch = step_batch(step, loop.train_blocks, cfg, loop.mix, run.seed, vocab_size)
         # Warm-up rows are short: one pass for the rank's share
         micro = cfg.micro_batch_size if step >= cfg.copy_warmup.steps else len(batch.rows)
-        sums = accumulate_gradients(ddp_model, batch, micro, world, device)
+        sums = accumulate_gradients(loop.ddp_model, batch, micro, loop.world, loop.device)
         step_loss = float(sums[0] / sums[1])
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
         if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
@@ -302,10 +294,10 @@ def _steps(
         dt = time.perf_counter() - t0
         progress.elapsed += dt
         _accumulate(log, step_loss, sums.tolist(), batch.tokens, dt)
-        bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{log['tokens'] / log['time']:.0f}")
+        loop.bar.update(1)
+        loop.bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{log['tokens'] / log['time']:.0f}")
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            val = mean_loss(model, val_blocks, cfg.micro_batch_size, device, cfg.eval_batches, world)
+            val = mean_loss(model, loop.val_blocks, cfg.micro_batch_size, loop.device, cfg.eval_batches, loop.world)
             progress.rows.append(_log_row(log, step, val, lr))
             log = _new_window(step)
         progress.log_window = log
@@ -315,7 +307,7 @@ def _steps(
         calls_before = attention.PATH_COUNTS.copy()
         stopping = stop_after is not None and step >= stop_after and step < cfg.steps
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping:
-            checkpoint.save(run.checkpoint_dir, model, optimizer, progress, run.inputs, world)
+            checkpoint.save(run.checkpoint_dir, model, optimizer, progress, run.inputs, loop.world)
         if stopping:
             break
 
