@@ -46,18 +46,20 @@ from lmask.synthetic import CopyPairs, copy_pairs, repeated_text_documents
 def token_nll(
     model: torch.nn.Module, blocks: np.ndarray, lengths: np.ndarray, batch_size: int, device: torch.device
 ) -> np.ndarray:
-    """Per-token next-token NLL [n, T-1] (float32), NaN at labels past each row's length."""
+    """Per-token next-token NLL [n, T-1] (float32), NaN at labels past each row's length.
+
+    Rows are batched with rows of the same length, so no batch holds padding: causal attention would keep trailing
+    padding out of a row's scores anyway, but it costs compute, and transformers warns about it."""
     model.eval()
     out = np.full((len(blocks), blocks.shape[1] - 1), np.nan, dtype=np.float32)
-    for start in range(0, len(blocks), batch_size):
-        n = int(lengths[start : start + batch_size].max())  # causal: trimming the padding changes nothing before it
-        x = torch.from_numpy(blocks[start : start + batch_size, :n]).to(device)
-        with autocast(device):
-            logits = model(x).logits.float()
-        nll = next_token_nll(logits, x)
-        out[start : start + len(x), : n - 1] = nll.cpu().numpy()
-    valid = np.arange(blocks.shape[1] - 1)[None, :] < (lengths[:, None] - 1)
-    out[~valid] = np.nan
+    for n in sorted(set(lengths.tolist()), reverse=True):
+        rows = np.flatnonzero(lengths == n)
+        for start in range(0, len(rows), batch_size):
+            idx = rows[start : start + batch_size]
+            x = torch.from_numpy(blocks[idx, :n]).to(device)
+            with autocast(device):
+                logits = model(x).logits.float()
+            out[idx, : n - 1] = next_token_nll(logits, x).cpu().numpy()
     return out
 
 
