@@ -333,11 +333,12 @@ def table(records: list[dict[str, Any]], header: bool = True) -> str:
     return "\n".join(lines)
 
 
-def pick(p: BenchmarkParams) -> tuple[torch.device, list[int]]:
-    """Device and sequence lengths (``gpu_seq_lens`` on CUDA). CPU threads are not set here: the caller pinned
-    cpu_threads before torch loaded (``lmask.determinism.pin_cpu``), and the file records the count that ran."""
+def pick(p: BenchmarkParams, cpu_seq_lens: list[int] | None = None) -> tuple[torch.device, list[int]]:
+    """Device and sequence lengths (``gpu_seq_lens`` on CUDA; on the CPU ``cpu_seq_lens``, default ``seq_lens``).
+    CPU threads are not set here: the caller pinned cpu_threads before torch loaded (``lmask.determinism.pin_cpu``),
+    and the file records the count that ran."""
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if p.device == "auto" else p.device)
-    return device, p.gpu_seq_lens if device.type == "cuda" else p.seq_lens
+    return device, p.gpu_seq_lens if device.type == "cuda" else (cpu_seq_lens or p.seq_lens)
 
 
 def _write(
@@ -409,9 +410,7 @@ def run_schedule(
 
 def run_kernel(p: BenchmarkParams, out: Path) -> dict[str, Any]:
     """One layer's attention at each ``kernel_windows`` against causal SDPA; write ``out``."""
-    device, seq_lens = pick(p)
-    if device.type == "cpu":  # one layer is cheap: the kernel targets' T = 3072 beside the experiment's context
-        seq_lens = p.kernel_seq_lens
+    device, seq_lens = pick(p, p.kernel_seq_lens)  # one layer is cheap on the CPU: the targets' T = 3072 as well
     t0 = time.perf_counter()
     with tqdm(total=2 * len(seq_lens), desc="benchmark kernel", unit="T") as progress:
         records = bench_kernel(p, seq_lens, device, progress)
