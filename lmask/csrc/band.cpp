@@ -381,7 +381,7 @@ inline void weighted_rows2(const float* w0, const float* w1, const float* base, 
 // which the hardware prefetcher does not follow: the same head's rows one block ahead are prefetched by hand.
 // Block sizes measured at T = 3072, 12 heads x 64, forward and backward side by side: 1 (no prefetch needed, the
 // walk is sequential) was fastest up to w = 8, 2 and 4 beat 1 by 10 % at w = 64, all within noise at w = 16..32.
-inline int64_t query_block(int64_t window) { return window <= 8 ? 1 : window <= 16 ? 2 : 4; }
+inline int64_t query_block(int64_t window) { return 32; }
 
 template <int64_t DC>
 void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out, at::Tensor& lse,
