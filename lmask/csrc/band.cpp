@@ -310,78 +310,13 @@ inline float max_of(const float* s, int64_t n) {
   return r;
 }
 
-// Two queries at once (t and t + 1 of one head, no sinks): each key or value row loaded from cache feeds both, so
-// the inner loops do two FMAs per load instead of one. Keys are the union [lo, t + 1]; a query's key outside its
-// own window gets probability 0 (exactly: its term adds nothing to the weighted sum).
-// s0[i], s1[i] = scale · (x0 · row(lo + i)), scale · (x1 · row(lo + i)) for i in [0, n).
-template <int64_t DC>
-inline void scores2(const float* x0, const float* x1, const float* base, int64_t st, int64_t lo, int64_t n,
-                    float scale, float* s0, float* s1, int64_t D_) {
-  const int64_t D = DC ? DC : D_;
-  const __m256 sc = _mm256_set1_ps(scale);
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    const float* r = base + (lo + i) * st;
-    __m256 acc[8];
-    for (int u = 0; u < 8; ++u) acc[u] = _mm256_setzero_ps();
-    for (int64_t d = 0; d < D; d += 8) {
-      const __m256 a = _mm256_loadu_ps(x0 + d), b = _mm256_loadu_ps(x1 + d);
-      for (int u = 0; u < 4; ++u) {
-        const __m256 kr = _mm256_loadu_ps(r + u * st + d);
-        acc[u] = _mm256_fmadd_ps(a, kr, acc[u]);
-        acc[4 + u] = _mm256_fmadd_ps(b, kr, acc[4 + u]);
-      }
-    }
-    const __m256 both = _mm256_mul_ps(hsum8(acc), sc);  // lanes 0-3: x0's four scores, 4-7: x1's
-    _mm_storeu_ps(s0 + i, _mm256_castps256_ps128(both));
-    _mm_storeu_ps(s1 + i, _mm256_extractf128_ps(both, 1));
-  }
-  for (; i < n; ++i) {
-    const float* r = base + (lo + i) * st;
-    __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();
-    for (int64_t d = 0; d < D; d += 8) {
-      const __m256 kr = _mm256_loadu_ps(r + d);
-      a = _mm256_fmadd_ps(_mm256_loadu_ps(x0 + d), kr, a);
-      b = _mm256_fmadd_ps(_mm256_loadu_ps(x1 + d), kr, b);
-    }
-    s0[i] = scale * hsum(a);
-    s1[i] = scale * hsum(b);
-  }
-}
-
-// out0 = scale0 · Σ_i w0[i] · row(lo + i), out1 likewise with w1, 32 columns (4 registers per query) at a time.
-template <int64_t DC>
-inline void weighted_rows2(const float* w0, const float* w1, const float* base, int64_t st, int64_t lo, int64_t n,
-                           float scale0, float scale1, float* out0, float* out1, int64_t D_) {
-  const int64_t D = DC ? DC : D_;
-  for (int64_t c = 0; c < D; c += 32) {
-    const int nv = static_cast<int>(std::min<int64_t>(4, (D - c) / 8));
-    __m256 a[4], b[4];
-    for (int u = 0; u < 4; ++u) a[u] = b[u] = _mm256_setzero_ps();
-    for (int64_t i = 0; i < n; ++i) {
-      const __m256 p0 = _mm256_set1_ps(w0[i]), p1 = _mm256_set1_ps(w1[i]);
-      const float* r = base + (lo + i) * st + c;
-      for (int u = 0; u < nv; ++u) {
-        const __m256 vr = _mm256_loadu_ps(r + 8 * u);
-        a[u] = _mm256_fmadd_ps(p0, vr, a[u]);
-        b[u] = _mm256_fmadd_ps(p1, vr, b[u]);
-      }
-    }
-    const __m256 sa = _mm256_set1_ps(scale0), sb = _mm256_set1_ps(scale1);
-    for (int u = 0; u < nv; ++u) {
-      _mm256_storeu_ps(out0 + c + 8 * u, _mm256_mul_ps(a[u], sa));
-      _mm256_storeu_ps(out1 + c + 8 * u, _mm256_mul_ps(b[u], sb));
-    }
-  }
-}
-
 // Work order. Rows of all heads at one position are adjacent in memory ([B, T, H, D], or the model's [B, T, 3, H, D]
 // before the split), so the walk goes through positions in order; within a block of a few positions it takes one
 // head at a time, so the next query of that head finds its key rows in L1. That walk jumps H·D floats per step,
 // which the hardware prefetcher does not follow: the same head's rows one block ahead are prefetched by hand.
 // Block sizes measured at T = 3072, 12 heads x 64, forward and backward side by side: 1 (no prefetch needed, the
 // walk is sequential) was fastest up to w = 8, 2 and 4 beat 1 by 10 % at w = 64, all within noise at w = 16..32.
-inline int64_t query_block(int64_t window) { return 32; }
+inline int64_t query_block(int64_t window) { return window <= 8 ? 1 : window <= 16 ? 2 : 4; }
 
 template <int64_t DC>
 void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out, at::Tensor& lse,
@@ -392,40 +327,16 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   const int64_t block = query_block(window), chunk = 32;  // chunk: positions per work item, a multiple of block
   const int64_t chunks = (T_ + chunk - 1) / chunk;
   at::parallel_for(0, B * chunks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> s(2 * (window + sinks + 1));
+    std::vector<float> s(window + sinks);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / chunks, t0 = (item % chunks) * chunk, t1 = std::min(T_, t0 + chunk);
       for (int64_t tb = t0; tb < t1; tb += block) {
         for (int64_t h = 0; h < H; ++h) {
           const float* kb = K.row(b, h, 0);
           const float* vb = V.row(b, h, 0);
-          const int64_t te = std::min(t1, tb + block);
-          for (int64_t t = tb; t < te; ++t) {
+          for (int64_t t = tb; t < std::min(t1, tb + block); ++t) {
             if (t + block < T_) {
               for (const auto* X : {&Q, &K, &V, &O}) prefetch_row(X->row(b, h, t + block), D);
-            }
-            if (sinks == 0 && t + 1 < te) {  // t and t + 1 together
-              if (t + 1 + block < T_) {
-                for (const auto* X : {&Q, &K, &V, &O}) prefetch_row(X->row(b, h, t + 1 + block), D);
-              }
-              const int64_t lo = std::max<int64_t>(0, t - window + 1), n = t + 2 - lo;
-              float* s0 = s.data();
-              float* s1 = s.data() + n;
-              scores2<DC>(Q.row(b, h, t), Q.row(b, h, t + 1), kb, K.st, lo, n, scale, s0, s1, D);
-              s0[n - 1] = -INFINITY;  // key t + 1: after query t
-              const bool drop_first = t + 1 - lo >= window;  // key lo: outside query t + 1's window
-              if (drop_first) s1[0] = -INFINITY;
-              const float m0 = max_of(s0, n), m1 = max_of(s1, n);
-              const float sum0 = exp_shifted(s0, n - 1, m0);
-              s0[n - 1] = 0.0f;
-              if (drop_first) s1[0] = 0.0f;
-              const float sum1 = exp_shifted(s1 + drop_first, n - drop_first, m1);
-              weighted_rows2<DC>(s0, s1, vb, V.st, lo, n, 1.0f / sum0, 1.0f / sum1, O.row(b, h, t), O.row(b, h, t + 1),
-                                 D);
-              L[(b * H + h) * T_ + t] = m0 + std::log(sum0);
-              L[(b * H + h) * T_ + t + 1] = m1 + std::log(sum1);
-              ++t;
-              continue;
             }
             const Keys ks = keys_of(t, window, sinks);
             scores<DC>(Q.row(b, h, t), kb, K.st, ks, scale, s.data(), D);
