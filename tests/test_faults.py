@@ -470,6 +470,8 @@ def one_tool_error(proc: subprocess.CompletedProcess, prog: str) -> str:
         "stage_times",
         "bench_long",
         "profile_band",
+        "ab_band",
+        "copy_onset",
         "gpu_smoke",
         "gpu_benchmark",
     ],
@@ -478,6 +480,18 @@ def test_every_tool_answers_help(name):
     proc = tool([f"tools.{name}", "--help"])
     assert proc.returncode == 0 and proc.stdout.startswith(f"usage: python -m tools.{name}"), proc
     assert "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_ab_band_refuses_a_missing_or_foreign_candidate_in_one_line(tmp_path):
+    missing = tmp_path / "nope.cpp"
+    line = one_tool_error(tool(["tools.ab_band", "--candidate", str(missing)]), "ab_band")
+    assert f"{missing}: file not found" in line, line
+    foreign = tmp_path / "other.cpp"
+    foreign.write_text("int main() { return 0; }\n")
+    line = one_tool_error(tool(["tools.ab_band", "--candidate", str(foreign)]), "ab_band")
+    assert f"{foreign}: no `TORCH_LIBRARY(lmask, m)` block" in line, line
+    line = one_tool_error(tool(["tools.ab_band", "--candidate", str(foreign), "--calls", "0"]), "ab_band")
+    assert "--calls must be >= 1" in line, line
 
 
 def test_params_module_answers_help():

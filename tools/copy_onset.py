@@ -39,6 +39,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", type=Path, default=Path("data/tokenized"))
     p.add_argument("--tsv", type=Path, default=None, help="write the onset curve here")
+    p.add_argument(
+        "--unscaled",
+        action="store_true",
+        help="attention logits without GPT-2's 1/sqrt(head dim) (GPT2Config.scale_attn_weights=False)",
+    )
     a = p.parse_args(argv)
     lo, hi = a.periods
     if not 1 <= lo <= hi or 2 * hi > a.context or hi >= a.vocab:
@@ -66,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     from lmask.train import make_optimizer
 
     config = scratch_config(a.vocab, a.layers, a.embd, a.heads, 1024, 0.0, 0, 0)
+    config.scale_attn_weights = not a.unscaled
     model = new_model(config, a.seed, "sinusoidal").train()
     optimizer = make_optimizer(model, TrainParams(lr=a.lr), torch.device("cpu"))
     rng, held = np.random.default_rng([a.seed, 1]), np.random.default_rng([a.seed, 2])
