@@ -61,16 +61,19 @@ def main(argv: list[str] | None = None) -> None:
     from lmask.band import _build
 
     committed = _build()
-    build = Path(tempfile.mkdtemp(prefix="lmask_ab_band_"))
-    (build / "candidate.cpp").write_text(a.source)
-    load(
-        name="lmask_band_candidate",
-        sources=[str(build / "candidate.cpp")],
-        extra_cflags=["-O3", "-fopenmp", "-mavx2", "-mfma"],
-        extra_ldflags=["-fopenmp"],
-        build_directory=str(build),
-        is_python_module=False,
-    )
+    # A fresh build each run, removed afterwards (the loaded library stays mapped). The flags are lmask.band's on an
+    # AVX2 host: the one build both host kinds use.
+    with tempfile.TemporaryDirectory(prefix="lmask_ab_band_") as build:
+        source = Path(build) / "candidate.cpp"
+        source.write_text(a.source)
+        load(
+            name="lmask_band_candidate",
+            sources=[str(source)],
+            extra_cflags=["-O3", "-fopenmp", "-mavx2", "-mfma"],
+            extra_ldflags=["-fopenmp"],
+            build_directory=build,
+            is_python_module=False,
+        )
     candidate = getattr(torch.ops, NAMESPACE)
     T, H, D = a.seq_len, a.heads, a.head_dim
     torch.manual_seed(0)
