@@ -34,9 +34,18 @@ from lmask.io import write_with
 SOURCE = Path(__file__).with_name("csrc") / "band.cpp"
 
 # Windows up to BAND_MAX_WINDOW take this path on the CPU (``lmask.attention.select_path``); larger ones the blocked
-# path. Measured crossover (metrics/benchmark/kernel.json, "crossover", T = 1024): band is faster up to w = 128
-# forward (a tie there) and up to w = 256 forward + backward (1.7x at 128); blocked wins forward at 256.
+# path. Measured crossover (metrics/benchmark/kernel.json, "crossover", T = 1024 and 3072): band is faster up to
+# w = 256 forward + backward at both T (1.6-2.1x at 128), and forward up to w = 128 at T = 3072; forward at w = 128
+# and T = 1024 the two tie (either wins by under 10 % from run to run), and blocked wins forward at 256. Training is
+# forward + backward, so band takes w <= 128.
 BAND_MAX_WINDOW = 128
+
+
+def compile_flags() -> list[str]:
+    """The kernel's C++ flags on this host: one build for AVX2 and AVX-512 hosts alike (the kernel is written for
+    AVX2), so they compute the same floats. ``tools.ab_band`` builds its candidates with the same."""
+    capability = torch.backends.cpu.get_cpu_capability()  # AVX2 / AVX512 on x86 hosts that have them
+    return ["-O3", "-fopenmp", *(["-mavx2", "-mfma"] if capability in ("AVX2", "AVX512") else [])]
 
 
 @functools.cache
@@ -49,10 +58,7 @@ def _build() -> Any:
     """
     from torch.utils.cpp_extension import load
 
-    capability = torch.backends.cpu.get_cpu_capability()  # AVX2 / AVX512 on x86 hosts that have them
-    vector = ["-mavx2", "-mfma"] if capability in ("AVX2", "AVX512") else []
-    # One build for AVX2 and AVX-512 hosts alike (the kernel is written for AVX2), so they compute the same floats.
-    flags = ["-O3", "-fopenmp", *vector]
+    flags = compile_flags()
     text = SOURCE.read_bytes()
     digest = hashlib.sha256(b"\0".join([text, " ".join(flags).encode(), torch.__version__.encode()])).hexdigest()
     name = f"lmask_band_{digest[:16]}"

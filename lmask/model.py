@@ -84,9 +84,12 @@ def scratch_config(
     dropout: float,
     bos_token_id: int,
     eos_token_id: int,
+    initializer_range: float = 0.02,
 ) -> GPT2Config:
-    """A GPT-2 config for training from scratch (token ids passed explicitly: the vocab need not be GPT-2's)."""
+    """A GPT-2 config for training from scratch (token ids passed explicitly: the vocab need not be GPT-2's).
+    ``initializer_range``: the std of the initial weights (GPT-2's 0.02)."""
     return GPT2Config(
+        initializer_range=initializer_range,
         vocab_size=vocab_size,
         n_positions=n_positions,
         n_embd=n_embd,
@@ -105,8 +108,8 @@ def scratch_config(
 
 
 def sinusoidal_positions(n_positions: int, n_embd: int, scale: float = 0.02 * 2**0.5) -> torch.Tensor:
-    """The Transformer's sin/cos position table [n_positions, n_embd], times ``scale``: each entry then has GPT-2's
-    init RMS (0.02), like the token embeddings it is added to.
+    """The Transformer's sin/cos position table [n_positions, n_embd], times ``scale``: at the default, each entry has
+    GPT-2's init RMS (0.02), like the token embeddings it is added to (``new_model`` passes the config's std x √2).
 
     Used as the *initial* value of GPT-2's learned position embeddings (they still train): position i - 1 is a fixed
     rotation of position i in every frequency pair, so a previous-token head, the first half of an induction
@@ -130,7 +133,8 @@ def new_model(config: GPT2Config, seed: int, position_init: str = "default") -> 
     model = GPT2LMHeadModel(config)
     if position_init == "sinusoidal":
         with torch.no_grad():
-            model.transformer.wpe.weight.copy_(sinusoidal_positions(config.n_positions, config.n_embd))
+            scale = config.initializer_range * 2**0.5  # the table's RMS equals the token embeddings' init std
+            model.transformer.wpe.weight.copy_(sinusoidal_positions(config.n_positions, config.n_embd, scale))
     elif position_init != "default":
         raise ValueError(f"position_init must be 'default' or 'sinusoidal', got {position_init!r}")
     return apply_windows(model, [None] * config.n_layer)

@@ -185,6 +185,7 @@ class ModelParams:
     n_positions: int = 1024
     dropout: float = 0.0
     position_init: str = "sinusoidal"  # default (GPT-2's random init) | sinusoidal (scratch only)
+    initializer_range: float = 0.02  # std of the initial weights (GPT2Config.initializer_range; scratch only)
 
     def check(self) -> None:
         _choice("model.init", self.init, MODEL_INITS)
@@ -197,6 +198,8 @@ class ModelParams:
             raise ParamsError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
         if not 0 <= self.dropout < 1:
             raise ParamsError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if isinstance(self.initializer_range, bool) or not 0 < self.initializer_range <= 1:
+            raise ParamsError(f"model.initializer_range must be in (0, 1], got {self.initializer_range!r}")
 
 
 @dataclass

@@ -464,7 +464,9 @@ def initial_model(params: Params, tokenizer, seed: int) -> GPT2LMHeadModel:
     m = params.model
     if m.init == "scratch":
         eos = tokenizer.eos_token_id
-        config = scratch_config(len(tokenizer), m.n_layer, m.n_embd, m.n_head, m.n_positions, m.dropout, eos, eos)
+        config = scratch_config(
+            len(tokenizer), m.n_layer, m.n_embd, m.n_head, m.n_positions, m.dropout, eos, eos, m.initializer_range
+        )
         return new_model(config, seed, m.position_init)
     require_hub("model.init", "pretrained", "Use `model.init: scratch` to train from scratch offline.")
     model = GPT2LMHeadModel.from_pretrained(m.pretrained_name, attn_implementation="lmask")

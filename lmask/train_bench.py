@@ -162,7 +162,7 @@ def run_stage(params, out: Path) -> dict[str, Any]:
 
     m = params.model
     vocab = params.tokenizer.vocab_size if params.tokenizer.kind == "bpe" else 50257
-    config = scratch_config(vocab, m.n_layer, m.n_embd, m.n_head, m.n_positions, 0.0, 0, 0)
+    config = scratch_config(vocab, m.n_layer, m.n_embd, m.n_head, m.n_positions, 0.0, 0, 0, m.initializer_range)
     device = pick_device(params.benchmark.device)
     model = new_model(config, params.seed, m.position_init).to(device).train()
     rng = np.random.default_rng(params.seed)

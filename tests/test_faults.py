@@ -472,6 +472,7 @@ def one_tool_error(proc: subprocess.CompletedProcess, prog: str) -> str:
         "profile_band",
         "ab_band",
         "copy_onset",
+        "copy_recipe",
         "gpu_smoke",
         "gpu_benchmark",
     ],
@@ -854,3 +855,47 @@ def test_a_truncated_evaluation_archive_is_named_in_one_line(tmp_path):
     (tmp_path / "eval" / "half" / "b0-s0.json").write_text("{}")
     with pytest.raises(DataError, match=r"b0-s0.npz: not a readable .npz archive"):
         load_model_files("half", tmp_path / "metrics", tmp_path / "eval")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["-S", "train.lrr=0.1"], "train.lrr"),
+        (["-S", "model.initializer_range=0"], "model.initializer_range"),
+        (["-S", "nokey"], "-S nokey: expected KEY=VALUE"),
+        (["-S", "seed.x=1"], "-S seed.x=1: seed is not a params section"),
+        (["--preset", "nope"], "no such preset: nope"),
+        (["--baseline", "99"], "--baseline 99: not in baseline_seeds"),
+        (["--data", "no/such/folder"], "no/such/folder/train.npy: not found"),
+    ],
+)
+def test_copy_recipe_refuses_bad_input_in_one_line(args, expected):
+    assert expected in one_tool_error(tool(["tools.copy_recipe", *args]), "copy_recipe")
+
+
+def test_copy_recipe_trains_and_scores_baseline_b0_as_the_pipeline_does(tiny_pipeline, tmp_path):
+    """No overrides: the tool's model is the pipeline's models/baseline/b0 bit for bit, and its copy measures are
+    the ones computed here from evaluate_baseline's per-document arrays. An override (-S) changes the model."""
+    from lmask.summary import repeated_drop
+
+    out = tmp_path / "run"
+    proc = tool(["tools.copy_recipe", "--out", str(out), "--json", str(tmp_path / "r.json")], cwd=tiny_pipeline)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    weights = "model.safetensors"
+    assert (out / "model" / weights).read_bytes() == (tiny_pipeline / "models/baseline/b0" / weights).read_bytes()
+    got = json.loads((tmp_path / "r.json").read_text())
+    arrays = np.load(tiny_pipeline / "eval/baseline/b0.npz")
+    drop = repeated_drop(arrays["nll_repeated"])
+    assert got["repeated_drop_nats"][0] == pytest.approx(drop.mean(), abs=1e-4)
+    low, high = got["repeated_drop_nats"][1:]
+    assert low < drop.mean() < high
+    distances = params_from_dict(yaml.safe_load((tiny_pipeline / "params.yaml").read_text())).copy.distances
+    gain = arrays["copy_nll"][:, :, 1] - arrays["copy_nll"][:, :, 0]
+    assert list(got["copy_gain_nats"]) == [str(d) for d in distances]
+    for d, g in zip(distances, gain):
+        assert got["copy_gain_nats"][str(d)][0] == pytest.approx(g.mean(), abs=1e-4)
+    assert "repeated-text drop" in proc.stdout
+    other = tmp_path / "other"
+    proc = tool(["tools.copy_recipe", "-S", "model.initializer_range=0.05", "--out", str(other)], cwd=tiny_pipeline)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (other / "model" / weights).read_bytes() != (out / "model" / weights).read_bytes()

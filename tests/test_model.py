@@ -169,6 +169,27 @@ def test_sinusoidal_position_init():
         new_model(config, seed=3, position_init="rope")
 
 
+def test_initializer_range_scales_every_initial_weight():
+    """model.initializer_range: the token embeddings, the projections and the sinusoidal table all start at that
+    std (the table's RMS), against GPT-2's 0.02; the residual projections keep GPT-2's 1 / sqrt(2 n_layer) factor."""
+    kw = dict(
+        vocab_size=4096, n_layer=2, n_embd=64, n_head=2, n_positions=256, dropout=0.0, bos_token_id=0, eos_token_id=0
+    )
+    for std in (0.02, 0.1):
+        model = new_model(scratch_config(**kw, initializer_range=std), seed=3, position_init="sinusoidal")
+        wte = model.transformer.wte.weight.detach()
+        assert abs(float(wte.std()) / std - 1) < 0.02, (std, float(wte.std()))
+        assert abs(float(model.transformer.h[0].attn.c_attn.weight.detach().std()) / std - 1) < 0.02
+        c_proj = float(model.transformer.h[0].attn.c_proj.weight.detach().std())
+        assert abs(c_proj / (std / (2 * 2) ** 0.5) - 1) < 0.05, (std, c_proj)
+        wpe = model.transformer.wpe.weight.detach().double()
+        assert abs(float(wpe.pow(2).mean().sqrt()) / std - 1) < 1e-6
+    assert torch.equal(
+        new_model(scratch_config(**kw), seed=3, position_init="sinusoidal").transformer.wpe.weight,
+        sinusoidal_positions(256, 64),
+    )  # the default is the table of every committed model
+
+
 def test_sinusoidal_table_is_a_fixed_rotation_per_pair():
     """Independent numpy check: in every (sin, cos) column pair, position i - 1 is one fixed rotation of position i."""
     n_pos, d = 200, 24

@@ -82,6 +82,13 @@ BAD = [
     ({"model.init": "random"}, "model.init"),
     ({"model.init": "pretrained"}, "model.position_init"),  # the default position_init is sinusoidal
     ({"model.position_init": "rope"}, "model.position_init"),
+    ({"model.initializer_range": 0}, "model.initializer_range"),
+    ({"model.initializer_range": 2.0}, "model.initializer_range"),
+    ({"model.initializer_range": "big"}, "model.initializer_range"),
+    (
+        {"model.init": "pretrained", "model.position_init": "default", "model.initializer_range": 0.1},
+        "model.initializer_range",
+    ),
     ({"data.source": "web"}, "data.source"),
     ({"data.context_length": 2048}, "data.context_length"),
     ({"data.test_fraction": 0.7}, "data.test_fraction"),

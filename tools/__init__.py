@@ -12,6 +12,7 @@ Each runs from the repository root as ``python -m tools.<name>`` and answers ``-
     tools.profile_band   where the band kernel's time goes
     tools.ab_band        a candidate band kernel source against the committed one, side by side
     tools.copy_onset     when a model of the experiment's shape starts to copy (the long preset's recipe probes)
+    tools.copy_recipe    does a recipe (a preset, -S overrides) make one baseline copy? trained and scored, no DVC
     tools.gpu_smoke      GPU smoke run of the GPU preset (wrapper: bash tools/gpu_smoke.sh)
     tools.gpu_benchmark  the benchmark on a GPU, in one process (wrapper: bash tools/gpu_benchmark.sh)
 

@@ -58,18 +58,17 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     from torch.utils.cpp_extension import load
 
-    from lmask.band import _build
+    from lmask.band import _build, compile_flags
 
     committed = _build()
-    # A fresh build each run, removed afterwards (the loaded library stays mapped). The flags are lmask.band's on an
-    # AVX2 host: the one build both host kinds use.
+    # A fresh build each run, removed afterwards (the loaded library stays mapped), with the committed kernel's flags.
     with tempfile.TemporaryDirectory(prefix="lmask_ab_band_") as build:
         source = Path(build) / "candidate.cpp"
         source.write_text(a.source)
         load(
             name="lmask_band_candidate",
             sources=[str(source)],
-            extra_cflags=["-O3", "-fopenmp", "-mavx2", "-mfma"],
+            extra_cflags=compile_flags(),
             extra_ldflags=["-fopenmp"],
             build_directory=build,
             is_python_module=False,

@@ -44,10 +44,19 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="attention logits without GPT-2's 1/sqrt(head dim) (GPT2Config.scale_attn_weights=False)",
     )
+    p.add_argument(
+        "--initializer-range",
+        type=float,
+        default=0.02,
+        help="std of the initial weights (model.initializer_range, GPT-2's 0.02; the sinusoidal position table "
+        "gets the same RMS)",
+    )
     a = p.parse_args(argv)
     lo, hi = a.periods
     if not 1 <= lo <= hi or 2 * hi > a.context or hi >= a.vocab:
         fail("copy_onset", f"--periods {lo} {hi}: need 1 <= LO <= HI <= --context / 2 and HI < --vocab")
+    if not 0 < a.initializer_range <= 1:
+        fail("copy_onset", f"--initializer-range {a.initializer_range}: must be in (0, 1]")
     for name in ("layers", "embd", "heads", "batch", "steps", "every"):
         if getattr(a, name) < 1:
             fail("copy_onset", f"--{name} must be >= 1")
@@ -70,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     from lmask.synthetic import random_periodic
     from lmask.train import make_optimizer
 
-    config = scratch_config(a.vocab, a.layers, a.embd, a.heads, 1024, 0.0, 0, 0)
+    config = scratch_config(a.vocab, a.layers, a.embd, a.heads, 1024, 0.0, 0, 0, a.initializer_range)
     config.scale_attn_weights = not a.unscaled
     model = new_model(config, a.seed, "sinusoidal").train()
     optimizer = make_optimizer(model, TrainParams(lr=a.lr), torch.device("cpu"))

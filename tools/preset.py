@@ -34,10 +34,11 @@ class PresetError(ParamsError):
     """A preset that cannot be applied: not found, not YAML, or refused on top of another one."""
 
 
-def _merge(base, override) -> None:
+def merge_into(base, override) -> None:
+    """Merge mapping ``override`` into ``base`` in place: mappings key by key, any other value replaces."""
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
+            merge_into(base[key], value)
         else:
             base[key] = value
 
@@ -109,7 +110,7 @@ def apply_preset(
     if not isinstance(override, dict):
         got = "a list" if isinstance(override, list) else repr(override)
         raise PresetError(f"{path}: a preset must be a mapping of params sections, got {got}")
-    _merge(params, override)
+    merge_into(params, override)
     # Round-trip types are dict subclasses, so the same validator as every stage applies.
     params_from_dict(YAML(typ="safe").load(_dump(yaml, params)))
     names = [*before, name] if record else before
