@@ -42,17 +42,16 @@ def recipe_params(params_path: Path, preset: str | None, sets: list[str]):
     """params.yaml with the preset and the overrides merged in, validated (``lmask.params.ParamsError`` names the
     field)."""
     import yaml
+    from ruamel.yaml import YAML
 
     from lmask.params import ParamsError, params_from_dict
-    from tools.preset import merge_into, preset_path
+    from tools.preset import load_yaml, merge_into, preset_path
 
     def load(path: Path):
         try:
-            return yaml.safe_load(path.read_text())
+            return load_yaml(YAML(typ="safe"), path, path.read_text())
         except FileNotFoundError:
             raise ParamsError(f"{path}: no such file") from None
-        except yaml.YAMLError as err:
-            raise ParamsError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
 
     raw = load(params_path)
     if preset is not None:

@@ -54,7 +54,8 @@ def _strip_record(text: str) -> str:
     return text[match.end() :] if match else text
 
 
-def _load(yaml: YAML, path: Path, text: str):
+def load_yaml(yaml: YAML, path: Path, text: str):
+    """``text`` (the contents of ``path``) parsed by ``yaml``; bad YAML is a PresetError naming the file and line."""
     try:
         return yaml.load(text)
     except YAMLError as err:
@@ -101,8 +102,8 @@ def apply_preset(
         )
     yaml = YAML()
     yaml.preserve_quotes = True
-    params = _load(yaml, params_path, _strip_record(text))
-    override = _load(yaml, path, path.read_text())
+    params = load_yaml(yaml, params_path, _strip_record(text))
+    override = load_yaml(yaml, path, path.read_text())
     if override is None:
         override = {}
     if not isinstance(params, dict):
