@@ -51,7 +51,25 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="std of the initial weights (model.initializer_range, GPT-2's 0.02; the sinusoidal position table "
         "gets the same RMS)",
     )
+    p.add_argument(
+        "--position-offsets",
+        action="store_true",
+        help="start each training row at a random position in [0, 1024 - context] instead of 0, so that a short "
+        "context still trains every position embedding the probes use",
+    )
+    p.add_argument(
+        "--probe",
+        type=int,
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("P", "T"),
+        help="also print the copy drop at period P on rows of T tokens (repeatable; T <= 1024)",
+    )
     a = p.parse_args(argv)
+    for period, length in a.probe:
+        if not 1 <= period < length <= 1024 or period >= a.vocab:
+            fail("copy_onset", f"--probe {period} {length}: need 1 <= P < T <= 1024 and P < --vocab")
     lo, hi = a.periods
     if not 1 <= lo <= hi or 2 * hi > a.context or hi >= a.vocab:
         fail("copy_onset", f"--periods {lo} {hi}: need 1 <= LO <= HI <= --context / 2 and HI < --vocab")
@@ -88,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     probes = {
         f"P{(lo + hi) // 2}": ((lo + hi) // 2, 4 * ((lo + hi) // 2)),
         f"P{2 * hi}": (2 * hi, min(1024, 4 * 2 * hi)),
-    }
+    } | {f"P{P}T{T}": (P, T) for P, T in a.probe}
     probes = {
         k: (P, np.stack([random_periodic(held, T, P, a.vocab) for _ in range(16)])) for k, (P, T) in probes.items()
     }
@@ -119,7 +137,9 @@ def main(argv: list[str] | None = None) -> None:
         if k:
             rows[:k] = natural[rng.integers(0, len(natural), size=k)]
         x = torch.from_numpy(rows)
-        model(input_ids=x, labels=x).loss.backward()
+        starts = rng.integers(0, 1024 - a.context + 1, size=(a.batch, 1)) if a.position_offsets else np.zeros((1, 1))
+        positions = torch.from_numpy(starts + np.arange(a.context)).long()
+        model(input_ids=x, position_ids=positions.expand_as(x), labels=x).loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
