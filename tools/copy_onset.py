@@ -8,7 +8,9 @@ random ids repeated with a period drawn from ``--periods LO HI`` (lmask.syntheti
 period, which a positional shortcut solves without induction), optionally with a share of natural-text rows cut from
 data/tokenized/train.npy (run `dvc repro tokenize` first). Every ``--every`` steps it prints, and writes to ``--tsv``,
 the copy drop on held-out rows: the mean loss over a row's first period minus over the rest, at a period inside the
-training range and at one twice its top. Only copying (induction) makes the drop positive at a varying period.
+training range and at one twice its top (``--probe P T`` adds any other period P on rows of T tokens). Only copying
+(induction) makes the drop positive at a varying period. ``--position-offsets`` starts each training row at a random
+position instead of 0, so that short rows train every position embedding a long probe uses.
 """
 
 from __future__ import annotations
