@@ -392,6 +392,15 @@ def run_tokens_of(params: Params) -> int:
     return t.copy_warmup.tokens() + (t.steps - t.copy_warmup.steps) * per_step
 
 
+def random_id_tokens_of(params: Params) -> float:
+    """Of run_tokens_of, the tokens of distinct random ids (only copying predicts them): the copy warm-up, the short
+    copy rows beside every natural step, and with ``mix.kind: random`` the expected share of periodic long rows."""
+    t, m = params.train, params.mix
+    later = t.steps - t.copy_warmup.steps
+    long_rows = later * t.batch_size * params.context * m.fraction if m.kind == "random" else 0.0
+    return t.copy_warmup.tokens() + later * m.copy_rows * m.copy_context + long_rows
+
+
 def run_meta(params: Params, metrics_dir: Path) -> dict[str, Any]:
     """The scale of the run, for the captions: from params and the baselines' evaluation."""
     base = read_json(metrics_dir / f"{BASELINE}.json")
@@ -411,6 +420,9 @@ def run_meta(params: Params, metrics_dir: Path) -> dict[str, Any]:
         "copy_warmup_tokens": params.train.copy_warmup.tokens(),
         "train_tokens": run_tokens_of(params),
         "mix_kind": params.mix.kind,
+        "copy_rows": params.mix.copy_rows,
+        "copy_context": params.mix.copy_context,
+        "random_id_tokens": round(random_id_tokens_of(params)),
         "confidence": params.report.confidence,
     }
 

@@ -198,6 +198,12 @@ def scale_note(meta: dict[str, Any]) -> str:
         f"({'distinct random ids' if meta.get('mix_kind') == 'random' else 'a segment of the row'} repeated)"
     )
     synthetic = f"a copy warm-up of {warmup / 1e6:.2f}M tokens of repeated random ids first, then " if warmup else ""
+    if meta.get("copy_rows"):
+        rows, length = meta["copy_rows"], meta["copy_context"]
+        mix += f", with {rows} short rows of repeated random ids ({length} tokens) beside each step"
+    if meta.get("random_id_tokens"):
+        share = meta["random_id_tokens"] / meta["train_tokens"]
+        mix += f"; random ids are {share:.0%} of a baseline's {meta['train_tokens'] / 1e6:.2f}M training tokens"
     return (
         f"Scale: {meta['n_layer']} layers x {meta['n_embd']} wide, vocabulary {meta['vocab_size']}, context "
         f"{meta['context']}; {meta['n_baselines']} baselines of {meta['train_steps']} steps, each fine-tuned "

@@ -87,3 +87,38 @@ def test_q3_weighs_pairs_and_measured_speed_and_says_where_it_is_without_the_ben
     assert questions[2] == Q3 and [q[:2] for q in questions] == ["Q1", "Q2", "Q3", "Q4"]
     assert dict(research_answers(records, {}))[Q3] == Q3_ELSEWHERE and "metrics/benchmark.md" in Q3_ELSEWHERE
     assert dict(research_answers(records, {}, benchmark))[Q3] == text
+
+
+def test_the_training_mix_states_its_random_id_share_counted_by_hand_for_the_long_preset():
+    """presets/long.yaml by hand: warm-up 3000 x 16 x 32 + 2000 x 8 x 128 = 3,584,000 random-id tokens, then 800
+    natural steps of 3 x 1024 tokens with 4 x 128 copy-row tokens beside each (409,600 more); 6,451,200 in all.
+    Its long-period rows are natural text; as random ids they would add 0.34 of 800 x 3 x 1024."""
+    from pathlib import Path
+
+    import yaml
+
+    from lmask.params import params_from_dict
+    from lmask.summary import random_id_tokens_of, run_tokens_of
+    from lmask.tables import scale_note
+    from tools.preset import merge_into
+
+    root = Path(__file__).resolve().parents[1]
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    merge_into(raw, yaml.safe_load((root / "presets/long.yaml").read_text()))
+    params = params_from_dict(raw)
+    assert run_tokens_of(params) == 6_451_200
+    assert random_id_tokens_of(params) == 3_993_600
+    raw["mix"]["kind"] = "random"
+    assert random_id_tokens_of(params_from_dict(raw)) == 3_993_600 + 0.34 * 800 * 3 * 1024
+    meta = {
+        "n_layer": 12, "n_embd": 128, "vocab_size": 4096, "context": 1024, "n_baselines": 3, "train_steps": 5800,
+        "masked_steps": 32, "n_seeds": 1, "mix_fraction": 0.34, "mix_kind": "natural", "documents": {"test": 32},
+        "copy_warmup_tokens": 3_584_000, "copy_rows": 4, "copy_context": 128, "random_id_tokens": 3_993_600,
+        "train_tokens": 6_451_200,
+    }  # fmt: skip
+    note = scale_note(meta)
+    assert "a copy warm-up of 3.58M tokens of repeated random ids first, then 34% of the natural-text" in note
+    assert "with 4 short rows of repeated random ids (128 tokens) beside each step" in note
+    assert "random ids are 62% of a baseline's 6.45M training tokens" in note
+    default = scale_note(meta | {"copy_warmup_tokens": 0, "copy_rows": 0, "random_id_tokens": 0})
+    assert "random ids" not in default and "short rows" not in default
