@@ -3,8 +3,15 @@ or thresholds."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import yaml
+
 from lmask.answers import Q3, Q3_ELSEWHERE, q1, q3, research_answers
-from lmask.tables import gap_cell, generation_rows, interval, nats_cell, pct
+from lmask.params import params_from_dict
+from lmask.summary import random_id_tokens_of, run_tokens_of
+from lmask.tables import gap_cell, generation_rows, interval, nats_cell, pct, scale_note
+from tools.preset import merge_into
 
 
 def gate(values: dict[int, tuple[float, float, float, str]]) -> dict[str, dict]:
@@ -93,15 +100,6 @@ def test_the_training_mix_states_its_random_id_share_counted_by_hand_for_the_lon
     """presets/long.yaml by hand: warm-up 3000 x 16 x 32 + 2000 x 8 x 128 = 3,584,000 random-id tokens, then 800
     natural steps of 3 x 1024 tokens with 4 x 128 copy-row tokens beside each (409,600 more); 6,451,200 in all.
     Its long-period rows are natural text; as random ids they would add 0.34 of 800 x 3 x 1024."""
-    from pathlib import Path
-
-    import yaml
-
-    from lmask.params import params_from_dict
-    from lmask.summary import random_id_tokens_of, run_tokens_of
-    from lmask.tables import scale_note
-    from tools.preset import merge_into
-
     root = Path(__file__).resolve().parents[1]
     raw = yaml.safe_load((root / "params.yaml").read_text())
     merge_into(raw, yaml.safe_load((root / "presets/long.yaml").read_text()))

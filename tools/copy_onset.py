@@ -139,8 +139,8 @@ def main(argv: list[str] | None = None) -> None:
         if k:
             rows[:k] = natural[rng.integers(0, len(natural), size=k)]
         x = torch.from_numpy(rows)
-        starts = rng.integers(0, 1024 - a.context + 1, size=(a.batch, 1)) if a.position_offsets else np.zeros((1, 1))
-        positions = torch.from_numpy(starts + np.arange(a.context)).long()
+        starts = rng.integers(0, 1024 - a.context + 1, size=(a.batch, 1)) if a.position_offsets else 0
+        positions = torch.from_numpy(starts + np.arange(a.context))
         model(input_ids=x, position_ids=positions.expand_as(x), labels=x).loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
