@@ -470,6 +470,7 @@ def one_tool_error(proc: subprocess.CompletedProcess, prog: str) -> str:
         "stage_times",
         "bench_long",
         "profile_band",
+        "profile_train",
         "ab_band",
         "copy_onset",
         "copy_recipe",
@@ -481,6 +482,14 @@ def test_every_tool_answers_help(name):
     proc = tool([f"tools.{name}", "--help"])
     assert proc.returncode == 0 and proc.stdout.startswith(f"usage: python -m tools.{name}"), proc
     assert "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_profile_train_refuses_bad_input_in_one_line(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    assert f"{missing}: params file not found" in one_tool_error(
+        tool(["tools.profile_train", "--params", str(missing)]), "profile_train"
+    )
+    assert "--steps must be >= 1" in one_tool_error(tool(["tools.profile_train", "--steps", "0"]), "profile_train")
 
 
 def test_ab_band_refuses_a_missing_or_foreign_candidate_in_one_line(tmp_path):
@@ -907,6 +916,9 @@ def test_copy_recipe_trains_and_scores_baseline_b0_as_the_pipeline_does(tiny_pip
         (["--probe", "40", "40"], "--probe 40 40: need 1 <= P < T <= 1024"),
         (["--probe", "8", "2048"], "--probe 8 2048: need 1 <= P < T <= 1024"),
         (["--periods", "8", "80"], "--periods 8 80"),
+        (["--phase", "16", "2", "4", "10"], "--phase 16 2 4 10: need"),  # period 10 does not repeat in 16 tokens
+        (["--phase", "2048", "2", "4", "8"], "--phase 2048 2 4 8: need"),
+        (["--weight-decay", "1.5"], "--weight-decay 1.5: must be in [0, 1)"),
     ],
 )
 def test_copy_onset_refuses_bad_input_in_one_line(args, expected):
@@ -930,3 +942,17 @@ def test_copy_onset_prints_the_asked_probes_and_offsets_change_what_it_trains(tm
         curves.append([[float(v) for v in r[3:]] for r in rows])
     assert curves[0][0] == curves[1][0]
     assert curves[0][1] != curves[1][1]
+
+
+def test_copy_onset_trains_a_curriculum_phase_by_phase(tmp_path):
+    """--phase T STEPS BATCH HI, twice: the tokens column counts each phase's rows at its own length (2 steps x 4
+    rows x 16 tokens, then 1 x 2 x 32), the curve ends at the last step, and the built-in probes follow the last
+    phase's longest period (periods 2..8: P5, and P16 on rows of 64 tokens)."""
+    tsv = tmp_path / "onset.tsv"
+    args = ["--layers", "1", "--embd", "16", "--heads", "2", "--periods", "2", "4", "--every", "2", "--warmup", "1"]
+    args += ["--phase", "16", "2", "4", "4", "--phase", "32", "1", "2", "8", "--tsv", str(tsv)]
+    proc = tool(["tools.copy_onset", *args])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    header, *rows = [line.split("\t") for line in tsv.read_text().splitlines()]
+    assert header == ["step", "tokens", "seconds", "P5", "P16"]
+    assert [(r[0], r[1]) for r in rows] == [("0", "0"), ("2", "128"), ("3", "192")]

@@ -2,6 +2,7 @@
 
     python -m tools.copy_onset --layers 12 --periods 8 32 --batch 8 --steps 2500 --lr 5e-4 --every 250
     python -m tools.copy_onset --layers 2 --periods 64 64 --context 128 --batch 32 --steps 600   # fixed period
+    python -m tools.copy_onset --periods 2 8 --phase 32 3000 16 8 --phase 128 2000 8 48   # the long preset's warm-up
 
 Trains a fresh model (lmask.model, the experiment's config unless flags change it) from scratch on rows of distinct
 random ids repeated with a period drawn from ``--periods LO HI`` (lmask.synthetic.random_periodic; LO = HI is a fixed
@@ -10,7 +11,9 @@ data/tokenized/train.npy (run `dvc repro tokenize` first). Every ``--every`` ste
 the copy drop on held-out rows: the mean loss over a row's first period minus over the rest, at a period inside the
 training range and at one twice its top (``--probe P T`` adds any other period P on rows of T tokens). Only copying
 (induction) makes the drop positive at a varying period. ``--position-offsets`` starts each training row at a random
-position instead of 0, so that short rows train every position embedding a long probe uses.
+position instead of 0, so that short rows train every position embedding a long probe uses. ``--phase T STEPS BATCH
+HI`` (repeatable) trains a curriculum instead, as ``train.copy_warmup.phases`` does: STEPS steps of BATCH rows of T
+tokens, periods LO to HI, then the next phase (one rng stream throughout, the probes of the last phase).
 """
 
 from __future__ import annotations
@@ -36,6 +39,16 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW's, on matrices (train.weight_decay)")
+    p.add_argument(
+        "--phase",
+        type=int,
+        nargs=4,
+        action="append",
+        default=[],
+        metavar=("T", "STEPS", "BATCH", "HI"),
+        help="a curriculum phase (repeatable; replaces --context, --steps, --batch and --periods HI)",
+    )
     p.add_argument("--natural", type=float, default=0.0, help="share of rows replaced by natural text")
     p.add_argument("--every", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)
@@ -73,8 +86,19 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         if not 1 <= period < length <= 1024 or period >= a.vocab:
             fail("copy_onset", f"--probe {period} {length}: need 1 <= P < T <= 1024 and P < --vocab")
     lo, hi = a.periods
-    if not 1 <= lo <= hi or 2 * hi > a.context or hi >= a.vocab:
+    if not 1 <= lo <= hi or (not a.phase and 2 * hi > a.context) or hi >= a.vocab:
         fail("copy_onset", f"--periods {lo} {hi}: need 1 <= LO <= HI <= --context / 2 and HI < --vocab")
+    for length, steps, batch, top in a.phase:
+        if not (min(steps, batch) >= 1 and lo <= top < a.vocab and 2 * top <= length <= 1024):
+            fail(
+                "copy_onset",
+                f"--phase {length} {steps} {batch} {top}: need STEPS, BATCH >= 1, --periods LO <= HI < --vocab and "
+                "2 HI <= T <= 1024",
+            )
+    # One phase unless --phase gives the curriculum: (context, steps, batch, longest period)
+    a.phases = [tuple(ph) for ph in a.phase] or [(a.context, a.steps, a.batch, hi)]
+    if not 0 <= a.weight_decay < 1:
+        fail("copy_onset", f"--weight-decay {a.weight_decay}: must be in [0, 1)")
     if not 0 < a.initializer_range <= 1:
         fail("copy_onset", f"--initializer-range {a.initializer_range}: must be in (0, 1]")
     for name in ("layers", "embd", "heads", "batch", "steps", "every"):
@@ -102,17 +126,18 @@ def main(argv: list[str] | None = None) -> None:
     config = scratch_config(a.vocab, a.layers, a.embd, a.heads, 1024, 0.0, 0, 0, a.initializer_range)
     config.scale_attn_weights = not a.unscaled
     model = new_model(config, a.seed, "sinusoidal").train()
-    optimizer = make_optimizer(model, TrainParams(lr=a.lr), torch.device("cpu"))
+    optimizer = make_optimizer(model, TrainParams(lr=a.lr, weight_decay=a.weight_decay), torch.device("cpu"))
     rng, held = np.random.default_rng([a.seed, 1]), np.random.default_rng([a.seed, 2])
-    lo, hi = a.periods
-    probes = {
-        f"P{(lo + hi) // 2}": ((lo + hi) // 2, 4 * ((lo + hi) // 2)),
-        f"P{2 * hi}": (2 * hi, min(1024, 4 * 2 * hi)),
-    } | {f"P{P}T{T}": (P, T) for P, T in a.probe}
+    lo, hi = a.periods[0], a.phases[-1][3]
+    mid = (lo + hi) // 2
+    probes = {f"P{mid}": (mid, min(1024, 4 * mid))}
+    if 2 * hi < 1024:  # twice the longest period trained, when a row can hold it
+        probes[f"P{2 * hi}"] = (2 * hi, min(1024, 8 * hi))
+    probes |= {f"P{P}T{T}": (P, T) for P, T in a.probe}
     probes = {
         k: (P, np.stack([random_periodic(held, T, P, a.vocab) for _ in range(16)])) for k, (P, T) in probes.items()
     }
-    natural = np.load(a.data / "train.npy").astype(np.int64).reshape(-1, a.context) if a.natural else None
+    natural = np.load(a.data / "train.npy").astype(np.int64).ravel() if a.natural else None
 
     def drop(P: int, rows: np.ndarray) -> float:
         with torch.no_grad():
@@ -123,28 +148,34 @@ def main(argv: list[str] | None = None) -> None:
 
     lines = ["step\ttokens\tseconds\t" + "\t".join(probes)]
     t0 = time.perf_counter()
-    for step in range(a.steps + 1):
-        if step % a.every == 0:
+    # The phase of each step: (context, batch, longest period)
+    plan = [(length, batch, top) for length, steps, batch, top in a.phases for _ in range(steps)]
+    tokens = 0
+    for step in range(len(plan) + 1):
+        if step % a.every == 0 or step == len(plan):
             model.eval()
             drops = [drop(P, rows) for P, rows in probes.values()]
-            row = [step, step * a.batch * a.context, round(time.perf_counter() - t0)] + [round(d, 3) for d in drops]
+            row = [step, tokens, round(time.perf_counter() - t0)] + [round(d, 3) for d in drops]
             lines.append("\t".join(map(str, row)))
             print(" ".join(f"{h}={v}" for h, v in zip(lines[0].split("\t"), row)), flush=True)
-        if step == a.steps:
+        if step == len(plan):
             break
+        length, batch, top = plan[step]
         for group in optimizer.param_groups:
             group["lr"] = a.lr * min(1.0, (step + 1) / a.warmup)
-        rows = np.stack([random_periodic(rng, a.context, int(P), a.vocab) for P in rng.integers(lo, hi + 1, a.batch)])
-        k = int(round(a.batch * a.natural))
+        rows = np.stack([random_periodic(rng, length, int(P), a.vocab) for P in rng.integers(lo, top + 1, batch)])
+        k = int(round(batch * a.natural))
         if k:
-            rows[:k] = natural[rng.integers(0, len(natural), size=k)]
+            blocks = natural[: len(natural) // length * length].reshape(-1, length)
+            rows[:k] = blocks[rng.integers(0, len(blocks), size=k)]
         x = torch.from_numpy(rows)
-        starts = rng.integers(0, 1024 - a.context + 1, size=(a.batch, 1)) if a.position_offsets else 0
-        positions = torch.from_numpy(starts + np.arange(a.context))
+        starts = rng.integers(0, 1024 - length + 1, size=(batch, 1)) if a.position_offsets else 0
+        positions = torch.from_numpy(starts + np.arange(length))
         model(input_ids=x, position_ids=positions.expand_as(x), labels=x).loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        tokens += batch * length
     if a.tsv is not None:
         a.tsv.parent.mkdir(parents=True, exist_ok=True)
         a.tsv.write_text("\n".join(lines) + "\n")
