@@ -10,6 +10,7 @@ Each runs from the repository root as ``python -m tools.<name>`` and answers ``-
     tools.stage_times    run a DVC command and time each stage
     tools.bench_long     the long benchmark (T = 4096 and 8192)
     tools.profile_band   where the band kernel's time goes
+    tools.profile_train  where a training step's time goes (torch.profiler, by part, against the matmul rate)
     tools.ab_band        a candidate band kernel source against the committed one, side by side
     tools.copy_onset     when a model of the experiment's shape starts to copy (the long preset's recipe probes)
     tools.copy_recipe    does a recipe (a preset, -S overrides) make one baseline copy? trained and scored, no DVC
