@@ -16,6 +16,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from lmask.attention import band_by_default, windowed_attention
 from lmask.band import band_available
+from lmask.param_sections import GPT2_INITIALIZER_RANGE
 from lmask.provenance import verify_weights
 from lmask.schedule import check_windows, config_windows
 
@@ -84,7 +85,7 @@ def scratch_config(
     dropout: float,
     bos_token_id: int,
     eos_token_id: int,
-    initializer_range: float = 0.02,
+    initializer_range: float = GPT2_INITIALIZER_RANGE,
 ) -> GPT2Config:
     """A GPT-2 config for training from scratch (token ids passed explicitly: the vocab need not be GPT-2's).
     ``initializer_range``: the std of the initial weights (GPT-2's 0.02)."""
@@ -107,7 +108,7 @@ def scratch_config(
     )
 
 
-def sinusoidal_positions(n_positions: int, n_embd: int, scale: float = 0.02 * 2**0.5) -> torch.Tensor:
+def sinusoidal_positions(n_positions: int, n_embd: int, scale: float = GPT2_INITIALIZER_RANGE * 2**0.5) -> torch.Tensor:
     """The Transformer's sin/cos position table [n_positions, n_embd], times ``scale``: at the default, each entry has
     GPT-2's init RMS (0.02), like the token embeddings it is added to (``new_model`` passes the config's std x √2).
 

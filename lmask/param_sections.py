@@ -15,6 +15,7 @@ DATA_SOURCES = ("embedded", "hf", "text")
 TOKENIZER_KINDS = ("bpe", "gpt2")
 MODEL_INITS = ("scratch", "pretrained")
 POSITION_INITS = ("default", "sinusoidal")
+GPT2_INITIALIZER_RANGE = 0.02  # GPT-2's std of the initial weights (GPT2Config.initializer_range)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SPLITS = ("train", "validation", "test")
 
@@ -185,7 +186,7 @@ class ModelParams:
     n_positions: int = 1024
     dropout: float = 0.0
     position_init: str = "sinusoidal"  # default (GPT-2's random init) | sinusoidal (scratch only)
-    initializer_range: float = 0.02  # std of the initial weights (GPT2Config.initializer_range; scratch only)
+    initializer_range: float = GPT2_INITIALIZER_RANGE  # std of the initial weights (scratch only)
 
     def check(self) -> None:
         _choice("model.init", self.init, MODEL_INITS)

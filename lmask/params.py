@@ -27,6 +27,7 @@ from lmask.param_sections import (
     ATTENTION_BACKENDS,
     DATA_SOURCES,
     DEVICES,
+    GPT2_INITIALIZER_RANGE,
     MASKED_DEFAULTS,
     MIX_KINDS,
     MODEL_INITS,
@@ -115,7 +116,7 @@ class Params:
             raise ParamsError(f"data.context_length ({ctx}) must be <= model.n_positions ({self.model.n_positions})")
         if self.model.position_init != "default" and self.model.init != "scratch":
             raise ParamsError("model.position_init applies to model.init: scratch only (pretrained keeps its own)")
-        if self.model.initializer_range != 0.02 and self.model.init != "scratch":
+        if self.model.initializer_range != GPT2_INITIALIZER_RANGE and self.model.init != "scratch":
             raise ParamsError("model.initializer_range applies to model.init: scratch only (pretrained keeps its own)")
         for key, limit in (("baseline_seeds", 1000), ("finetune_seeds", 1000)):
             seeds = getattr(self, key)

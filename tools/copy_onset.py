@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lmask.param_sections import GPT2_INITIALIZER_RANGE
 from tools import fail
 
 
@@ -62,7 +63,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--initializer-range",
         type=float,
-        default=0.02,
+        default=GPT2_INITIALIZER_RANGE,
         help="std of the initial weights (model.initializer_range, GPT-2's 0.02; the sinusoidal position table "
         "gets the same RMS)",
     )
