@@ -34,10 +34,9 @@ from lmask.io import write_with
 SOURCE = Path(__file__).with_name("csrc") / "band.cpp"
 
 # Windows up to BAND_MAX_WINDOW take this path on the CPU (``lmask.attention.select_path``); larger ones the blocked
-# path. Measured crossover (metrics/benchmark/kernel.json, "crossover", T = 1024 and 3072): band is faster up to
-# w = 256 forward + backward at both T (1.6-2.1x at 128), and forward up to w = 128 at T = 3072; forward at w = 128
-# and T = 1024 the two tie (either wins by under 10 % from run to run), and blocked wins forward at 256. Training is
-# forward + backward, so band takes w <= 128.
+# path. Measured crossover (metrics/benchmark/kernel.json, "crossover", T = 1024 and 3072): forward + backward, band
+# is faster up to w = 256 at both T (1.6-2.1x at 128, every run); forward, the two tie at w = 128 (either wins by
+# under 10 % from run to run) and blocked wins at 256. Training is forward + backward, so band takes w <= 128.
 BAND_MAX_WINDOW = 128
 
 
