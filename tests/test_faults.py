@@ -492,6 +492,24 @@ def test_profile_train_refuses_bad_input_in_one_line(tmp_path):
     assert "--steps must be >= 1" in one_tool_error(tool(["tools.profile_train", "--steps", "0"]), "profile_train")
 
 
+def test_profile_train_splits_the_tiny_step_into_parts_that_add_up(tiny_pipeline):
+    """On the tiny preset's model: the three parts (attention, matmuls, the rest) are non-empty and their shares of
+    the profiled time add up to 100 %; the step's GFLOP is the benchmark's per-token count times the batch."""
+    proc = tool(["tools.profile_train", "--steps", "1", "--warmup", "1", "--rows", "3"], cwd=tiny_pipeline)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parts = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.startswith("  ")}
+    assert set(parts) >= {"attention", "matmul", "rest"}, proc.stdout
+    shares = [float(parts[k][3].rstrip("%")) for k in ("attention", "matmul", "rest")]
+    assert min(shares) > 0 and abs(sum(shares) - 100) < 0.3, shares
+    from lmask.params import load_params
+    from lmask.train_bench import train_flops_per_token
+
+    p = load_params(tiny_pipeline / "params.yaml")
+    per_token = train_flops_per_token(p.model.n_layer, p.model.n_embd, p.tokenizer.vocab_size, p.context)
+    expected = per_token * p.train.micro_batch_size * p.context / 1e9
+    assert f"{expected:.1f} GFLOP:" in proc.stdout, proc.stdout
+
+
 def test_ab_band_refuses_a_missing_or_foreign_candidate_in_one_line(tmp_path):
     missing = tmp_path / "nope.cpp"
     line = one_tool_error(tool(["tools.ab_band", "--candidate", str(missing)]), "ab_band")

@@ -2,7 +2,7 @@
 
     python -m tools.copy_onset --layers 12 --periods 8 32 --batch 8 --steps 2500 --lr 5e-4 --every 250
     python -m tools.copy_onset --layers 2 --periods 64 64 --context 128 --batch 32 --steps 600   # fixed period
-    python -m tools.copy_onset --periods 2 8 --phase 32 3000 16 8 --phase 128 2000 8 48   # the long preset's warm-up
+    python -m tools.copy_onset --periods 2 8 --initializer-range 0.05 --phase 32 3000 16 8 --phase 128 2000 8 48
 
 Trains a fresh model (lmask.model, the experiment's config unless flags change it) from scratch on rows of distinct
 random ids repeated with a period drawn from ``--periods LO HI`` (lmask.synthetic.random_periodic; LO = HI is a fixed
@@ -13,7 +13,8 @@ training range and at one twice its top (``--probe P T`` adds any other period P
 (induction) makes the drop positive at a varying period. ``--position-offsets`` starts each training row at a random
 position instead of 0, so that short rows train every position embedding a long probe uses. ``--phase T STEPS BATCH
 HI`` (repeatable) trains a curriculum instead, as ``train.copy_warmup.phases`` does: STEPS steps of BATCH rows of T
-tokens, periods LO to HI, then the next phase (one rng stream throughout, the probes of the last phase).
+tokens, periods LO to HI, then the next phase (one rng stream throughout, the probes of the last phase). The third
+example above is the long preset's warm-up.
 """
 
 from __future__ import annotations

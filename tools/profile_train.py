@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     from lmask.model import new_model, scratch_config
     from lmask.schedule import attention_pairs
     from lmask.train import make_optimizer
-    from lmask.train_bench import _pipeline_step, matmul_gflops
+    from lmask.train_bench import _pipeline_step, matmul_gflops, train_flops_per_token
 
     m = params.model
     vocab = params.tokenizer.vocab_size if params.tokenizer.kind == "bpe" else 50257
@@ -92,13 +92,10 @@ def main(argv: list[str] | None = None) -> None:
         elif e.key in MATMUL_OPS:
             ms["matmul"] += t
     tokens = rows.size
-    d, T = m.n_embd, params.context
-    gflop = {  # per step, forward and backward
-        "attention": 3 * m.n_layer * 4 * d * attention_pairs(None, T) * len(rows) / 1e9,
-        "matmul": 3 * (m.n_layer * 24 * d * d + 2 * d * vocab) * tokens / 1e9,
-    }
+    total_gflop = train_flops_per_token(m.n_layer, m.n_embd, vocab, params.context) * tokens / 1e9
+    attention_gflop = 3 * m.n_layer * 4 * m.n_embd * attention_pairs(None, params.context) * len(rows) / 1e9
+    gflop = {"attention": attention_gflop, "matmul": total_gflop - attention_gflop}  # per step, fwd + bwd
     peak = matmul_gflops(device)
-    total_gflop = sum(gflop.values())
     print(
         f"step without the profiler {step_s * 1e3:.0f} ms ({tokens / step_s:.0f} tokens/s, {total_gflop:.1f} GFLOP: "
         f"{total_gflop / step_s:.0f} GFLOP/s = {total_gflop / step_s / peak:.2f} of the {peak:.0f} GFLOP/s fp32 "
