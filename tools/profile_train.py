@@ -7,10 +7,10 @@ Builds params.model at random init (as ``benchmark_train`` does), runs ``--warmu
 step (lmask.train_bench: accumulate_gradients, clip, fused AdamW), then profiles ``--steps`` more. Prints the
 profiler's table (self CPU time) and the step by part: causal attention (SDPA's flash kernels, forward and backward),
 dense matmuls (mm, addmm, bmm) and everything else, each in ms per step and share of the profiled time; for the
-first two also the model FLOPs they carry per second (lmask.train_bench.train_flops_per_token's split: 4·d per
-attended pair, 24·d² per layer and 2·d·V for the LM head, times 3 for forward and backward) against the fp32 matmul
-rate measured in the same process. The profiler adds a little time per op, so shares are what to compare; the step
-time without the profiler is printed beside them.
+first two also the model FLOPs they carry per second (lmask.train_bench.train_flops_per_token, split by
+lmask.flops.attention_share: 4·d per attended pair against 24·d² per layer and 2·d·V for the LM head) against the
+fp32 matmul rate measured in the same process. The profiler adds a little time per op, so shares are what to
+compare; the step time without the profiler is printed beside them.
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from lmask.device import Distributed
+    from lmask.flops import attention_share
     from lmask.model import new_model, scratch_config
-    from lmask.schedule import attention_pairs
     from lmask.train import make_optimizer
     from lmask.train_bench import _pipeline_step, matmul_gflops, train_flops_per_token
 
@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
             ms["matmul"] += t
     tokens = rows.size
     total_gflop = train_flops_per_token(m.n_layer, m.n_embd, vocab, params.context) * tokens / 1e9
-    attention_gflop = 3 * m.n_layer * 4 * m.n_embd * attention_pairs(None, params.context) * len(rows) / 1e9
+    # Backward is 2x forward for every term, so the forward's attention share holds for the step
+    attention_gflop = total_gflop * attention_share(m.n_layer, params.context, m.n_embd, vocab)
     gflop = {"attention": attention_gflop, "matmul": total_gflop - attention_gflop}  # per step, fwd + bwd
     peak = matmul_gflops(device)
     print(
