@@ -112,9 +112,10 @@ def sinusoidal_positions(n_positions: int, n_embd: int, scale: float = GPT2_INIT
     """The Transformer's sin/cos position table [n_positions, n_embd], times ``scale``: at the default, each entry has
     GPT-2's init RMS (0.02), like the token embeddings it is added to (``new_model`` passes the config's std x √2).
 
-    Used as the *initial* value of GPT-2's learned position embeddings (they still train): position i - 1 is a fixed
-    rotation of position i in every frequency pair, so a previous-token head, the first half of an induction
-    (copying) circuit, is one linear map away instead of something to learn for every position separately.
+    Used as the *initial* value of GPT-2's learned position embeddings (they train unless model.train_positions is
+    false): position i - 1 is a fixed rotation of position i in every frequency pair, so a previous-token head, the
+    first half of an induction (copying) circuit, is one linear map away instead of something to learn for every
+    position separately. Kept fixed, that map holds at positions training never reached.
     """
     pos = torch.arange(n_positions, dtype=torch.float64)[:, None]
     freq = 10000.0 ** (-torch.arange(0, n_embd, 2, dtype=torch.float64) / n_embd)

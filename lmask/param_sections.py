@@ -187,6 +187,7 @@ class ModelParams:
     dropout: float = 0.0
     position_init: str = "sinusoidal"  # default (GPT-2's random init) | sinusoidal (scratch only)
     initializer_range: float = GPT2_INITIALIZER_RANGE  # std of the initial weights (scratch only)
+    train_positions: bool = True  # false: the position table keeps its init through every training stage
 
     def check(self) -> None:
         _choice("model.init", self.init, MODEL_INITS)
@@ -201,6 +202,8 @@ class ModelParams:
             raise ParamsError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if isinstance(self.initializer_range, bool) or not 0 < self.initializer_range <= 1:
             raise ParamsError(f"model.initializer_range must be in (0, 1], got {self.initializer_range!r}")
+        if not isinstance(self.train_positions, bool):
+            raise ParamsError(f"model.train_positions must be true or false, got {self.train_positions!r}")
 
 
 @dataclass

@@ -519,6 +519,7 @@ def train_baseline(
     train_blocks, val_blocks = load_blocks(data_dir, "train"), load_blocks(data_dir, "validation")
     seed = baseline_seed(params, baseline)
     model = initial_model(params, tokenizer, seed)
+    model.transformer.wpe.weight.requires_grad_(params.model.train_positions)
     inputs = stage_inputs("train_baseline", {"baseline": baseline}, params.raw, extra=_process_facts())
     run = Run(f"baseline-b{baseline}", seed, model_dir, live_dir, checkpoint_dir, inputs, info={"baseline": baseline})
     return train(model, train_blocks, val_blocks, params.train, params.mix, run, tokenizer, stop_after)
@@ -546,6 +547,7 @@ def train_masked(
     tokenizer = _tokenizer(baseline_dir)
     train_blocks, val_blocks = load_blocks(data_dir, "train"), load_blocks(data_dir, "validation")
     model = apply_windows(load_model(baseline_dir), sched.windows, sched.sinks, params.attention.backend)
+    model.transformer.wpe.weight.requires_grad_(params.model.train_positions)  # fixed in fine-tuning too
     item = {"schedule": schedule, "baseline": baseline, "seed": seed}
     run = Run(
         f"{schedule}-b{baseline}-s{seed}",

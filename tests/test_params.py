@@ -85,6 +85,8 @@ BAD = [
     ({"model.initializer_range": 0}, "model.initializer_range"),
     ({"model.initializer_range": 2.0}, "model.initializer_range"),
     ({"model.initializer_range": "big"}, "model.initializer_range"),
+    ({"model.train_positions": "no"}, "model.train_positions"),
+    ({"model.train_positions": 0}, "model.train_positions"),
     (
         {"model.init": "pretrained", "model.position_init": "default", "model.initializer_range": 0.1},
         "model.initializer_range",

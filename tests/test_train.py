@@ -312,3 +312,31 @@ def test_short_copy_rows_train_beside_natural_blocks(workdir):
     ]
     info = json.loads(Path("models/baseline/train_info.json").read_text())
     assert info["tokens"] == 8 * (4 * 64 + 3 * 16)
+
+
+def _sinusoids(n_positions: int, n_embd: int, scale: float) -> np.ndarray:
+    """The Transformer's table written out: sin at even columns, cos at odd, frequency 10000^(-2k / n_embd)."""
+    pos, k = np.arange(n_positions)[:, None], np.arange(n_embd // 2)[None, :]
+    angle = pos * 10000.0 ** (-2 * k / n_embd)
+    table = np.empty((n_positions, n_embd))
+    table[:, 0::2], table[:, 1::2] = np.sin(angle), np.cos(angle)
+    return scale * table
+
+
+@pytest.mark.parametrize("trained", [False, True])
+def test_train_positions_false_keeps_the_position_table_fixed_through_fine_tuning(workdir, trained):
+    """model.train_positions: false leaves the sinusoidal position table exactly at its init in the baseline and in
+    a schedule's fine-tuning, while the other weights train; true trains it."""
+    params = load_params()
+    params = dataclasses.replace(params, model=dataclasses.replace(params.model, train_positions=trained))
+    m = params.model
+    table = _sinusoids(m.n_positions, m.n_embd, m.initializer_range * 2**0.5)
+    train(params)
+    lmask.train.train_masked(
+        params, "half", 0, 0, Path("models/baseline"), Path("data/tokenized"), *(Path(f"{d}/ft") for d in OUTPUTS)
+    )
+    base, tuned = weights(), weights("models/ft")
+    for folder, w in (("baseline", base), ("fine-tuned", tuned)):
+        moved = not np.allclose(w["transformer.wpe.weight"].double().numpy(), table, rtol=0, atol=1e-7)
+        assert moved == trained, folder
+    assert not torch.equal(base["transformer.h.0.attn.c_attn.weight"], tuned["transformer.h.0.attn.c_attn.weight"])

@@ -11,7 +11,8 @@ data/tokenized/train.npy (run `dvc repro tokenize` first). Every ``--every`` ste
 the copy drop on held-out rows: the mean loss over a row's first period minus over the rest, at a period inside the
 training range and at one twice its top (``--probe P T`` adds any other period P on rows of T tokens). Only copying
 (induction) makes the drop positive at a varying period. ``--position-offsets`` starts each training row at a random
-position instead of 0, so that short rows train every position embedding a long probe uses. ``--phase T STEPS BATCH
+position instead of 0, so that short rows train every position embedding a long probe uses;
+``--freeze-positions`` keeps the table at its init instead (``model.train_positions: false``). ``--phase T STEPS BATCH
 HI`` (repeatable) trains a curriculum instead, as ``train.copy_warmup.phases`` does: STEPS steps of BATCH rows of T
 tokens, periods LO to HI, then the next phase (one rng stream throughout, the probes of the last phase). The third
 example above is the long preset's warm-up.
@@ -75,6 +76,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "context still trains every position embedding the probes use",
     )
     p.add_argument(
+        "--freeze-positions",
+        action="store_true",
+        help="keep the sinusoidal position table at its init (model.train_positions: false), so that an offset is "
+        "the same linear map at every position, reached in training or not",
+    )
+    p.add_argument(
         "--probe",
         type=int,
         nargs=2,
@@ -128,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     config = scratch_config(a.vocab, a.layers, a.embd, a.heads, 1024, 0.0, 0, 0, a.initializer_range)
     config.scale_attn_weights = not a.unscaled
     model = new_model(config, a.seed, "sinusoidal").train()
+    model.transformer.wpe.weight.requires_grad_(not a.freeze_positions)
     optimizer = make_optimizer(model, TrainParams(lr=a.lr, weight_decay=a.weight_decay), torch.device("cpu"))
     rng, held = np.random.default_rng([a.seed, 1]), np.random.default_rng([a.seed, 2])
     lo, hi = a.periods[0], a.phases[-1][3]
