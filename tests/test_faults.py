@@ -943,23 +943,23 @@ def test_copy_onset_refuses_bad_input_in_one_line(args, expected):
     assert expected in one_tool_error(tool(["tools.copy_onset", *args]), "copy_onset")
 
 
-def test_copy_onset_prints_the_asked_probes_and_offsets_change_what_it_trains(tmp_path):
+def test_copy_onset_prints_the_asked_probes_and_offsets_or_fixed_positions_change_what_it_trains(tmp_path):
     """A tiny model, 3 steps: every --probe gets its column in the onset curve, and starting the rows at random
-    positions (--position-offsets) trains other weights than position 0 does (the drops at step 3 differ; at step 0,
-    before any training, they agree)."""
+    positions (--position-offsets) or keeping the position table fixed (--freeze-positions) trains other weights than
+    the plain run does (the drops at step 3 differ; at step 0, before any training, they agree)."""
     small = ["--layers", "1", "--embd", "16", "--heads", "2", "--context", "16", "--periods", "2", "4"]
     small += ["--batch", "4", "--steps", "3", "--every", "3", "--warmup", "1", "--lr", "1e-2", "--probe", "10", "40"]
     curves = []
-    for extra in ([], ["--position-offsets"]):
-        tsv = tmp_path / f"onset{len(extra)}.tsv"
+    for k, extra in enumerate(([], ["--position-offsets"], ["--freeze-positions"])):
+        tsv = tmp_path / f"onset{k}.tsv"
         proc = tool(["tools.copy_onset", *small, *extra, "--tsv", str(tsv)])
         assert proc.returncode == 0, proc.stderr[-3000:]
         header, *rows = [line.split("\t") for line in tsv.read_text().splitlines()]
         assert header == ["step", "tokens", "seconds", "P3", "P8", "P10T40"]
         assert [r[0] for r in rows] == ["0", "3"]
         curves.append([[float(v) for v in r[3:]] for r in rows])
-    assert curves[0][0] == curves[1][0]
-    assert curves[0][1] != curves[1][1]
+    assert curves[0][0] == curves[1][0] == curves[2][0]
+    assert curves[0][1] != curves[1][1] and curves[0][1] != curves[2][1]
 
 
 def test_copy_onset_trains_a_curriculum_phase_by_phase(tmp_path):
