@@ -54,7 +54,13 @@ def q1_gate(records: Records) -> str:
     reach = base.get("copy_range")
     gate = base["copy_loss_drop"]
     drop = base["copy"]["repeated_drop"]
-    repeated = f"their repeated-text drop (second half of a document against its first) is {nats_cell(drop)} nats"
+    by_source = "; ".join(
+        f"{label}: {nats_cell(e, word=False)}" for label, e in base["copy"]["repeated_drop_by_source"].items()
+    )
+    repeated = (
+        f"their repeated-text drop (second half of a document against its first) is {nats_cell(drop)} nats (by the "
+        f"first occurrence's position, {by_source}: where copying reaches)"
+    )
     if reach is None:
         best = max(gate, key=lambda d: gate[d]["value"])
         return (

@@ -7,7 +7,8 @@ paired (same baseline, fine-tuning seed and document) and its interval covers ba
 
 Contract (tested): each windowed schedule's record has ``vs_full_pct``, ``vs_full_pct_ci95``,
 ``zero_shot_vs_baseline_pct``, ``zero_shot_vs_baseline_pct_ci95``, ``n_baselines`` and ``n_seeds``; the baseline's
-has ``copy_loss_drop``: {distance: {"value", "ci95"}} and ``test_documents``: {domain: documents}.
+has ``copy_loss_drop``: {distance: {"value", "ci95"}}, ``test_documents``: {domain: documents} and ``copy``:
+{``repeated_drop_nats``, ``gate_passed_at``, ``repeated_drop_by_source``: {"lo-hi": {"value", "ci95", "documents"}}}.
 """
 
 from __future__ import annotations
@@ -184,6 +185,29 @@ def repeated_drop(nll: np.ndarray) -> np.ndarray:
     return out
 
 
+def source_buckets(edges: list[int], context: int) -> list[tuple[str, int, int]]:
+    """Source-position buckets of the repeated text's first half, (label, lo, hi) over token positions lo..hi-1: the
+    report's position edges below half the context, from position 1 (token 0 has no label in either half)."""
+    half = context // 2
+    bounds = [1, *(e for e in edges if 1 < e < half), half]
+    return [(f"{lo}-{hi - 1}", lo, hi) for lo, hi in zip(bounds, bounds[1:])]
+
+
+def repeated_drop_by_source(nll: np.ndarray, buckets: list[tuple[str, int, int]]) -> np.ndarray:
+    """[documents, buckets]: repeated_drop restricted to the tokens at first-half positions lo..hi-1, each against
+    its own copy h positions later (the same token, predicted without and then with its earlier occurrence in
+    context). Where copying reaches: a copy circuit that works only from early positions shows a drop in the first
+    bucket alone. NaN where a document's half ends before the bucket starts."""
+    out = np.full((len(nll), len(buckets)), np.nan)
+    for i, row in enumerate(np.asarray(nll, dtype=np.float64)):
+        h = (int(np.isfinite(row).sum()) + 1) // 2
+        for j, (_, lo, hi) in enumerate(buckets):
+            pos = np.arange(lo, min(hi, h))  # label t predicts token t + 1: token p's labels are p - 1 and h + p - 1
+            if len(pos):
+                out[i, j] = row[pos - 1].mean() - row[h + pos - 1].mean()
+    return out
+
+
 def drop_array(runs: list[list[np.ndarray]]) -> np.ndarray:
     """repeated_drop per (baseline, seed, document)."""
     return np.asarray([[repeated_drop(x) for x in per_seed] for per_seed in runs])
@@ -333,7 +357,13 @@ def baseline_record(base: ModelFiles, params: Params, fam: Families) -> dict[str
         rec["copy_loss_drop"][str(d)] = fam.add("copy_gate", {**nats(e), "sequences": e.units}, e, False)
     # The positive control: the repeated half of each test document is easier than its first half.
     drop = run_estimate(drop_array(base.runs("nll_repeated")), None, conf)
-    rec["copy"] = {"repeated_drop": nats(drop)}
+    rec["copy"] = {"repeated_drop": nats(drop), "repeated_drop_by_source": {}}
+    buckets = source_buckets(params.report.position_buckets, params.context)
+    by_source = np.asarray([[repeated_drop_by_source(x, buckets) for x in s] for s in base.runs("nll_repeated")])
+    for j, (label, _, _) in enumerate(buckets):
+        docs = np.isfinite(by_source[0, 0, :, j])  # the same documents in every run: those whose half reaches here
+        e = run_estimate(by_source[:, :, docs, j], None, conf)
+        rec["copy"]["repeated_drop_by_source"][label] = {**nats(e), "documents": int(docs.sum())}
     rec["generation"] = generation(base, conf)
     rec["attention_pairs"] = 1.0
     rec["receptive_field"] = params.context

@@ -224,3 +224,22 @@ def test_the_default_negative_control_loses_the_gain_and_the_repeated_text_drop(
     # Without the copy only position effects are left (early queries see fewer than 8 keys): a small fraction.
     full_drop, local_drop = drop([None] * 12), drop(local.windows)
     assert full_drop.min() > 2.0 and np.abs(local_drop).max() < 0.25 * full_drop.min()
+
+
+def test_repeated_drop_by_source_finds_where_copying_reaches():
+    """A model that copies only tokens whose first occurrence sits at positions 1-3: the drop is 4 nats in that
+    bucket and 0 beyond, whatever the document's length; a bucket past a document's half is NaN, not 0."""
+    from lmask.summary import repeated_drop_by_source, source_buckets
+
+    def row(h: int, width: int) -> np.ndarray:
+        nll = np.full(width, np.nan)
+        nll[: 2 * h - 1] = 5.0  # label t predicts token t + 1; 2h - 1 labels for a document of 2h tokens
+        for p in range(1, min(4, h)):
+            nll[h + p - 1] = 1.0  # token h + p, the copy of token p
+        return nll
+
+    buckets = source_buckets([4, 999], context=20)  # 999 is past half the context: dropped
+    assert buckets == [("1-3", 1, 4), ("4-9", 4, 10)]
+    out = repeated_drop_by_source(np.stack([row(10, 19), row(6, 19), row(3, 19)]), buckets)
+    np.testing.assert_array_equal(out[:2], [[4.0, 0.0], [4.0, 0.0]])
+    assert out[2, 0] == 4.0 and np.isnan(out[2, 1])  # h = 3: tokens 1-2 only

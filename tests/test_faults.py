@@ -937,6 +937,7 @@ def test_copy_recipe_trains_and_scores_baseline_b0_as_the_pipeline_does(tiny_pip
         (["--phase", "16", "2", "4", "10"], "--phase 16 2 4 10: need"),  # period 10 does not repeat in 16 tokens
         (["--phase", "2048", "2", "4", "8"], "--phase 2048 2 4 8: need"),
         (["--weight-decay", "1.5"], "--weight-decay 1.5: must be in [0, 1)"),
+        (["--reach", "600", "0"], "--reach 600 0: need"),  # two 600-token occurrences do not fit 1024
     ],
 )
 def test_copy_onset_refuses_bad_input_in_one_line(args, expected):
@@ -944,22 +945,38 @@ def test_copy_onset_refuses_bad_input_in_one_line(args, expected):
 
 
 def test_copy_onset_prints_the_asked_probes_and_offsets_or_fixed_positions_change_what_it_trains(tmp_path):
-    """A tiny model, 3 steps: every --probe gets its column in the onset curve, and starting the rows at random
-    positions (--position-offsets) or keeping the position table fixed (--freeze-positions) trains other weights than
-    the plain run does (the drops at step 3 differ; at step 0, before any training, they agree)."""
+    """A tiny model, 3 steps: every --probe and --reach gets its column in the onset curve, and starting the rows at
+    random positions (--position-offsets, from step 0 or 2), keeping the position table fixed (--freeze-positions) or
+    putting a non-repeating prefix before the repeats (--prefix) trains other weights than the plain run does (the
+    drops at step 3 differ; at step 0, before any training, they agree)."""
     small = ["--layers", "1", "--embd", "16", "--heads", "2", "--context", "16", "--periods", "2", "4"]
     small += ["--batch", "4", "--steps", "3", "--every", "3", "--warmup", "1", "--lr", "1e-2", "--probe", "10", "40"]
+    small += ["--reach", "4", "20"]
+    variants = ([], ["--position-offsets"], ["--position-offsets", "2"], ["--freeze-positions"], ["--prefix"])
     curves = []
-    for k, extra in enumerate(([], ["--position-offsets"], ["--freeze-positions"])):
+    for k, extra in enumerate(variants):
         tsv = tmp_path / f"onset{k}.tsv"
         proc = tool(["tools.copy_onset", *small, *extra, "--tsv", str(tsv)])
         assert proc.returncode == 0, proc.stderr[-3000:]
         header, *rows = [line.split("\t") for line in tsv.read_text().splitlines()]
-        assert header == ["step", "tokens", "seconds", "P3", "P8", "P10T40"]
+        assert header == ["step", "tokens", "seconds", "P3", "P8", "P10T40", "R4@20"]
         assert [r[0] for r in rows] == ["0", "3"]
         curves.append([[float(v) for v in r[3:]] for r in rows])
-    assert curves[0][0] == curves[1][0] == curves[2][0]
-    assert curves[0][1] != curves[1][1] and curves[0][1] != curves[2][1]
+    assert all(c[0] == curves[0][0] for c in curves)
+    assert all(c[1] != curves[0][1] for c in curves[1:])
+
+
+def test_copy_onset_prefixed_rows_put_the_first_occurrence_where_asked():
+    """--prefix and --reach rows: START distinct ids, then a P-id segment repeated to the row's end; no id twice
+    before the repeats, none 0 (the end-of-text id)."""
+    from tools.copy_onset import prefixed
+
+    rng = np.random.default_rng(0)
+    for start, period, length in ((0, 5, 12), (7, 3, 13), (20, 4, 28)):
+        row = prefixed(rng, length, period, start, vocab=64)
+        assert len(row) == length and 0 not in row
+        assert len(set(row[: start + period])) == start + period
+        assert (row[start + period :] == row[start : length - period]).all()
 
 
 def test_copy_onset_trains_a_curriculum_phase_by_phase(tmp_path):

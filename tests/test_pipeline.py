@@ -88,6 +88,9 @@ def test_summary_contract(tiny_pipeline):
     copy = summary["baseline"]["copy"]
     est, lo, hi = copy["repeated_drop_nats"]
     assert lo <= est <= hi and set(copy["gate_passed_at"]) <= set(params.copy.distances)
+    # where copying reaches: the drop by the first occurrence's position, buckets from report.position_buckets
+    assert list(copy["repeated_drop_by_source"]) == ["1-15", "16-31"]  # context 64, edges [16, 32]
+    assert all(e["documents"] > 0 and len(e["ci95"]) == 2 for e in copy["repeated_drop_by_source"].values())
     for name, s in params.schedules.items():
         if s.is_full:
             continue

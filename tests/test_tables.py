@@ -19,10 +19,15 @@ def gate(values: dict[int, tuple[float, float, float, str]]) -> dict[str, dict]:
 
 
 def baseline(drop: dict[str, dict], reach: int | None, repeated: float = 0.01) -> dict:
+    by_source = {"1-63": {"value": 4 * repeated, "ci95": [3 * repeated, 5 * repeated]}, "64-511": dict(ci95=None)}
+    by_source["64-511"].update(value=0.0, no_interval="one baseline")
     return {
         "copy_loss_drop": drop,
         "copy_range": reach,
-        "copy": {"repeated_drop": {"value": repeated, "ci95": [repeated - 0.01, repeated + 0.01], "mde80": 0.02}},
+        "copy": {
+            "repeated_drop": {"value": repeated, "ci95": [repeated - 0.01, repeated + 0.01], "mde80": 0.02},
+            "repeated_drop_by_source": by_source,
+        },
     }
 
 
@@ -38,6 +43,8 @@ def test_q1_reports_the_longest_distance_that_passes():
     text = q1({"baseline": baseline(drop, 128, repeated=2.5)})
     assert "use distant context" in text and "up to d = 128 tokens (+0.200 [+0.100, +0.300]" in text
     assert "not testable" not in text and "+2.500 [+2.490, +2.510]" in text
+    # where copying reaches: the drop by the first occurrence's position, each bucket with its interval
+    assert "first occurrence's position, 1-63: +10.000 [+7.500, +12.500]; 64-511: +0.000 [one baseline]" in text
 
 
 def test_a_cell_shows_interval_baselines_mde_and_word_or_why_there_is_none():

@@ -12,10 +12,13 @@ the copy drop on held-out rows: the mean loss over a row's first period minus ov
 training range and at one twice its top (``--probe P T`` adds any other period P on rows of T tokens). Only copying
 (induction) makes the drop positive at a varying period. ``--position-offsets`` starts each training row at a random
 position instead of 0, so that short rows train every position embedding a long probe uses;
-``--freeze-positions`` keeps the table at its init instead (``model.train_positions: false``). ``--phase T STEPS BATCH
-HI`` (repeatable) trains a curriculum instead, as ``train.copy_warmup.phases`` does: STEPS steps of BATCH rows of T
-tokens, periods LO to HI, then the next phase (one rng stream throughout, the probes of the last phase). The third
-example above is the long preset's warm-up.
+``--freeze-positions`` keeps the table at its init instead (``model.train_positions: false``). ``--prefix`` begins
+each training row with non-repeating ids, so that a copy's source is not always in the row's first period;
+``--reach P START`` measures copying from a first occurrence at position START (periodic probes start theirs at 0,
+where a circuit that copies only from early positions already succeeds). ``--phase T STEPS BATCH HI`` (repeatable)
+trains a curriculum instead, as ``train.copy_warmup.phases`` does: STEPS steps of BATCH rows of T tokens, periods LO
+to HI, then the next phase (one rng stream throughout, the probes of the last phase). The third example above is the
+long preset's warm-up.
 """
 
 from __future__ import annotations
@@ -71,9 +74,34 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--position-offsets",
-        action="store_true",
-        help="start each training row at a random position in [0, 1024 - context] instead of 0, so that a short "
-        "context still trains every position embedding the probes use",
+        type=int,
+        nargs="?",
+        const=0,
+        default=None,
+        metavar="FROM_STEP",
+        help="from step FROM_STEP on (default 0), start each training row at a random position in [0, 1024 - "
+        "context] instead of 0, so that a short context still trains every position the probes use",
+    )
+    p.add_argument(
+        "--prefix",
+        type=int,
+        nargs="?",
+        const=0,
+        default=None,
+        metavar="FROM_STEP",
+        help="from step FROM_STEP on (default 0), begin each training row with a random number of non-repeating ids "
+        "(0 to T - 2 x period) before its repeats, so that the first occurrence, the copy's source, sits anywhere in "
+        "the row and not always in its first period",
+    )
+    p.add_argument(
+        "--reach",
+        type=int,
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("P", "START"),
+        help="also print the copy drop of a P-token segment whose first occurrence starts at position START (after "
+        "START non-repeating ids), repeated once: copying from that far into a row (repeatable; START + 2P <= 1024)",
     )
     p.add_argument(
         "--freeze-positions",
@@ -94,6 +122,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     for period, length in a.probe:
         if not 1 <= period < length <= 1024 or period >= a.vocab:
             fail("copy_onset", f"--probe {period} {length}: need 1 <= P < T <= 1024 and P < --vocab")
+    for period, start in a.reach:
+        if period < 1 or start < 0 or start + 2 * period > 1024 or start + period >= a.vocab:
+            fail(
+                "copy_onset",
+                f"--reach {period} {start}: need P >= 1, START >= 0, START + 2P <= 1024, START + P < --vocab",
+            )
     lo, hi = a.periods
     if not 1 <= lo <= hi or (not a.phase and 2 * hi > a.context) or hi >= a.vocab:
         fail("copy_onset", f"--periods {lo} {hi}: need 1 <= LO <= HI <= --context / 2 and HI < --vocab")
@@ -118,6 +152,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     if a.natural and not (a.data / "train.npy").is_file():
         fail("copy_onset", f"{a.data / 'train.npy'}: file not found (run `dvc repro tokenize`)")
     return a
+
+
+def prefixed(rng: np.random.Generator, length: int, period: int, start: int, vocab: int) -> np.ndarray:
+    """``start`` distinct random ids, then ``period`` others repeated to ``length``: a periodic row whose first
+    occurrence begins at ``start`` (ids never 0, all distinct, so every copy is unambiguous)."""
+    ids = rng.choice(np.arange(1, vocab), size=start + period, replace=False)
+    return np.concatenate([ids[:start], np.resize(ids[start:], length - start)])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -145,16 +186,20 @@ def main(argv: list[str] | None = None) -> None:
         probes[f"P{2 * hi}"] = (2 * hi, min(1024, 8 * hi))
     probes |= {f"P{P}T{T}": (P, T) for P, T in a.probe}
     probes = {
-        k: (P, np.stack([random_periodic(held, T, P, a.vocab) for _ in range(16)])) for k, (P, T) in probes.items()
+        k: (P, 0, np.stack([random_periodic(held, T, P, a.vocab) for _ in range(16)])) for k, (P, T) in probes.items()
+    }
+    probes |= {
+        f"R{P}@{L}": (P, L, np.stack([prefixed(held, L + 2 * P, P, L, a.vocab) for _ in range(16)])) for P, L in a.reach
     }
     natural = np.load(a.data / "train.npy").astype(np.int64).ravel() if a.natural else None
 
-    def drop(P: int, rows: np.ndarray) -> float:
+    def drop(P: int, start: int, rows: np.ndarray) -> float:
+        """Mean loss over the first occurrence (its tokens 2..P) minus over the repeats after it."""
         with torch.no_grad():
             x = torch.from_numpy(rows)
             nll = torch.nn.functional.cross_entropy(model(x).logits[:, :-1].transpose(1, 2), x[:, 1:], reduction="none")
         model.train()
-        return float(nll[:, : P - 1].mean() - nll[:, P:].mean())
+        return float(nll[:, start : start + P - 1].mean() - nll[:, start + P :].mean())
 
     lines = ["step\ttokens\tseconds\t" + "\t".join(probes)]
     t0 = time.perf_counter()
@@ -164,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     for step in range(len(plan) + 1):
         if step % a.every == 0 or step == len(plan):
             model.eval()
-            drops = [drop(P, rows) for P, rows in probes.values()]
+            drops = [drop(P, start, rows) for P, start, rows in probes.values()]
             row = [step, tokens, round(time.perf_counter() - t0)] + [round(d, 3) for d in drops]
             lines.append("\t".join(map(str, row)))
             print(" ".join(f"{h}={v}" for h, v in zip(lines[0].split("\t"), row)), flush=True)
@@ -173,13 +218,21 @@ def main(argv: list[str] | None = None) -> None:
         length, batch, top = plan[step]
         for group in optimizer.param_groups:
             group["lr"] = a.lr * min(1.0, (step + 1) / a.warmup)
-        rows = np.stack([random_periodic(rng, length, int(P), a.vocab) for P in rng.integers(lo, top + 1, batch)])
+        periods = rng.integers(lo, top + 1, batch)
+        if a.prefix is not None and step >= a.prefix:
+            prefix_lengths = [int(rng.integers(0, length - 2 * P + 1)) for P in periods]
+            rows = np.stack(
+                [prefixed(rng, length, int(P), L, a.vocab) for P, L in zip(periods, prefix_lengths, strict=True)]
+            )
+        else:
+            rows = np.stack([random_periodic(rng, length, int(P), a.vocab) for P in periods])
         k = int(round(batch * a.natural))
         if k:
             blocks = natural[: len(natural) // length * length].reshape(-1, length)
             rows[:k] = blocks[rng.integers(0, len(blocks), size=k)]
         x = torch.from_numpy(rows)
-        starts = rng.integers(0, 1024 - length + 1, size=(batch, 1)) if a.position_offsets else 0
+        offsets = a.position_offsets is not None and step >= a.position_offsets
+        starts = rng.integers(0, 1024 - length + 1, size=(batch, 1)) if offsets else 0
         positions = torch.from_numpy(starts + np.arange(length))
         model(input_ids=x, position_ids=positions.expand_as(x), labels=x).loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
