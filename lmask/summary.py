@@ -177,12 +177,9 @@ def _paired(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def repeated_drop(nll: np.ndarray) -> np.ndarray:
     """Per repeated-text document: mean NLL over its first half minus over its second half (labels 1..h-1 against
     h+1..2h-1: the first token of each half cannot be copied). The second half is the first again, so only using
-    context h tokens back lowers it: the positive control of Q1."""
-    out = np.empty(len(nll))
-    for i, row in enumerate(np.asarray(nll, dtype=np.float64)):
-        h = (int(np.isfinite(row).sum()) + 1) // 2  # 2h - 1 scored labels
-        out[i] = row[: h - 1].mean() - row[h : 2 * h - 1].mean()
-    return out
+    context h tokens back lowers it: the positive control of Q1. repeated_drop_by_source over one bucket: all of it."""
+    width = np.shape(nll)[1]
+    return repeated_drop_by_source(nll, [("all", 1, width)])[:, 0]
 
 
 def source_buckets(edges: list[int], context: int) -> list[tuple[str, int, int]]:
@@ -200,7 +197,7 @@ def repeated_drop_by_source(nll: np.ndarray, buckets: list[tuple[str, int, int]]
     bucket alone. NaN where a document's half ends before the bucket starts."""
     out = np.full((len(nll), len(buckets)), np.nan)
     for i, row in enumerate(np.asarray(nll, dtype=np.float64)):
-        h = (int(np.isfinite(row).sum()) + 1) // 2
+        h = (int(np.isfinite(row).sum()) + 1) // 2  # 2h - 1 scored labels
         for j, (_, lo, hi) in enumerate(buckets):
             pos = np.arange(lo, min(hi, h))  # label t predicts token t + 1: token p's labels are p - 1 and h + p - 1
             if len(pos):
