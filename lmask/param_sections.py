@@ -79,6 +79,7 @@ class MixParams:
     copy_rows: int = 0
     copy_context: int = 128
     copy_max_period: int = 48
+    copy_prefix: bool = False  # short copy rows begin with 0 to copy_context - 2P non-repeating ids (CopyPhase.prefix)
 
     def check(self, context: int, vocab_size: int | None = None) -> None:
         if not 0 <= self.fraction <= 1:
@@ -102,6 +103,11 @@ class MixParams:
                     f"mix: need copy_context <= data.context_length and 2 <= copy_max_period <= copy_context / 2, "
                     f"got {self.copy_context}, {self.copy_max_period}"
                 )
+        if not isinstance(self.copy_prefix, bool):
+            raise ParamsError(f"mix.copy_prefix must be true or false, got {self.copy_prefix!r}")
+        if self.copy_rows and vocab_size is not None:
+            row = {"copy_context": self.copy_context, "copy_max_period": self.copy_max_period}
+            _distinct_ids(row, self.copy_prefix, vocab_size, "mix", ("copy_context", "copy_max_period"))
 
 
 @dataclass
@@ -113,6 +119,9 @@ class CopyPhase:
     steps: int
     batch_size: int
     max_period: int
+    # Rows begin with 0 to context - 2P distinct ids that never repeat, so the first occurrence sits anywhere in the
+    # row: copying is learned only from positions where first occurrences were (README, "Where copying reaches").
+    prefix: bool = False
 
 
 @dataclass
@@ -120,7 +129,7 @@ class CopyWarmupParams:
     """The copy warm-up: training starts on rows of distinct random ids repeated with a varying period, where only
     copying lowers the loss (lmask.synthetic.copy_rows), in phases of growing context (a curriculum: induction heads
     form far sooner at short contexts, then the longer phase teaches them farther positions). Natural text follows.
-    ``phases``: a list of {context, steps, batch_size, max_period}; empty = no warm-up."""
+    ``phases``: a list of {context, steps, batch_size, max_period[, prefix]}; empty = no warm-up."""
 
     phases: list[dict[str, int]] = field(default_factory=list)
     min_period: int = 2
@@ -146,20 +155,26 @@ class CopyWarmupParams:
     def tokens(self) -> int:
         return sum(p.steps * p.batch_size * p.context for p in self.plan)
 
-    def check(self, section: str, context: int) -> None:
+    def check(self, section: str, context: int, vocab_size: int | None = None) -> None:
         keys = {"context", "steps", "batch_size", "max_period"}
         for i, phase in enumerate(self.phases):
             where = f"{section}.phases[{i}]"
-            if not isinstance(phase, dict) or set(phase) != keys:
-                raise ParamsError(f"{where} must be a mapping with exactly {sorted(keys)}, got {phase!r}")
+            if not isinstance(phase, dict) or not keys <= set(phase) <= keys | {"prefix"}:
+                raise ParamsError(
+                    f"{where} must be a mapping with {sorted(keys)} and optionally 'prefix', got {phase!r}"
+                )
             for name in sorted(keys):
                 _positive(f"{where}.{name}", phase[name])
+            if not isinstance(phase.get("prefix", False), bool):
+                raise ParamsError(f"{where}.prefix must be true or false, got {phase['prefix']!r}")
             if phase["context"] > context:
                 raise ParamsError(f"{where}.context ({phase['context']}) must be <= data.context_length ({context})")
             if not self.min_period <= phase["max_period"] <= phase["context"] // 2:
                 raise ParamsError(
                     f"{where}.max_period must be in [{section}.min_period, context / 2], got {phase['max_period']}"
                 )
+            if vocab_size is not None:
+                _distinct_ids(phase, phase.get("prefix", False), vocab_size, where, ("context", "max_period"))
         _positive(f"{section}.min_period", self.min_period)
         if self.lr <= 0 or self.warmup_steps < 0:
             raise ParamsError(f"{section}.lr must be > 0 and warmup_steps >= 0, got {self.lr}, {self.warmup_steps}")
@@ -231,8 +246,8 @@ class TrainParams:
     nproc: int = 1  # processes (DDP under torchrun); 1 = plain python
     copy_warmup: CopyWarmupParams = field(default_factory=CopyWarmupParams)
 
-    def check(self, section: str, context: int = 1 << 30) -> None:
-        self.copy_warmup.check(f"{section}.copy_warmup", context)
+    def check(self, section: str, context: int = 1 << 30, vocab_size: int | None = None) -> None:
+        self.copy_warmup.check(f"{section}.copy_warmup", context, vocab_size)
         if self.copy_warmup.steps >= self.steps:
             raise ParamsError(
                 f"{section}.copy_warmup's phases take {self.copy_warmup.steps} of {section}.steps ({self.steps}): "
@@ -422,6 +437,18 @@ class BenchmarkParams:
 def _choice(name: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         raise ParamsError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+def _distinct_ids(row: dict[str, int], prefix: bool, vocab_size: int, where: str, keys: tuple[str, str]) -> None:
+    """A copy row's ids are distinct (lmask.synthetic.random_periodic): up to context - 1 of them when prefixed (prefix
+    + period = context - period), max_period otherwise; the vocabulary less id 0 must hold them. ``keys``: the names
+    of the context and longest-period fields in ``row``."""
+    key = keys[0] if prefix else keys[1]
+    needed = row[keys[0]] - 1 if prefix else row[keys[1]]
+    if needed > vocab_size - 1:
+        raise ParamsError(
+            f"{where}.{key} ({row[key]}) needs {needed} distinct ids, more than the vocabulary ({vocab_size}) has"
+        )
 
 
 def _positive(name: str, value: Any) -> None:

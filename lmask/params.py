@@ -106,9 +106,10 @@ class Params:
         self.report.check(ctx)
         self.evaluate.check(ctx)
         self.benchmark.check()
-        self.mix.check(ctx, self.tokenizer.vocab_size if self.tokenizer.kind == "bpe" else None)
-        self.train.check("train", ctx)
-        self.masked.check("masked", ctx)
+        vocab = self.tokenizer.vocab_size if self.tokenizer.kind == "bpe" else None  # gpt2's 50257 holds any row
+        self.mix.check(ctx, vocab)
+        self.train.check("train", ctx, vocab)
+        self.masked.check("masked", ctx, vocab)
         self.copy.check(ctx)
         self.generation.check(ctx)
         self.analysis.check(n_layer)

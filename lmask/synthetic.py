@@ -31,30 +31,46 @@ def periodic_text(row: np.ndarray, rng: np.random.Generator, period: int) -> np.
     return np.resize(row[start : start + period], len(row))
 
 
-def random_periodic(rng: np.random.Generator, length: int, period: int, vocab_size: int) -> np.ndarray:
-    """``period`` distinct uniform random token ids (never id 0, the end-of-text token here), repeated to ``length``.
-    Only copying predicts anything after the first period; distinct ids make the copy unambiguous (a repeated id
-    inside the segment would have two successors), and a varying period leaves no fixed offset to attend to."""
-    return np.resize(rng.choice(np.arange(1, vocab_size), size=period, replace=False), length)
+def random_periodic(rng: np.random.Generator, length: int, period: int, vocab_size: int, prefix: int = 0) -> np.ndarray:
+    """``period`` distinct uniform random token ids (never id 0, the end-of-text token here), repeated to ``length``,
+    after ``prefix`` other distinct ids that never repeat. Only copying predicts anything after the first period;
+    distinct ids make the copy unambiguous (a repeated id inside the segment would have two successors), a varying
+    period leaves no fixed offset to attend to, and a varying prefix moves the first occurrence through the row:
+    copying is learned only from the positions where training put first occurrences (README)."""
+    ids = rng.choice(np.arange(1, vocab_size), size=prefix + period, replace=False)
+    return np.concatenate([ids[:prefix], np.resize(ids[prefix:], length - prefix)])
 
 
 def copy_rows(
-    n: int, length: int, min_period: int, max_period: int, vocab_size: int, seed: int, step: int
+    n: int,
+    length: int,
+    min_period: int,
+    max_period: int,
+    vocab_size: int,
+    seed: int,
+    step: int,
+    prefixed: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A batch of ``random_periodic`` rows for a copy warm-up step, and each row's period: a function of (seed, step)
-    alone, like every other batch."""
+    """A batch of ``random_periodic`` rows for a copy warm-up step, and each row's copy start: the first position
+    that copying predicts (its period, plus its prefix when ``prefixed``: a prefix of 0 to length - 2 * period ids,
+    so that the row still repeats its segment once). A function of (seed, step) alone, like every other batch."""
     rng = np.random.default_rng([seed, step, 2])
     periods = rng.integers(min_period, max_period + 1, size=n)
-    return np.stack([random_periodic(rng, length, int(p), vocab_size) for p in periods]), periods
+    rows, starts = [], []
+    for period in periods.tolist():
+        prefix = int(rng.integers(0, length - 2 * period + 1)) if prefixed else 0
+        rows.append(random_periodic(rng, length, period, vocab_size, prefix))
+        starts.append(prefix + period)
+    return np.stack(rows), np.array(starts, dtype=np.int64)
 
 
 def mix_batch(
     blocks: np.ndarray, mix: MixParams, seed: int, step: int, vocab_size: int, rng_stream: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
     """Replace a ``mix.fraction`` share of a step's natural-text rows by periodic rows (a new array; the input is
-    not changed), and return each row's period (0 = natural text). ``mix.kind`` random: distinct random ids repeated
-    (only copying pays); natural: a segment of the row's own text repeated. Which rows, their periods and segments
-    depend on (seed, step) only."""
+    not changed), and return each row's period (its copy start; 0 = natural text). ``mix.kind`` random: distinct
+    random ids repeated (only copying pays); natural: a segment of the row's own text repeated. Which rows, their
+    periods and segments depend on (seed, step) only."""
     periods = np.zeros(len(blocks), dtype=np.int64)
     if mix.fraction == 0:
         return blocks, periods

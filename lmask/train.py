@@ -108,13 +108,14 @@ class Run:
 
 @dataclass
 class Batch:
-    """One step's global batch: token rows and each row's period (0 = natural text), and optionally a second group of
-    shorter rows (the short copy rows of ``mix.copy_rows``) trained in the same step."""
+    """One step's global batch: token rows and each row's copy start (the first position copying predicts: the
+    period, after any prefix; 0 = natural text), and optionally a second group of shorter rows (the short copy rows of
+    ``mix.copy_rows``) trained in the same step."""
 
     rows: np.ndarray
-    periods: np.ndarray
+    copy_start: np.ndarray
     short_rows: np.ndarray | None = None
-    short_periods: np.ndarray | None = None
+    short_copy_start: np.ndarray | None = None
 
     @property
     def labels(self) -> int:
@@ -132,27 +133,29 @@ def step_batch(step: int, blocks: np.ndarray, cfg: TrainParams, mix: MixParams, 
     phase = cfg.copy_warmup.phase_at(step)
     min_period = cfg.copy_warmup.min_period
     if phase is not None:
-        rows, periods = copy_rows(phase.batch_size, phase.context, min_period, phase.max_period, vocab_size, seed, step)
-        return Batch(rows, periods)
-    rows, periods = mix_batch(
+        rows, starts = copy_rows(
+            phase.batch_size, phase.context, min_period, phase.max_period, vocab_size, seed, step, phase.prefix
+        )
+        return Batch(rows, starts)
+    rows, starts = mix_batch(
         blocks[batch_indices(step, len(blocks), cfg.batch_size, seed)], mix, seed, step, vocab_size
     )
     if not mix.copy_rows:
-        return Batch(rows, periods)
-    short, short_periods = copy_rows(
-        mix.copy_rows, mix.copy_context, min_period, mix.copy_max_period, vocab_size, seed, step
+        return Batch(rows, starts)
+    short, short_starts = copy_rows(
+        mix.copy_rows, mix.copy_context, min_period, mix.copy_max_period, vocab_size, seed, step, mix.copy_prefix
     )
-    return Batch(rows, periods, short, short_periods)
+    return Batch(rows, starts, short, short_starts)
 
 
-def row_losses(logits: torch.Tensor, x: torch.Tensor, periods: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def row_losses(logits: torch.Tensor, x: torch.Tensor, copy_start: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """(summed next-token loss over all labels, and the sums [loss, labels] over all labels, natural rows, and
-    periodic rows after their first period). The first is what trains (divided by the step's labels); the parts are
+    periodic rows from their copy start on). The first is what trains (divided by the step's labels); the parts are
     logged apart so that copying's onset shows."""
     nll = next_token_nll(logits, x)
     label_pos = torch.arange(1, x.shape[1], device=x.device)[None, :]
-    natural = (periods == 0)[:, None].expand_as(nll)
-    copied = (periods[:, None] > 0) & (label_pos >= periods[:, None])
+    natural = (copy_start == 0)[:, None].expand_as(nll)
+    copied = (copy_start[:, None] > 0) & (label_pos >= copy_start[:, None])
     parts = [nll.sum(), nll.numel(), (nll * natural).sum(), natural.sum(), (nll * copied).sum(), copied.sum()]
     return nll.sum(), torch.stack([torch.as_tensor(p, dtype=nll.dtype, device=nll.device) for p in parts]).detach()
 
@@ -318,23 +321,23 @@ def accumulate_gradients(
     """Forward and backward of this rank's shard of ``batch`` in micro-batches (gradients summed, DDP synchronised on
     the last pass); the loss is the mean over every label of the global batch, long and short rows alike. Returns the
     loss sums over the global batch (lmask.train.row_losses' six)."""
-    groups = [(batch.rows, batch.periods, micro)]
+    groups = [(batch.rows, batch.copy_start, micro)]
     if batch.short_rows is not None:
-        groups.append((batch.short_rows, batch.short_periods, len(batch.short_rows)))
+        groups.append((batch.short_rows, batch.short_copy_start, len(batch.short_rows)))
     passes = [
-        (rows[world.rank * shard : (world.rank + 1) * shard], periods[world.rank * shard : (world.rank + 1) * shard], m)
-        for rows, periods, m in groups
+        (rows[world.rank * shard : (world.rank + 1) * shard], starts[world.rank * shard : (world.rank + 1) * shard], m)
+        for rows, starts, m in groups
         for shard in [len(rows) // world.world_size]
     ]
     chunks = [(r[k : k + m], p[k : k + m]) for r, p, m in passes for k in range(0, len(r), min(m, len(r)))]
     labels = batch.labels / world.world_size  # this rank's share: DDP averages the ranks' gradients
     sums = torch.zeros(6, device=device)
-    for i, (rows, periods) in enumerate(chunks):
+    for i, (rows, starts) in enumerate(chunks):
         x = torch.from_numpy(rows).to(device)
-        per = torch.from_numpy(periods).to(device)
+        copy_start = torch.from_numpy(starts).to(device)
         sync = i == len(chunks) - 1 or not world.enabled
         with nullcontext() if sync else ddp_model.no_sync(), autocast(device):
-            loss, part = row_losses(ddp_model(input_ids=x).logits, x, per)
+            loss, part = row_losses(ddp_model(input_ids=x).logits, x, copy_start)
         (loss / labels).backward()
         sums += part
     # Summed over ranks: the value logged, and the one every rank checks, so a NaN on any rank stops all of them

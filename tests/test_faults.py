@@ -966,19 +966,6 @@ def test_copy_onset_prints_the_asked_probes_and_offsets_or_fixed_positions_chang
     assert all(c[1] != curves[0][1] for c in curves[1:])
 
 
-def test_copy_onset_prefixed_rows_put_the_first_occurrence_where_asked():
-    """--prefix and --reach rows: START distinct ids, then a P-id segment repeated to the row's end; no id twice
-    before the repeats, none 0 (the end-of-text id)."""
-    from tools.copy_onset import prefixed
-
-    rng = np.random.default_rng(0)
-    for start, period, length in ((0, 5, 12), (7, 3, 13), (20, 4, 28)):
-        row = prefixed(rng, length, period, start, vocab=64)
-        assert len(row) == length and 0 not in row
-        assert len(set(row[: start + period])) == start + period
-        assert (row[start + period :] == row[start : length - period]).all()
-
-
 def test_copy_onset_trains_a_curriculum_phase_by_phase(tmp_path):
     """--phase T STEPS BATCH HI, twice: the tokens column counts each phase's rows at its own length (2 steps x 4
     rows x 16 tokens, then 1 x 2 x 32), the curve ends at the last step, and the built-in probes follow the last

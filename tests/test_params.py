@@ -57,6 +57,7 @@ def test_params_error_is_a_value_error():
     assert issubclass(ParamsError, ValueError)
 
 
+PHASE = {"context": 512, "steps": 2, "batch_size": 2, "max_period": 8}  # a copy warm-up phase the default accepts
 BAD = [
     # (changes, dotted field the message must contain)
     ({"schedules.half.end_windw": 16}, "schedules.half.end_windw"),
@@ -120,6 +121,19 @@ BAD = [
     ({"seed": "x"}, "seed"),
     ({"mix.fraction": 1.5}, "mix.fraction"),
     ({"mix.max_period": 1024}, "mix"),
+    ({"mix.copy_prefix": "no"}, "mix.copy_prefix"),
+    # prefixed short copy rows need up to copy_context - 1 distinct ids
+    (
+        {"mix.copy_rows": 2, "mix.copy_context": 512, "mix.copy_prefix": True, "tokenizer.vocab_size": 260},
+        "mix.copy_context",
+    ),
+    ({"train.copy_warmup.phases": [{**PHASE, "prefix": "yes"}]}, "train.copy_warmup.phases[0].prefix"),
+    ({"train.copy_warmup.phases": [{**PHASE, "prefx": True}]}, "train.copy_warmup.phases[0]"),
+    (
+        {"train.copy_warmup.phases": [{**PHASE, "context": 1024, "max_period": 300}], "tokenizer.vocab_size": 260},
+        "phases[0].max_period",
+    ),
+    ({"train.copy_warmup.phases": [{**PHASE, "prefix": True}], "tokenizer.vocab_size": 260}, "phases[0].context"),
     ({"report.confidence": 2}, "report.confidence"),
     ({"report.bootstrap_samples": 10}, "report.bootstrap_samples"),
     ({"benchmark.seq_lens": []}, "benchmark.seq_lens"),

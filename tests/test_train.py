@@ -232,6 +232,72 @@ def test_random_periodic_rows_repeat_distinct_ids_with_their_period():
         assert np.array_equal(x, np.resize(segment, len(x)))
 
 
+def test_prefixed_copy_rows_move_the_first_occurrence_through_the_row():
+    """prefixed: each row begins with 0 to length - 2P ids seen nowhere else in it, then P distinct ids repeated to
+    the end; the copy start is prefix + P. Unprefixed rows are the same draws as before the option existed (written
+    out here: periods first, then each row's distinct ids), so the default's models did not change."""
+    from lmask.synthetic import copy_rows
+
+    rows, starts = copy_rows(200, 40, 2, 9, 300, seed=3, step=11, prefixed=True)
+    prefixes = []
+    for x, start in zip(rows, starts, strict=True):
+        period = next(p for p in range(2, 10) if np.array_equal(x[start:], x[start - p : -p]) and start - p >= 0)
+        prefix = start - period
+        assert 0 <= prefix <= 40 - 2 * period and 0 not in x
+        assert len(set(x[:start].tolist())) == start  # prefix and first period: all distinct
+        assert np.array_equal(x[prefix:], np.resize(x[prefix:start], 40 - prefix))
+        prefixes.append(prefix)
+    assert min(prefixes) == 0 and max(prefixes) >= 30  # first occurrences spread over the row
+    rng = np.random.default_rng([3, 11, 2])
+    periods = rng.integers(2, 10, size=30)
+    reference = [np.resize(rng.choice(np.arange(1, 300), size=p, replace=False), 40) for p in periods]
+    plain, plain_starts = copy_rows(30, 40, 2, 9, 300, seed=3, step=11)
+    assert np.array_equal(plain, np.stack(reference)) and np.array_equal(plain_starts, periods)
+
+
+def test_random_periodic_puts_the_first_occurrence_after_its_prefix():
+    """prefix = START (tools.copy_onset's --prefix and --reach rows too): START distinct ids, then a P-id segment
+    repeated to the row's end; no id twice before the repeats, none 0 (the end-of-text id)."""
+    from lmask.synthetic import random_periodic
+
+    rng = np.random.default_rng(0)
+    for start, period, length in ((0, 5, 12), (7, 3, 13), (20, 4, 28)):
+        row = random_periodic(rng, length, period, 64, prefix=start)
+        assert len(row) == length and 0 not in row
+        assert len(set(row[: start + period])) == start + period
+        assert (row[start + period :] == row[start : length - period]).all()
+
+
+def test_copy_loss_counts_labels_from_each_rows_copy_start():
+    """row_losses' copy part covers exactly the labels at positions >= copy start of periodic rows, and its natural
+    part the natural rows: with uniform logits every label costs ln V, so the sums are counts times ln V."""
+    V, T = 11, 12
+    x = torch.ones(3, T, dtype=torch.long)
+    starts = torch.tensor([0, 3, 7])  # natural, copy from position 3, copy from position 7 (a prefixed row)
+    total, parts = lmask.train.row_losses(torch.zeros(3, T, V), x, starts)
+    ln_v = math.log(V)
+    copied = (T - 3) + (T - 7)  # labels are positions 1..T-1
+    assert parts[1] == 3 * (T - 1) and parts[3] == T - 1 and parts[5] == copied
+    assert math.isclose(float(total), 3 * (T - 1) * ln_v, rel_tol=1e-6)
+    assert math.isclose(float(parts[4]), copied * ln_v, rel_tol=1e-6)
+
+
+def test_prefixed_warmup_phase_and_short_rows_reach_the_batch():
+    """A phase's prefix: true and mix.copy_prefix give prefixed rows in the step's batch (copy start beyond the
+    period for some rows); without them every copy start is the row's period."""
+    params = load_params()
+    phase = {"context": 64, "steps": 2, "batch_size": 8, "max_period": 6}
+    mix = dataclasses.replace(params.mix, fraction=0.0, copy_rows=8, copy_context=64, copy_max_period=6)
+    blocks = np.zeros((10, 64), dtype=np.int64)
+    for prefix in (False, True):
+        cw = dataclasses.replace(params.train.copy_warmup, phases=[{**phase, "prefix": prefix}])
+        cfg = dataclasses.replace(params.train, copy_warmup=cw)
+        warm = lmask.train.step_batch(0, blocks, cfg, mix, 7, 320)
+        short = lmask.train.step_batch(5, blocks, cfg, dataclasses.replace(mix, copy_prefix=prefix), 7, 320)
+        for starts in (warm.copy_start, short.short_copy_start):
+            assert (starts > 6).any() == prefix and (starts >= 2).all()
+
+
 def test_periodic_and_natural_losses_are_logged_apart(workdir):
     """dvclive gets the loss on natural rows and, apart, on periodic rows after their first period (copying's onset
     shows there), including during a copy warm-up."""
@@ -299,8 +365,8 @@ def test_short_copy_rows_train_beside_natural_blocks(workdir):
     params = load_params()
     mix = dataclasses.replace(params.mix, fraction=0.0, copy_rows=3, copy_context=16, copy_max_period=6)
     batch = lmask.train.step_batch(5, np.zeros((10, 64), dtype=np.int64), params.train, mix, 7, 320)
-    assert batch.rows.shape == (4, 64) and not batch.periods.any()
-    assert batch.short_rows.shape == (3, 16) and all(2 <= p <= 6 for p in batch.short_periods)
+    assert batch.rows.shape == (4, 64) and not batch.copy_start.any()
+    assert batch.short_rows.shape == (3, 16) and all(2 <= p <= 6 for p in batch.short_copy_start)
     assert batch.labels == 4 * 63 + 3 * 15 and batch.tokens == 4 * 64 + 3 * 16
     train(dataclasses.replace(params, mix=mix))
     plots = Path("metrics/train/baseline/plots/metrics")

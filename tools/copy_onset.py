@@ -154,13 +154,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
-def prefixed(rng: np.random.Generator, length: int, period: int, start: int, vocab: int) -> np.ndarray:
-    """``start`` distinct random ids, then ``period`` others repeated to ``length``: a periodic row whose first
-    occurrence begins at ``start`` (ids never 0, all distinct, so every copy is unambiguous)."""
-    ids = rng.choice(np.arange(1, vocab), size=start + period, replace=False)
-    return np.concatenate([ids[:start], np.resize(ids[start:], length - start)])
-
-
 def main(argv: list[str] | None = None) -> None:
     a = parse(argv)
     from lmask.determinism import pin_cpu
@@ -189,7 +182,8 @@ def main(argv: list[str] | None = None) -> None:
         k: (P, 0, np.stack([random_periodic(held, T, P, a.vocab) for _ in range(16)])) for k, (P, T) in probes.items()
     }
     probes |= {
-        f"R{P}@{L}": (P, L, np.stack([prefixed(held, L + 2 * P, P, L, a.vocab) for _ in range(16)])) for P, L in a.reach
+        f"R{P}@{L}": (P, L, np.stack([random_periodic(held, L + 2 * P, P, a.vocab, L) for _ in range(16)]))
+        for P, L in a.reach
     }
     natural = np.load(a.data / "train.npy").astype(np.int64).ravel() if a.natural else None
 
@@ -222,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
         if a.prefix is not None and step >= a.prefix:
             prefix_lengths = [int(rng.integers(0, length - 2 * P + 1)) for P in periods]
             rows = np.stack(
-                [prefixed(rng, length, int(P), L, a.vocab) for P, L in zip(periods, prefix_lengths, strict=True)]
+                [random_periodic(rng, length, int(P), a.vocab, L) for P, L in zip(periods, prefix_lengths, strict=True)]
             )
         else:
             rows = np.stack([random_periodic(rng, length, int(P), a.vocab) for P in periods])
