@@ -303,3 +303,22 @@ def test_gpu_benchmark_names_every_record_that_missed_flex_attention():
         "fwd_bwd@1024 (band, blocked, causal)",
     ]
     assert missing_flex(schedule, records, "cpu") == []  # backend auto never picks flex on a CPU
+
+
+def test_long_prefix_preset_stacks_on_long(params_copy):
+    """presets/long-prefix.yaml on top of the long preset: the long preset's first warm-up phase and natural phase
+    unchanged (800 steps), the second phase prefixed, a third phase of prefixed 512-token rows (5.12M warm-up tokens
+    in all), prefixed short copy rows and a fixed position table."""
+    apply_preset("long", params_copy)
+    long = load_params(params_copy)
+    apply_preset("long-prefix", params_copy, stack=True)
+    p = load_params(params_copy)
+    first, second, third = p.train.copy_warmup.plan
+    assert first == long.train.copy_warmup.plan[0] and not first.prefix
+    assert (second.context, second.steps, second.prefix) == (128, 2000, True)
+    assert (third.context, third.steps, third.batch_size, third.max_period, third.prefix) == (512, 1500, 2, 48, True)
+    assert p.train.copy_warmup.tokens() == 5_120_000
+    assert p.train.steps - p.train.copy_warmup.steps == long.train.steps - long.train.copy_warmup.steps == 800
+    assert p.mix.copy_prefix and not long.mix.copy_prefix and p.mix.copy_rows == long.mix.copy_rows == 4
+    assert p.model.train_positions is False and long.model.train_positions is True
+    assert params_copy.read_text().startswith("# presets applied: long, long-prefix\n")
