@@ -79,7 +79,7 @@ class MixParams:
     copy_rows: int = 0
     copy_context: int = 128
     copy_max_period: int = 48
-    copy_prefix: bool = False  # short copy rows begin with 0 to copy_context - 2P non-repeating ids (CopyPhase.prefix)
+    copy_prefix: bool | float = False  # share of short copy rows that begin with non-repeating ids (CopyPhase.prefix)
 
     def check(self, context: int, vocab_size: int | None = None) -> None:
         if not 0 <= self.fraction <= 1:
@@ -92,8 +92,8 @@ class MixParams:
                 f"mix: need min_period <= max_period < data.context_length ({self.min_period}, {self.max_period}, "
                 f"{context})"
             )
-        if self.kind == "random" and vocab_size is not None and self.max_period >= vocab_size:
-            raise ParamsError(f"mix.max_period ({self.max_period}) must be below the vocabulary ({vocab_size})")
+        if self.kind == "random" and vocab_size is not None:
+            _ids_fit("mix.max_period", self.max_period, self.max_period, vocab_size)
         if self.copy_rows < 0:
             raise ParamsError(f"mix.copy_rows must be >= 0, got {self.copy_rows}")
         if self.copy_rows:
@@ -103,11 +103,16 @@ class MixParams:
                     f"mix: need copy_context <= data.context_length and 2 <= copy_max_period <= copy_context / 2, "
                     f"got {self.copy_context}, {self.copy_max_period}"
                 )
-        if not isinstance(self.copy_prefix, bool):
-            raise ParamsError(f"mix.copy_prefix must be true or false, got {self.copy_prefix!r}")
+        _share("mix.copy_prefix", self.copy_prefix)
         if self.copy_rows and vocab_size is not None:
-            row = {"copy_context": self.copy_context, "copy_max_period": self.copy_max_period}
-            _distinct_ids(row, self.copy_prefix, vocab_size, "mix", ("copy_context", "copy_max_period"))
+            _copy_ids_fit(
+                "mix.copy_context",
+                "mix.copy_max_period",
+                self.copy_context,
+                self.copy_max_period,
+                self.copy_prefix,
+                vocab_size,
+            )
 
 
 @dataclass
@@ -119,9 +124,10 @@ class CopyPhase:
     steps: int
     batch_size: int
     max_period: int
-    # Rows begin with 0 to context - 2P distinct ids that never repeat, so the first occurrence sits anywhere in the
-    # row: copying is learned only from positions where first occurrences were (README, "Where copying reaches").
-    prefix: bool = False
+    # The share of rows (true = all) that begin with 0 to context - 2P distinct ids that never repeat, so the first
+    # occurrence sits anywhere in the row: copying is learned only from positions where first occurrences were. All
+    # rows prefixed at once broke formed heads; half kept them (README, "Where copying reaches").
+    prefix: bool | float = False
 
 
 @dataclass
@@ -165,8 +171,7 @@ class CopyWarmupParams:
                 )
             for name in sorted(keys):
                 _positive(f"{where}.{name}", phase[name])
-            if not isinstance(phase.get("prefix", False), bool):
-                raise ParamsError(f"{where}.prefix must be true or false, got {phase['prefix']!r}")
+            _share(f"{where}.prefix", phase.get("prefix", False))
             if phase["context"] > context:
                 raise ParamsError(f"{where}.context ({phase['context']}) must be <= data.context_length ({context})")
             if not self.min_period <= phase["max_period"] <= phase["context"] // 2:
@@ -174,7 +179,14 @@ class CopyWarmupParams:
                     f"{where}.max_period must be in [{section}.min_period, context / 2], got {phase['max_period']}"
                 )
             if vocab_size is not None:
-                _distinct_ids(phase, phase.get("prefix", False), vocab_size, where, ("context", "max_period"))
+                _copy_ids_fit(
+                    f"{where}.context",
+                    f"{where}.max_period",
+                    phase["context"],
+                    phase["max_period"],
+                    phase.get("prefix", False),
+                    vocab_size,
+                )
         _positive(f"{section}.min_period", self.min_period)
         if self.lr <= 0 or self.warmup_steps < 0:
             raise ParamsError(f"{section}.lr must be > 0 and warmup_steps >= 0, got {self.lr}, {self.warmup_steps}")
@@ -439,16 +451,26 @@ def _choice(name: str, value: Any, choices: tuple) -> None:
         raise ParamsError(f"{name} must be one of {list(choices)}, got {value!r}")
 
 
-def _distinct_ids(row: dict[str, int], prefix: bool, vocab_size: int, where: str, keys: tuple[str, str]) -> None:
-    """A copy row's ids are distinct (lmask.synthetic.random_periodic): up to context - 1 of them when prefixed (prefix
-    + period = context - period), max_period otherwise; the vocabulary less id 0 must hold them. ``keys``: the names
-    of the context and longest-period fields in ``row``."""
-    key = keys[0] if prefix else keys[1]
-    needed = row[keys[0]] - 1 if prefix else row[keys[1]]
+def _copy_ids_fit(
+    context_name: str, period_name: str, context: int, max_period: int, prefixed: bool | float, vocab_size: int
+) -> None:
+    """A copy row's ids are distinct (lmask.synthetic.random_periodic): up to context - 1 of them in a prefixed row
+    (prefix + period = context - period), max_period in an unprefixed one."""
+    if prefixed:
+        _ids_fit(context_name, context, context - 1, vocab_size)
+    _ids_fit(period_name, max_period, max_period, vocab_size)
+
+
+def _ids_fit(name: str, value: int, needed: int, vocab_size: int) -> None:
+    """``needed`` distinct ids, never id 0 (the end-of-text token), fit the vocabulary."""
     if needed > vocab_size - 1:
-        raise ParamsError(
-            f"{where}.{key} ({row[key]}) needs {needed} distinct ids, more than the vocabulary ({vocab_size}) has"
-        )
+        raise ParamsError(f"{name} ({value}) needs {needed} distinct ids, more than the vocabulary ({vocab_size}) has")
+
+
+def _share(name: str, value: Any) -> None:
+    """A share of rows: true (all), false (none), or a number in [0, 1]."""
+    if not (isinstance(value, bool) or (isinstance(value, int | float) and 0 <= value <= 1)):
+        raise ParamsError(f"{name} must be true, false or a share in [0, 1], got {value!r}")
 
 
 def _positive(name: str, value: Any) -> None:

@@ -18,6 +18,7 @@ occurrence and scores exactly 0.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,19 +50,27 @@ def copy_rows(
     vocab_size: int,
     seed: int,
     step: int,
-    prefixed: bool = False,
+    prefixed: bool | float = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A batch of ``random_periodic`` rows for a copy warm-up step, and each row's copy start: the first position
-    that copying predicts (its period, plus its prefix when ``prefixed``: a prefix of 0 to length - 2 * period ids,
-    so that the row still repeats its segment once). A function of (seed, step) alone, like every other batch."""
+    that copying predicts (its period, plus its prefix in a prefixed row: 0 to length - 2 * period ids, so that the
+    row still repeats its segment once). ``prefixed``: the share of rows with a prefix, the first
+    prefixed_row_count(n, prefixed) of them (true = all; unprefixed rows keep rewarding copying from a row's start
+    while prefixed ones teach later sources: README). A function of (seed, step) alone, like every other batch."""
     rng = np.random.default_rng([seed, step, 2])
     periods = rng.integers(min_period, max_period + 1, size=n)
+    k = prefixed_row_count(n, prefixed)
     rows, starts = [], []
-    for period in periods.tolist():
-        prefix = int(rng.integers(0, length - 2 * period + 1)) if prefixed else 0
+    for row, period in enumerate(periods.tolist()):
+        prefix = int(rng.integers(0, length - 2 * period + 1)) if row < k else 0
         rows.append(random_periodic(rng, length, period, vocab_size, prefix))
         starts.append(prefix + period)
     return np.stack(rows), np.array(starts, dtype=np.int64)
+
+
+def prefixed_row_count(n: int, share: float) -> int:
+    """How many of a step's ``n`` copy rows are prefixed: ``share`` of them, rounded half up (1 of 2 at 0.5)."""
+    return min(n, math.floor(n * float(share) + 0.5))
 
 
 def mix_batch(
@@ -154,6 +163,7 @@ __all__ = [
     "mix_batch",
     "natural_span",
     "periodic_text",
+    "prefixed_row_count",
     "random_periodic",
     "repeated_text_documents",
 ]

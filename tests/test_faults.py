@@ -474,6 +474,7 @@ def one_tool_error(proc: subprocess.CompletedProcess, prog: str) -> str:
         "ab_band",
         "copy_onset",
         "copy_recipe",
+        "prefix_switch",
         "gpu_smoke",
         "gpu_benchmark",
     ],
@@ -978,3 +979,44 @@ def test_copy_onset_trains_a_curriculum_phase_by_phase(tmp_path):
     header, *rows = [line.split("\t") for line in tsv.read_text().splitlines()]
     assert header == ["step", "tokens", "seconds", "P5", "P16"]
     assert [(r[0], r[1]) for r in rows] == [("0", "0"), ("2", "128"), ("3", "192")]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--share", "1.5"], "--share 1.5: must be in [0, 1]"),
+        (["--params", "no/such.yaml"], "no/such.yaml: params file not found"),
+        (["--max-period", "80"], "--max-period 80 --context 128: need"),
+        (["--data", "no/such/folder"], "no/such/folder/tokenized/train.npy: not found"),
+    ],
+)
+def test_prefix_switch_refuses_bad_input_in_one_line(args, expected):
+    assert expected in one_tool_error(tool(["tools.prefix_switch", *args]), "prefix_switch")
+
+
+def test_prefix_switch_trains_the_first_phase_once_then_each_share_from_it(tiny_pipeline, tmp_path):
+    """The tiny pipeline with a 2-step first warm-up phase: the first call trains baseline 0 to step 2 (the stage's
+    own training, stopped there) and every share starts from that checkpoint (the same copy losses at step 2), then
+    trains other weights (share 1 and 0 differ at step 4); a second call reuses the checkpoint and prints the same
+    numbers. Params without a warm-up are refused in one line."""
+    raw = yaml.safe_load((tiny_pipeline / "params.yaml").read_text())
+    common = ["--data", str(tiny_pipeline / "data"), "--checkpoints", str(tmp_path / "ck")]
+    common += ["--context", "16", "--max-period", "4", "--batch", "4", "--steps", "2", "--every", "1"]
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(yaml.safe_dump(raw))
+    assert "train.copy_warmup.phases is empty" in one_tool_error(
+        tool(["tools.prefix_switch", "--params", str(plain), *common], cwd=tiny_pipeline), "prefix_switch"
+    )
+    raw["train"]["copy_warmup"]["phases"] = [{"context": 16, "steps": 2, "batch_size": 4, "max_period": 4}]
+    warm = tmp_path / "warm.yaml"
+    warm.write_text(yaml.safe_dump(raw))
+    args = ["tools.prefix_switch", "--params", str(warm), *common, "--share", "1", "0"]
+    first, second = (tool(args, cwd=tiny_pipeline) for _ in range(2))
+    assert first.returncode == 0 and second.returncode == 0, first.stderr[-3000:] + second.stderr[-3000:]
+    assert "training baseline 0 to step 2" in first.stdout and "training baseline" not in second.stdout
+    lines = [line for line in first.stdout.splitlines() if line.startswith("share ")]
+    assert lines == [line for line in second.stdout.splitlines() if line.startswith("share ")]
+    curve = {line.split(":")[0]: line.split(": ")[1] for line in lines}
+    assert list(curve) == [f"share {s} step {k}" for s in (1, 0) for k in (2, 3, 4)]
+    assert curve["share 1 step 2"] == curve["share 0 step 2"]
+    assert curve["share 1 step 4"] != curve["share 0 step 4"]

@@ -128,6 +128,14 @@ BAD = [
         "mix.copy_context",
     ),
     ({"train.copy_warmup.phases": [{**PHASE, "prefix": "yes"}]}, "train.copy_warmup.phases[0].prefix"),
+    ({"train.copy_warmup.phases": [{**PHASE, "prefix": 1.5}]}, "train.copy_warmup.phases[0].prefix"),
+    ({"mix.copy_prefix": -0.5}, "mix.copy_prefix"),
+    # a share of prefixed rows needs as many distinct ids as all of them
+    (
+        {"mix.copy_rows": 2, "mix.copy_context": 512, "mix.copy_prefix": 0.5, "tokenizer.vocab_size": 260},
+        "mix.copy_context",
+    ),
+    ({"mix.kind": "random", "mix.max_period": 300, "tokenizer.vocab_size": 260}, "mix.max_period"),
     ({"train.copy_warmup.phases": [{**PHASE, "prefx": True}]}, "train.copy_warmup.phases[0]"),
     (
         {"train.copy_warmup.phases": [{**PHASE, "context": 1024, "max_period": 300}], "tokenizer.vocab_size": 260},

@@ -255,6 +255,30 @@ def test_prefixed_copy_rows_move_the_first_occurrence_through_the_row():
     assert np.array_equal(plain, np.stack(reference)) and np.array_equal(plain_starts, periods)
 
 
+def test_a_prefix_share_prefixes_the_first_rows_of_each_step():
+    """prefixed = 0.5: the first half of the rows (rounded half up) are prefixed, the rest are not; the draws follow
+    the documented order (periods, then per row its prefix length if prefixed and its distinct ids), written out here
+    as a reference; true and 1.0 are the same draws, as are false and 0."""
+    from lmask.synthetic import copy_rows
+
+    L, V, seed, step = 40, 300, 5, 9
+    for n, k in ((6, 3), (5, 3), (2, 1), (1, 1)):
+        rng = np.random.default_rng([seed, step, 2])
+        periods = rng.integers(2, 10, size=n)
+        reference, reference_starts = [], []
+        for row, p in enumerate(periods):
+            prefix = int(rng.integers(0, L - 2 * p + 1)) if row < k else 0
+            ids = rng.choice(np.arange(1, V), size=prefix + p, replace=False)
+            reference.append(np.concatenate([ids[:prefix], np.resize(ids[prefix:], L - prefix)]))
+            reference_starts.append(prefix + p)
+        rows, starts = copy_rows(n, L, 2, 9, V, seed, step, prefixed=0.5)
+        assert np.array_equal(rows, np.stack(reference)) and starts.tolist() == reference_starts
+        assert np.array_equal(starts[k:], periods[k:])  # the unprefixed rows copy from their first period
+    for share, flag in ((1.0, True), (0, False)):
+        a, b = copy_rows(16, L, 2, 9, V, seed, step, prefixed=share), copy_rows(16, L, 2, 9, V, seed, step, flag)
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
 def test_random_periodic_puts_the_first_occurrence_after_its_prefix():
     """prefix = START (tools.copy_onset's --prefix and --reach rows too): START distinct ids, then a P-id segment
     repeated to the row's end; no id twice before the repeats, none 0 (the end-of-text id)."""
@@ -283,19 +307,21 @@ def test_copy_loss_counts_labels_from_each_rows_copy_start():
 
 
 def test_prefixed_warmup_phase_and_short_rows_reach_the_batch():
-    """A phase's prefix: true and mix.copy_prefix give prefixed rows in the step's batch (copy start beyond the
-    period for some rows); without them every copy start is the row's period."""
+    """A phase's prefix (true, or a share) and mix.copy_prefix give prefixed rows in the step's batch (copy start beyond
+    the period for some rows); without them every copy start is the row's period."""
     params = load_params()
     phase = {"context": 64, "steps": 2, "batch_size": 8, "max_period": 6}
     mix = dataclasses.replace(params.mix, fraction=0.0, copy_rows=8, copy_context=64, copy_max_period=6)
     blocks = np.zeros((10, 64), dtype=np.int64)
-    for prefix in (False, True):
+    for prefix in (False, True, 0.5):
         cw = dataclasses.replace(params.train.copy_warmup, phases=[{**phase, "prefix": prefix}])
         cfg = dataclasses.replace(params.train, copy_warmup=cw)
         warm = lmask.train.step_batch(0, blocks, cfg, mix, 7, 320)
         short = lmask.train.step_batch(5, blocks, cfg, dataclasses.replace(mix, copy_prefix=prefix), 7, 320)
         for starts in (warm.copy_start, short.short_copy_start):
-            assert (starts > 6).any() == prefix and (starts >= 2).all()
+            assert (starts > 6).any() == bool(prefix) and (starts >= 2).all()
+            if prefix == 0.5:  # the last 4 of 8 rows are unprefixed: copy start = period <= max_period
+                assert (starts[4:] <= 6).all() and (starts[:4] > 6).any()
 
 
 def test_periodic_and_natural_losses_are_logged_apart(workdir):

@@ -14,6 +14,7 @@ Each runs from the repository root as ``python -m tools.<name>`` and answers ``-
     tools.ab_band        a candidate band kernel source against the committed one, side by side
     tools.copy_onset     when a model of the experiment's shape starts to copy (the long preset's recipe probes)
     tools.copy_recipe    does a recipe (a preset, -S overrides) make one baseline copy? trained and scored, no DVC
+    tools.prefix_switch  do prefixed copy rows break formed heads? shares of prefixed rows from a first-phase checkpoint
     tools.gpu_smoke      GPU smoke run of the GPU preset (wrapper: bash tools/gpu_smoke.sh)
     tools.gpu_benchmark  the benchmark on a GPU, in one process (wrapper: bash tools/gpu_benchmark.sh)
 
@@ -23,7 +24,11 @@ Bad input ends a tool in one line on stderr, ``<tool>: error: ...``, with exit s
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from lmask.params import Params
 
 
 def fail(prog: str, msg: object, code: int = 2) -> NoReturn:
@@ -31,3 +36,13 @@ def fail(prog: str, msg: object, code: int = 2) -> NoReturn:
     text = " ".join(str(msg).split("\n")).strip()
     print(f"{prog}: error: {text}", file=sys.stderr)
     raise SystemExit(code)
+
+
+def params_or_fail(prog: str, path: Path) -> Params:
+    """The validated params file at ``path``, or ``prog: error: <the field's message>`` and exit 2."""
+    from lmask.params import ParamsError, load_params
+
+    try:
+        return load_params(path)
+    except ParamsError as err:
+        fail(prog, err)

@@ -19,7 +19,7 @@ import argparse
 import time
 from pathlib import Path
 
-from tools import fail
+from tools import fail, params_or_fail
 
 PROG = "profile_train"
 ATTENTION_OPS = ("scaled_dot_product",)  # SDPA's CPU flash kernels, forward and backward
@@ -41,12 +41,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     a = parse(argv)
-    from lmask.params import ParamsError, load_params
-
-    try:
-        params = load_params(a.params)
-    except ParamsError as e:
-        fail(PROG, e)
+    params = params_or_fail(PROG, a.params)
     from lmask.determinism import pin_cpu
 
     pin_cpu(params.cpu_threads)
