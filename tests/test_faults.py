@@ -998,7 +998,7 @@ def test_prefix_switch_trains_the_first_phase_once_then_each_share_from_it(tiny_
     """The tiny pipeline with a 2-step first warm-up phase: the first call trains baseline 0 to step 2 (the stage's
     own training, stopped there) and every share starts from that checkpoint (the same copy losses at step 2), then
     trains other weights (share 1 and 0 differ at step 4); a second call reuses the checkpoint and prints the same
-    numbers. Params without a warm-up are refused in one line."""
+    numbers. Params without a warm-up, or rows longer than the model's positions, are refused in one line first."""
     raw = yaml.safe_load((tiny_pipeline / "params.yaml").read_text())
     common = ["--data", str(tiny_pipeline / "data"), "--checkpoints", str(tmp_path / "ck")]
     common += ["--context", "16", "--max-period", "4", "--batch", "4", "--steps", "2", "--every", "1"]
@@ -1010,6 +1010,11 @@ def test_prefix_switch_trains_the_first_phase_once_then_each_share_from_it(tiny_
     raw["train"]["copy_warmup"]["phases"] = [{"context": 16, "steps": 2, "batch_size": 4, "max_period": 4}]
     warm = tmp_path / "warm.yaml"
     warm.write_text(yaml.safe_dump(raw))
+    too_long = ["tools.prefix_switch", "--params", str(warm), *common, "--context", "128", "--max-period", "8"]
+    assert "--context 128: more than model.n_positions (64)" in one_tool_error(
+        tool(too_long, cwd=tiny_pipeline), "prefix_switch"
+    )
+    assert not (tmp_path / "ck").exists()  # refused before any training
     args = ["tools.prefix_switch", "--params", str(warm), *common, "--share", "1", "0"]
     first, second = (tool(args, cwd=tiny_pipeline) for _ in range(2))
     assert first.returncode == 0 and second.returncode == 0, first.stderr[-3000:] + second.stderr[-3000:]

@@ -65,15 +65,23 @@ def main(argv: list[str] | None = None) -> None:
     if not warmup.plan:
         fail("prefix_switch", f"{a.params}: train.copy_warmup.phases is empty (apply presets/long.yaml first)")
     first = warmup.plan[0].steps
+    if a.context > params.model.n_positions:
+        fail("prefix_switch", f"--context {a.context}: more than model.n_positions ({params.model.n_positions})")
     from lmask.determinism import pin_cpu
 
     pin_cpu(params.cpu_threads)
     import numpy as np
     import torch
+    from transformers import AutoTokenizer
 
     from lmask.synthetic import copy_rows
-    from lmask.train import _tokenizer, baseline_seed, initial_model, make_optimizer, train_baseline
+    from lmask.train import baseline_seed, initial_model, make_optimizer, train_baseline
 
+    seed = baseline_seed(params, a.baseline)
+    tokenizer = AutoTokenizer.from_pretrained(str(a.data / "tokenizer"))
+    vocab = initial_model(params, tokenizer, seed).config.vocab_size
+    if a.context - 1 >= vocab:
+        fail("prefix_switch", f"--context {a.context}: a prefixed row needs {a.context - 1} distinct ids (V = {vocab})")
     folder = a.checkpoints or Path("checkpoints") / f"prefix-switch-b{a.baseline}"
     state = _checkpoint_at(folder, first)
     if state is None:
@@ -84,11 +92,6 @@ def main(argv: list[str] | None = None) -> None:
             folder, stop_after=first,
         )  # fmt: skip
         state = _checkpoint_at(folder, first)
-    seed = baseline_seed(params, a.baseline)
-    tokenizer = _tokenizer(a.data / "tokenizer")
-    vocab = initial_model(params, tokenizer, seed).config.vocab_size
-    if a.context - 1 >= vocab:
-        fail("prefix_switch", f"--context {a.context}: a prefixed row needs {a.context - 1} distinct ids (V = {vocab})")
     lo = warmup.min_period
     held = {
         "plain": copy_rows(32, a.context, lo, a.max_period, vocab, 999, 0, False),
