@@ -132,14 +132,14 @@ def _checkpoint_at(folder: Path, step: int) -> dict | None:
 
 
 def _copy_loss(model, rows, starts, torch) -> float:
-    """Mean next-token NLL over the labels at or after each row's copy start."""
+    """Mean next-token NLL over the labels at or after each row's copy start (the pipeline's copy_loss, row_losses)."""
+    from lmask.train import row_losses
+
     model.eval()
     with torch.no_grad():
         x = torch.from_numpy(rows)
-        logits = model(input_ids=x).logits[:, :-1]
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")
-    scored = torch.arange(1, x.shape[1])[None, :] >= torch.from_numpy(starts)[:, None]
-    return float((nll * scored).sum() / scored.sum())
+        _, sums = row_losses(model(input_ids=x).logits, x, torch.from_numpy(starts))
+    return float(sums[4] / sums[5])
 
 
 if __name__ == "__main__":
