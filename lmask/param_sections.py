@@ -80,6 +80,7 @@ class MixParams:
     copy_context: int = 128
     copy_max_period: int = 48
     copy_prefix: bool | float = False  # share of short copy rows that begin with non-repeating ids (CopyPhase.prefix)
+    copy_position_offsets: bool = False  # the short copy rows at random positions (CopyPhase.position_offsets)
 
     def check(self, context: int, vocab_size: int | None = None) -> None:
         if not 0 <= self.fraction <= 1:
@@ -104,6 +105,7 @@ class MixParams:
                     f"got {self.copy_context}, {self.copy_max_period}"
                 )
         _share("mix.copy_prefix", self.copy_prefix)
+        _flag("mix.copy_position_offsets", self.copy_position_offsets)
         if self.copy_rows and vocab_size is not None:
             _copy_ids_fit(
                 "mix.copy_context",
@@ -128,6 +130,10 @@ class CopyPhase:
     # occurrence sits anywhere in the row: copying is learned only from positions where first occurrences were. All
     # rows prefixed at once broke formed heads; half kept them (README, "Where copying reaches").
     prefix: bool | float = False
+    # true: each row's position ids start at a random offset in [0, data.context_length - context] instead of 0, so
+    # that the short rows train every position the natural rows use (heads trained at positions 0-127 alone did not
+    # copy at others: README, "What teaches the baselines to copy").
+    position_offsets: bool = False
 
 
 @dataclass
@@ -135,7 +141,7 @@ class CopyWarmupParams:
     """The copy warm-up: training starts on rows of distinct random ids repeated with a varying period, where only
     copying lowers the loss (lmask.synthetic.copy_rows), in phases of growing context (a curriculum: induction heads
     form far sooner at short contexts, then the longer phase teaches them farther positions). Natural text follows.
-    ``phases``: a list of {context, steps, batch_size, max_period[, prefix]}; empty = no warm-up."""
+    ``phases``: a list of {context, steps, batch_size, max_period[, prefix, position_offsets]}; empty = no warm-up."""
 
     phases: list[dict[str, int]] = field(default_factory=list)
     min_period: int = 2
@@ -165,13 +171,15 @@ class CopyWarmupParams:
         keys = {"context", "steps", "batch_size", "max_period"}
         for i, phase in enumerate(self.phases):
             where = f"{section}.phases[{i}]"
-            if not isinstance(phase, dict) or not keys <= set(phase) <= keys | {"prefix"}:
+            if not isinstance(phase, dict) or not keys <= set(phase) <= keys | {"prefix", "position_offsets"}:
                 raise ParamsError(
-                    f"{where} must be a mapping with {sorted(keys)} and optionally 'prefix', got {phase!r}"
+                    f"{where} must be a mapping with {sorted(keys)} and optionally 'prefix' and 'position_offsets', "
+                    f"got {phase!r}"
                 )
             for name in sorted(keys):
                 _positive(f"{where}.{name}", phase[name])
             _share(f"{where}.prefix", phase.get("prefix", False))
+            _flag(f"{where}.position_offsets", phase.get("position_offsets", False))
             if phase["context"] > context:
                 raise ParamsError(f"{where}.context ({phase['context']}) must be <= data.context_length ({context})")
             if not self.min_period <= phase["max_period"] <= phase["context"] // 2:
@@ -229,8 +237,7 @@ class ModelParams:
             raise ParamsError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if isinstance(self.initializer_range, bool) or not 0 < self.initializer_range <= 1:
             raise ParamsError(f"model.initializer_range must be in (0, 1], got {self.initializer_range!r}")
-        if not isinstance(self.train_positions, bool):
-            raise ParamsError(f"model.train_positions must be true or false, got {self.train_positions!r}")
+        _flag("model.train_positions", self.train_positions)
 
 
 @dataclass
@@ -476,3 +483,8 @@ def _share(name: str, value: Any) -> None:
 def _positive(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ParamsError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ParamsError(f"{name} must be true or false, got {value!r}")

@@ -68,6 +68,13 @@ def copy_rows(
     return np.stack(rows), np.array(starts, dtype=np.int64)
 
 
+def position_offsets(n: int, length: int, context: int, seed: int, step: int) -> np.ndarray:
+    """The first position id of each of a step's ``n`` rows of ``length`` tokens, uniform in [0, context - length]:
+    short rows placed anywhere in the ``context`` positions natural rows use. Drawn from a stream of their own, so the
+    rows themselves (``copy_rows``) are the same draws with or without offsets; a function of (seed, step) alone."""
+    return np.random.default_rng([seed, step, 3]).integers(0, context - length + 1, size=n, dtype=np.int64)
+
+
 def prefixed_row_count(n: int, share: float) -> int:
     """How many of a step's ``n`` copy rows are prefixed: ``share`` of them, rounded half up (1 of 2 at 0.5)."""
     return min(n, math.floor(n * float(share) + 0.5))

@@ -30,7 +30,7 @@ from lmask.io import DataError, atomic_dir, write_json
 from lmask.model import next_token_nll
 from lmask.params import MixParams, Params, TrainParams
 from lmask.provenance import record_weights, stage_inputs, verify_weights
-from lmask.synthetic import copy_rows, mix_batch
+from lmask.synthetic import copy_rows, mix_batch, position_offsets
 
 # Logged every eval_every steps (dvclive): the loss on natural rows and, apart, on the periodic rows after their first
 # period (only copying lowers it below a uniform guess: the onset of copying shows there).
@@ -116,6 +116,9 @@ class Batch:
     copy_start: np.ndarray
     short_rows: np.ndarray | None = None
     short_copy_start: np.ndarray | None = None
+    # Each row's first position id (None: every row starts at position 0), for rows and short_rows.
+    first_position: np.ndarray | None = None
+    short_first_position: np.ndarray | None = None
 
     @property
     def labels(self) -> int:
@@ -132,11 +135,16 @@ def step_batch(step: int, blocks: np.ndarray, cfg: TrainParams, mix: MixParams, 
     ``mix`` periodic rows among them (and ``mix.copy_rows`` short copy rows beside them)."""
     phase = cfg.copy_warmup.phase_at(step)
     min_period = cfg.copy_warmup.min_period
+    context = blocks.shape[1]  # the positions natural rows use
+
+    def first_positions(rows: np.ndarray, shifted: bool) -> np.ndarray | None:
+        return position_offsets(len(rows), rows.shape[1], context, seed, step) if shifted else None
+
     if phase is not None:
         rows, starts = copy_rows(
             phase.batch_size, phase.context, min_period, phase.max_period, vocab_size, seed, step, phase.prefix
         )
-        return Batch(rows, starts)
+        return Batch(rows, starts, first_position=first_positions(rows, phase.position_offsets))
     rows, starts = mix_batch(
         blocks[batch_indices(step, len(blocks), cfg.batch_size, seed)], mix, seed, step, vocab_size
     )
@@ -145,7 +153,9 @@ def step_batch(step: int, blocks: np.ndarray, cfg: TrainParams, mix: MixParams, 
     short, short_starts = copy_rows(
         mix.copy_rows, mix.copy_context, min_period, mix.copy_max_period, vocab_size, seed, step, mix.copy_prefix
     )
-    return Batch(rows, starts, short, short_starts)
+    return Batch(
+        rows, starts, short, short_starts, short_first_position=first_positions(short, mix.copy_position_offsets)
+    )
 
 
 def row_losses(logits: torch.Tensor, x: torch.Tensor, copy_start: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -321,23 +331,28 @@ def accumulate_gradients(
     """Forward and backward of this rank's shard of ``batch`` in micro-batches (gradients summed, DDP synchronised on
     the last pass); the loss is the mean over every label of the global batch, long and short rows alike. Returns the
     loss sums over the global batch (lmask.train.row_losses' six)."""
-    groups = [(batch.rows, batch.copy_start, micro)]
+    groups = [(batch.rows, batch.copy_start, batch.first_position, micro)]
     if batch.short_rows is not None:
-        groups.append((batch.short_rows, batch.short_copy_start, len(batch.short_rows)))
+        groups.append((batch.short_rows, batch.short_copy_start, batch.short_first_position, len(batch.short_rows)))
     passes = [
-        (rows[world.rank * shard : (world.rank + 1) * shard], starts[world.rank * shard : (world.rank + 1) * shard], m)
-        for rows, starts, m in groups
-        for shard in [len(rows) // world.world_size]
+        ([a if a is None else a[world.rank * shard : (world.rank + 1) * shard] for a in arrays], m)
+        for *arrays, m in groups
+        for shard in [len(arrays[0]) // world.world_size]
     ]
-    chunks = [(r[k : k + m], p[k : k + m]) for r, p, m in passes for k in range(0, len(r), min(m, len(r)))]
+    chunks = [
+        [a if a is None else a[k : k + m] for a in arrays]
+        for arrays, m in passes
+        for k in range(0, len(arrays[0]), min(m, len(arrays[0])))
+    ]
     labels = batch.labels / world.world_size  # this rank's share: DDP averages the ranks' gradients
     sums = torch.zeros(6, device=device)
-    for i, (rows, starts) in enumerate(chunks):
+    for i, (rows, starts, first) in enumerate(chunks):
         x = torch.from_numpy(rows).to(device)
         copy_start = torch.from_numpy(starts).to(device)
+        positions = None if first is None else torch.from_numpy(first[:, None] + np.arange(x.shape[1])).to(device)
         sync = i == len(chunks) - 1 or not world.enabled
         with nullcontext() if sync else ddp_model.no_sync(), autocast(device):
-            loss, part = row_losses(ddp_model(input_ids=x).logits, x, copy_start)
+            loss, part = row_losses(ddp_model(input_ids=x, position_ids=positions).logits, x, copy_start)
         (loss / labels).backward()
         sums += part
     # Summed over ranks: the value logged, and the one every rank checks, so a NaN on any rank stops all of them

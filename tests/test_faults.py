@@ -475,6 +475,7 @@ def one_tool_error(proc: subprocess.CompletedProcess, prog: str) -> str:
         "copy_onset",
         "copy_recipe",
         "prefix_switch",
+        "warmup_seeds",
         "gpu_smoke",
         "gpu_benchmark",
     ],
@@ -998,7 +999,8 @@ def test_prefix_switch_trains_the_first_phase_once_then_each_share_from_it(tiny_
     """The tiny pipeline with a 2-step first warm-up phase: the first call trains baseline 0 to step 2 (the stage's
     own training, stopped there) and every share starts from that checkpoint (the same copy losses at step 2), then
     trains other weights (share 1 and 0 differ at step 4); a second call reuses the checkpoint and prints the same
-    numbers. Params without a warm-up, or rows longer than the model's positions, are refused in one line first."""
+    numbers; params that change train_baseline@0's inputs train it again. Params without a warm-up, or rows longer than
+    the model's positions, are refused in one line first."""
     raw = yaml.safe_load((tiny_pipeline / "params.yaml").read_text())
     common = ["--data", str(tiny_pipeline / "data"), "--checkpoints", str(tmp_path / "ck")]
     common += ["--context", "16", "--max-period", "4", "--batch", "4", "--steps", "2", "--every", "1"]
@@ -1025,3 +1027,80 @@ def test_prefix_switch_trains_the_first_phase_once_then_each_share_from_it(tiny_
     assert list(curve) == [f"share {s} step {k}" for s in (1, 0) for k in (2, 3, 4)]
     assert curve["share 1 step 2"] == curve["share 0 step 2"]
     assert curve["share 1 step 4"] != curve["share 0 step 4"]
+    raw["train"]["grad_clip"] = 0.77  # another input of train_baseline@0: its checkpoint is not this one's first phase
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(raw))
+    third = tool(["tools.prefix_switch", "--params", str(other), *common, "--share", "1"], cwd=tiny_pipeline)
+    assert third.returncode == 0 and "training baseline 0 to step 2" in third.stdout, third.stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--init", "-1"], "--init -1: a baseline number must be >= 0"),
+        (["-S", "train.lrr=0.1"], "train.lrr"),
+        (["--params", "no/such.yaml"], "no/such.yaml: no such file"),
+        ([], "train.copy_warmup.phases is empty: give --stop"),  # the default has no warm-up
+        (["--stop", "0"], "--stop 0: must be in [1, train.steps)"),
+        (["--stop", "5", "--shifts", "0"], "--shifts: step 5 is past the copy warm-up"),
+        (["--shifts", "-1"], "--shifts -1: position ids must be >= 0"),
+    ],
+)
+def test_warmup_seeds_refuses_bad_input_in_one_line(args, expected):
+    assert expected in one_tool_error(tool(["tools.warmup_seeds", *args]), "warmup_seeds")
+
+
+REFERENCE_STOP = """
+import sys
+from pathlib import Path
+from lmask.determinism import pin_cpu
+from lmask.params import load_params
+params = load_params(sys.argv[1])
+pin_cpu(params.cpu_threads)
+from lmask.train import train_baseline
+out = Path(sys.argv[2])
+train_baseline(params, 0, Path("data/tokenized"), Path("data/tokenizer"), out / "m", out / "l", out, stop_after=3)
+"""
+
+
+def test_warmup_seeds_equal_seeds_train_the_stage_and_each_seed_matters(tiny_pipeline, tmp_path):
+    """--init 0 --data 0 stopped at step 3 leaves the weights that lmask.train.train_baseline(..., 0, stop_after=3)
+    leaves (the stage's own training, run here apart); the initial weights' seed and the data's seed each change
+    the weights; a second call with a larger --stop resumes the checkpoint and repeats the first call's rows."""
+    import torch
+
+    raw = yaml.safe_load((tiny_pipeline / "params.yaml").read_text())
+    raw["train"]["copy_warmup"]["phases"] = [{"context": 16, "steps": 4, "batch_size": 4, "max_period": 4}]
+    raw["train"]["eval_every"] = 1
+    warm = tmp_path / "warm.yaml"
+    warm.write_text(yaml.safe_dump(raw))
+
+    def run(init: int, data: int, stop: int, *more: str) -> tuple[str, list[str]]:
+        args = ["--params", str(warm), "--init", str(init), "--data", str(data), "--stop", str(stop), *more]
+        proc = tool(["tools.warmup_seeds", *args, "--out", str(tmp_path / f"i{init}d{data}")], cwd=tiny_pipeline)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout, [line for line in proc.stdout.splitlines() if line.startswith("step ")]
+
+    _, same = run(0, 0, 3)
+    assert [line.split(":")[0] for line in same] == ["step 1", "step 2", "step 3"]
+    reference = python(["-c", REFERENCE_STOP, str(warm), str(tmp_path / "ref")], tiny_pipeline)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    mine, ref = (torch.load(d / "state.pt", weights_only=False) for d in (tmp_path / "i0d0", tmp_path / "ref"))
+    assert mine["progress"]["step"] == ref["progress"]["step"] == 3
+    assert all(torch.equal(mine["model"][k], ref["model"][k]) for k in ref["model"])
+    assert [r["copy_loss"] for r in mine["progress"]["rows"]] == [r["copy_loss"] for r in ref["progress"]["rows"]]
+    run(0, 1, 3)
+    run(1, 0, 3)
+    other_data, other_init = (torch.load(tmp_path / d / "state.pt", weights_only=False) for d in ("i0d1", "i1d0"))
+    key = "transformer.h.0.attn.c_attn.weight"  # neither seed ignored: each changes the weights at step 3
+    assert not torch.equal(other_data["model"][key], mine["model"][key])
+    assert not torch.equal(other_init["model"][key], mine["model"][key])
+    assert not torch.equal(other_data["model"][key], other_init["model"][key])
+    resumed, longer = run(0, 0, 4, "--shifts", "0", "48")
+    assert "resuming from" in resumed and longer[:3] == same and longer[3].startswith("step 4:")
+    shifted = [line.split(":")[0] for line in resumed.splitlines() if line.startswith("shift ")]
+    assert shifted == ["shift 0", "shift 48"]
+    too_far = ["tools.warmup_seeds", "--params", str(warm), "--stop", "4", "--shifts", "49"]
+    assert "--shifts 49: + context 16 > data.context_length" in one_tool_error(
+        tool(too_far, cwd=tiny_pipeline), "warmup_seeds"
+    )

@@ -130,6 +130,9 @@ BAD = [
     ({"train.copy_warmup.phases": [{**PHASE, "prefix": "yes"}]}, "train.copy_warmup.phases[0].prefix"),
     ({"train.copy_warmup.phases": [{**PHASE, "prefix": 1.5}]}, "train.copy_warmup.phases[0].prefix"),
     ({"mix.copy_prefix": -0.5}, "mix.copy_prefix"),
+    ({"train.copy_warmup.phases": [{**PHASE, "position_offsets": 1}]}, "train.copy_warmup.phases[0].position_offsets"),
+    ({"train.copy_warmup.phases": [{**PHASE, "offsets": True}]}, "optionally 'prefix' and 'position_offsets'"),
+    ({"mix.copy_position_offsets": "yes"}, "mix.copy_position_offsets must be bool"),
     # a share of prefixed rows needs as many distinct ids as all of them
     (
         {"mix.copy_rows": 2, "mix.copy_context": 512, "mix.copy_prefix": 0.5, "tokenizer.vocab_size": 260},

@@ -306,22 +306,25 @@ def test_gpu_benchmark_names_every_record_that_missed_flex_attention():
 
 
 def test_long_prefix_preset_stacks_on_long(params_copy):
-    """presets/long-prefix.yaml on top of the long preset: the long preset's natural phase unchanged (800 steps), a
-    first warm-up phase of 32 unprefixed rows a step (twice the long preset's, for half its steps: the same tokens),
-    the second phase prefixed at 16 rows a step, a third phase of prefixed 512-token rows (5.22M warm-up tokens in
-    all), prefixed short copy rows and a fixed position table."""
+    """presets/long-prefix.yaml on top of the long preset: the long preset's natural phase unchanged (800 steps); a
+    first warm-up phase of 32 unprefixed rows a step (twice the long preset's); prefixed 128-token rows at 16 a step,
+    first at positions from 0, then at random position ids; prefixed 512-token rows at random position ids (7.27M
+    warm-up tokens in all); prefixed short copy rows at random positions and a fixed position table."""
     apply_preset("long", params_copy)
     long = load_params(params_copy)
     apply_preset("long-prefix", params_copy, stack=True)
     p = load_params(params_copy)
-    first, second, third = p.train.copy_warmup.plan
-    long_first = long.train.copy_warmup.plan[0]
-    assert (first.context, first.steps, first.batch_size, first.max_period, first.prefix) == (32, 1600, 32, 8, False)
-    assert first.batch_size == 2 * long_first.batch_size and first.context == long_first.context
-    assert (second.context, second.steps, second.batch_size, second.prefix) == (128, 1000, 16, True)
-    assert (third.context, third.steps, third.batch_size, third.max_period, third.prefix) == (512, 1500, 2, 48, True)
-    assert p.train.copy_warmup.tokens() == 32 * 32 * 1600 + 16 * 128 * 1000 + 2 * 512 * 1500 == 5_222_400
+    plan = p.train.copy_warmup.plan
+    assert [(q.context, q.steps, q.batch_size, q.max_period, q.prefix, q.position_offsets) for q in plan] == [
+        (32, 1600, 32, 8, False, False),
+        (128, 1400, 16, 48, True, False),
+        (128, 600, 16, 48, True, True),
+        (512, 750, 4, 48, True, True),
+    ]
+    assert plan[0].batch_size == 2 * long.train.copy_warmup.plan[0].batch_size
+    assert p.train.copy_warmup.tokens() == 32 * 32 * 1600 + 16 * 128 * 2000 + 4 * 512 * 750 == 7_270_400
     assert p.train.steps - p.train.copy_warmup.steps == long.train.steps - long.train.copy_warmup.steps == 800
     assert p.mix.copy_prefix and not long.mix.copy_prefix and p.mix.copy_rows == long.mix.copy_rows == 4
+    assert p.mix.copy_position_offsets and not long.mix.copy_position_offsets
     assert p.model.train_positions is False and long.model.train_positions is True
     assert params_copy.read_text().startswith("# presets applied: long, long-prefix\n")

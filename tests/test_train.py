@@ -20,9 +20,11 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from transformers import AutoTokenizer
 
 import lmask.train
 from lmask.data import download, tokenize_project
+from lmask.device import Distributed
 from lmask.params import Params, load_params
 from lmask.train import train_baseline
 from tests.conftest import copy_project, env
@@ -322,6 +324,56 @@ def test_prefixed_warmup_phase_and_short_rows_reach_the_batch():
             assert (starts > 6).any() == bool(prefix) and (starts >= 2).all()
             if prefix == 0.5:  # the last 4 of 8 rows are unprefixed: copy start = period <= max_period
                 assert (starts[4:] <= 6).all() and (starts[:4] > 6).any()
+
+
+def test_position_offsets_draw_first_positions_that_fit_and_leave_the_rows_alone():
+    """Offsets are uniform in [0, context - length] (both ends reached), a function of (seed, step); a phase's
+    position_offsets and mix.copy_position_offsets put them in the step's batch without changing its rows."""
+    from lmask.synthetic import position_offsets
+
+    first = position_offsets(4000, 48, 64, seed=3, step=11)
+    assert first.min() == 0 and first.max() == 64 - 48 and np.array_equal(first, position_offsets(4000, 48, 64, 3, 11))
+    assert not np.array_equal(first, position_offsets(4000, 48, 64, 3, 12))
+    params = load_params()
+    phase = {"context": 16, "steps": 2, "batch_size": 8, "max_period": 4}
+    mix = dataclasses.replace(params.mix, fraction=0.0, copy_rows=8, copy_context=16, copy_max_period=4)
+    blocks = np.zeros((10, 64), dtype=np.int64)
+    batches = {}
+    for shifted in (False, True):
+        cw = dataclasses.replace(params.train.copy_warmup, phases=[{**phase, "position_offsets": shifted}])
+        cfg = dataclasses.replace(params.train, copy_warmup=cw)
+        short_mix = dataclasses.replace(mix, copy_position_offsets=shifted)
+        batches[shifted] = (
+            lmask.train.step_batch(0, blocks, cfg, mix, 7, 320),
+            lmask.train.step_batch(5, blocks, cfg, short_mix, 7, 320),
+        )
+    (warm, short), (warm_shifted, short_shifted) = batches[False], batches[True]
+    assert warm.first_position is None and short.short_first_position is None
+    assert np.array_equal(warm.rows, warm_shifted.rows) and np.array_equal(short.short_rows, short_shifted.short_rows)
+    assert np.array_equal(warm_shifted.first_position, position_offsets(8, 16, 64, 7, 0))
+    assert np.array_equal(short_shifted.short_first_position, position_offsets(8, 16, 64, 7, 5))
+    assert short_shifted.first_position is None  # natural rows fill every position already
+
+
+def test_shifted_rows_reach_the_model_at_their_positions(workdir):
+    """With position_offsets the model sees each warm-up row at position ids first + 0 .. first + T - 1 (read at the
+    position embedding's input); without, at 0 .. T - 1."""
+    params = load_params()
+    seen = []
+    for offsets in (False, True):
+        phase = {"context": 16, "steps": 2, "batch_size": 4, "max_period": 4, "position_offsets": offsets}
+        cw = dataclasses.replace(params.train.copy_warmup, phases=[phase])
+        cfg = dataclasses.replace(params.train, copy_warmup=cw)
+        model = lmask.train.initial_model(params, AutoTokenizer.from_pretrained("data/tokenizer"), 0)
+        ids: list[torch.Tensor] = []
+        model.transformer.wpe.register_forward_hook(lambda mod, args, out, ids=ids: ids.append(args[0].clone()))
+        batch = lmask.train.step_batch(1, np.zeros((10, 64), dtype=np.int64), cfg, params.mix, 7, 320)
+        lmask.train.accumulate_gradients(model, batch, 4, Distributed(torch.device("cpu")), torch.device("cpu"))
+        seen.append((batch, torch.cat(ids)))
+    (_, plain_ids), (shifted, shifted_ids) = seen
+    assert torch.equal(plain_ids.expand(4, 16), torch.arange(16).expand(4, 16))  # GPT-2's own ids: [1, T]
+    expected = torch.from_numpy(shifted.first_position)[:, None] + torch.arange(16)
+    assert torch.equal(shifted_ids, expected) and (shifted.first_position > 0).any()
 
 
 def test_periodic_and_natural_losses_are_logged_apart(workdir):

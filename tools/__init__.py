@@ -15,6 +15,7 @@ Each runs from the repository root as ``python -m tools.<name>`` and answers ``-
     tools.copy_onset     when a model of the experiment's shape starts to copy (the long preset's recipe probes)
     tools.copy_recipe    does a recipe (a preset, -S overrides) make one baseline copy? trained and scored, no DVC
     tools.prefix_switch  do prefixed copy rows break formed heads? shares of prefixed rows from a first-phase checkpoint
+    tools.warmup_seeds   a copy warm-up with the weights' seed and the data's seed apart (late heads: init or data?)
     tools.gpu_smoke      GPU smoke run of the GPU preset (wrapper: bash tools/gpu_smoke.sh)
     tools.gpu_benchmark  the benchmark on a GPU, in one process (wrapper: bash tools/gpu_benchmark.sh)
 

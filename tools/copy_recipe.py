@@ -70,6 +70,16 @@ def recipe_params(params_path: Path, preset: str | None, sets: list[str]):
     return params_from_dict(raw)
 
 
+def recipe_or_fail(prog: str, params_path: Path, preset: str | None, sets: list[str]):
+    """``recipe_params``, or ``prog: error: <the field's message>`` and exit 2."""
+    from lmask.params import ParamsError
+
+    try:
+        return recipe_params(params_path, preset, sets)
+    except ParamsError as err:
+        fail(prog, err)
+
+
 def interval(x) -> list[float]:
     """[mean, low, high]: a 95 % t interval over the entries of ``x``."""
     import numpy as np
@@ -82,12 +92,7 @@ def interval(x) -> list[float]:
 
 def main(argv: list[str] | None = None) -> None:
     a = parse(argv)
-    from lmask.params import ParamsError
-
-    try:
-        params = recipe_params(a.params, a.preset, a.sets)
-    except ParamsError as err:
-        fail(PROG, err)
+    params = recipe_or_fail(PROG, a.params, a.preset, a.sets)
     if a.baseline not in params.baseline_seeds:
         fail(PROG, f"--baseline {a.baseline}: not in baseline_seeds {params.baseline_seeds}")
     for path in (a.data / "train.npy", a.data / "test.npy", a.tokenizer):

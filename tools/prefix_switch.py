@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     from transformers import AutoTokenizer
 
+    from lmask.provenance import stage_inputs
     from lmask.synthetic import copy_rows
     from lmask.train import baseline_seed, initial_model, make_optimizer, train_baseline
 
@@ -83,7 +84,11 @@ def main(argv: list[str] | None = None) -> None:
     if a.context - 1 >= vocab:
         fail("prefix_switch", f"--context {a.context}: a prefixed row needs {a.context - 1} distinct ids (V = {vocab})")
     folder = a.checkpoints or Path("checkpoints") / f"prefix-switch-b{a.baseline}"
-    state = _checkpoint_at(folder, first)
+    # What train_baseline@B records in its checkpoints (lmask.train.train_baseline): one made from other code, data,
+    # params or threads is not this baseline's first phase.
+    facts = {"torch": torch.__version__, "threads": str(torch.get_num_threads())}
+    inputs = stage_inputs("train_baseline", {"baseline": a.baseline}, params.raw, extra=facts)
+    state = _checkpoint_at(folder, first, inputs)
     if state is None:
         print(f"training baseline {a.baseline} to step {first} (the first warm-up phase) into {folder}", flush=True)
         scratch = folder / "run"
@@ -91,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
             params, a.baseline, a.data / "tokenized", a.data / "tokenizer", scratch / "model", scratch / "live",
             folder, stop_after=first,
         )  # fmt: skip
-        state = _checkpoint_at(folder, first)
+        state = _checkpoint_at(folder, first, inputs)
     lo = warmup.min_period
     held = {
         "plain": copy_rows(32, a.context, lo, a.max_period, vocab, 999, 0, False),
@@ -120,13 +125,15 @@ def main(argv: list[str] | None = None) -> None:
             optimizer.zero_grad(set_to_none=True)
 
 
-def _checkpoint_at(folder: Path, step: int) -> dict | None:
-    """The checkpoint in ``folder`` saved at ``step`` (lmask.checkpoint's files), or None."""
+def _checkpoint_at(folder: Path, step: int, inputs: dict[str, str]) -> dict | None:
+    """The checkpoint in ``folder`` saved at ``step`` from ``inputs`` (lmask.checkpoint's files), or None."""
     import torch
+
+    from lmask.provenance import changed_inputs
 
     for path in sorted(folder.glob("*.pt")) if folder.is_dir() else []:
         state = torch.load(path, weights_only=False, map_location="cpu")
-        if state.get("progress", {}).get("step") == step:
+        if state.get("progress", {}).get("step") == step and not changed_inputs(state.get("inputs"), inputs):
             return state
     return None
 
