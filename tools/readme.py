@@ -53,27 +53,35 @@ def _headline(root: Path) -> str:
     return _headline_of(root, "metrics", load_params(root / "params.yaml"))
 
 
-LONG = "results/long"  # the long preset's committed run: params.yaml, eval/, summary.json/.md, stage_times.md
+# The presets' committed runs (params.yaml, eval/, summary.json/.md, stage_times.md each), by block name
+COMMITTED = {"long": "results/long", "long-prefix": "results/long-prefix"}
 
 
-def _long_headline(root: Path) -> str:
-    """The headline of the long preset's run, from what it committed (its own params and baseline metrics)."""
-    from lmask.params import params_from_dict
+def _committed_headline(run: str) -> Callable[[Path], str]:
+    """The headline of a committed preset run, from what it committed (its own params and baseline metrics)."""
 
-    long = root / LONG
-    if not (long / "summary.json").is_file():
-        return f"_Not run for this commit: `{LONG}/summary.json` is missing._\n"
-    raw = yaml.safe_load((long / "params.yaml").read_text())
-    # The run's params verbatim; the headline reads no benchmark param, and that section's keys have changed since.
-    raw.pop("benchmark", None)
-    return _headline_of(root, LONG, params_from_dict(raw))
+    def block(root: Path) -> str:
+        from lmask.params import params_from_dict
+
+        if not (root / run / "summary.json").is_file():
+            return f"_Not run for this commit: `{run}/summary.json` is missing._\n"
+        raw = yaml.safe_load((root / run / "params.yaml").read_text())
+        # The run's params verbatim; the headline reads no benchmark param, and that section's keys have changed since.
+        raw.pop("benchmark", None)
+        return _headline_of(root, run, params_from_dict(raw))
+
+    return block
 
 
-def _long_results(root: Path) -> str:
-    long = root / LONG
-    if not (long / "summary.md").is_file():
-        return f"_Not run for this commit: `{LONG}/summary.md` is missing._\n"
-    return (long / "summary.md").read_text() + "\n" + (long / "stage_times.md").read_text()
+def _committed_results(run: str) -> Callable[[Path], str]:
+    """A committed preset run's summary tables and stage times."""
+
+    def block(root: Path) -> str:
+        if not (root / run / "summary.md").is_file():
+            return f"_Not run for this commit: `{run}/summary.md` is missing._\n"
+        return (root / run / "summary.md").read_text() + "\n" + (root / run / "stage_times.md").read_text()
+
+    return block
 
 
 def _replicate(root: Path) -> str:
@@ -105,11 +113,11 @@ def _file(rel: str) -> Callable[[Path], str]:
 BLOCKS: dict[tuple[str, str], Callable[[Path], str]] = {
     ("README.md", "headline"): _headline,
     ("README.md", "stage-times"): _file("results/stage_times.md"),
-    ("README.md", "long"): _long_headline,
+    **{("README.md", name): _committed_headline(run) for name, run in COMMITTED.items()},
     ("docs/results.md", "results"): _file("metrics/summary.md"),
     ("docs/results.md", "replicate"): _replicate,
     ("docs/results.md", "benchmark"): _file("metrics/benchmark.md"),
-    ("docs/results.md", "long"): _long_results,
+    **{("docs/results.md", name): _committed_results(run) for name, run in COMMITTED.items()},
     ("docs/results.md", "bench-long"): _file("results/bench-long/benchmark.md"),
 }
 
@@ -117,7 +125,7 @@ BLOCKS: dict[tuple[str, str], Callable[[Path], str]] = {
 # (document, block) -> the files its text is made from, named when one of them has an unexpected layout
 SOURCES: dict[tuple[str, str], str] = {
     ("README.md", "headline"): "metrics/summary.json, metrics/eval/, params.yaml",
-    ("README.md", "long"): f"{LONG}/summary.json, {LONG}/eval/, {LONG}/params.yaml",
+    **{("README.md", name): f"{run}/summary.json, {run}/eval/, {run}/params.yaml" for name, run in COMMITTED.items()},
     ("docs/results.md", "replicate"): "metrics/replicate.json",
 }
 
