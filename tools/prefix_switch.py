@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from lmask.provenance import stage_inputs
     from lmask.synthetic import copy_rows
-    from lmask.train import baseline_seed, initial_model, make_optimizer, train_baseline
+    from lmask.train import _process_facts, baseline_seed, initial_model, make_optimizer, train_baseline
 
     seed = baseline_seed(params, a.baseline)
     tokenizer = AutoTokenizer.from_pretrained(str(a.data / "tokenizer"))
@@ -86,8 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     folder = a.checkpoints or Path("checkpoints") / f"prefix-switch-b{a.baseline}"
     # What train_baseline@B records in its checkpoints (lmask.train.train_baseline): one made from other code, data,
     # params or threads is not this baseline's first phase.
-    facts = {"torch": torch.__version__, "threads": str(torch.get_num_threads())}
-    inputs = stage_inputs("train_baseline", {"baseline": a.baseline}, params.raw, extra=facts)
+    inputs = stage_inputs("train_baseline", {"baseline": a.baseline}, params.raw, extra=_process_facts())
     state = _checkpoint_at(folder, first, inputs)
     if state is None:
         print(f"training baseline {a.baseline} to step {first} (the first warm-up phase) into {folder}", flush=True)
