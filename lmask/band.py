@@ -1,4 +1,5 @@
-"""Band attention for small windows on the CPU: a fused C++ kernel that computes exactly the window's pairs.
+"""Band attention on the CPU: fused C++ kernels that compute the window's pairs (small windows: exactly; long windows
+and full causal attention: in GEMM tiles).
 
 Same window rule as ``lmask.attention`` (query i sees key j iff j <= i and (i - j < window or j < sinks)), for
 Tq == Tk and no padding mask. Returns [B, T, H, D].
@@ -11,6 +12,12 @@ in the [B, T, H, D] layout the model wants. The backward recomputes the probabil
 (flash-style) and accumulates dK and dV in key order. The work is O(T·w·D), the memory traffic one read of each
 input and one write of each output. fp32 with D a multiple of 8 takes the AVX2 code; fp64 (the gradient tests),
 other head sizes and CPUs without AVX2 take a plain C++ loop with the same rule.
+
+Long windows and full layers (``tiled_attention``, fp32 on an AVX2 build, no sinks): the same file's tiled kernel,
+flash attention's structure on BLAS tiles of 64 queries against key blocks of up to 256, each query tile's keys cut
+to what its window reaches. At the experiment's dims (T = 1024, 4 heads x 32) a full layer's forward + backward ran
+16-17 ms against causal SDPA's 21-23 ms in the same process: SDPA's CPU kernel walks fixed 512-key blocks and so
+computes 1.5x the causal pairs; here only the diagonal tile is masked.
 
 Building. ``torch.utils.cpp_extension.load`` compiles the source once per machine (about 20 s; ninja and a C++
 compiler with OpenMP) and caches the library under ``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``),
@@ -85,7 +92,10 @@ def band_available() -> bool:
         _build()
     except Exception as err:  # no compiler, no ninja, a failed build: the blocked path is still exact
         reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-        message = f"lmask.band: the CPU band kernel did not build ({reason}); windows take the blocked path"
+        message = (
+            f"lmask.band: the CPU band kernel did not build ({reason}); windows take the blocked path and full layers "
+            "causal SDPA"
+        )
         warnings.warn(message, stacklevel=2)
         return False
     return True
@@ -107,6 +117,45 @@ class _BandAttention(torch.autograd.Function):
         dq, dk, dv = _build().band_backward(grad_out, q, k, v, out, lse, *ctx.config)
         # [B, T, H, D] buffers seen as the [B, H, T, D] inputs: no copy
         return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2), None, None, None
+
+
+class _TiledAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, scale: float) -> torch.Tensor:
+        out, lse = _build().tiled_forward(q, k, v, window, scale)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.config = (window, scale)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = _build().tiled_backward(grad_out, q, k, v, out, lse, *ctx.config)
+        return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2), None, None
+
+
+@functools.cache
+def _tiled_built() -> bool:
+    """The kernel built with AVX2 (the tiled kernel is written for it) and found torch's BLAS."""
+    return "-mavx2" in compile_flags() and band_available() and _build().tiled_supported()
+
+
+def tiled_available(query: torch.Tensor) -> bool:
+    """Whether ``tiled_attention`` runs for this query: fp32 on the CPU, where the kernel built with AVX2."""
+    return query.device.type == "cpu" and query.dtype == torch.float32 and _tiled_built()
+
+
+def tiled_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, window: int, scaling: float | None = None
+) -> torch.Tensor:
+    """Sliding-window causal attention for Tq == Tk, no sinks, on GEMM tiles (``window`` >= T: full causal); returns
+    [B, T, H, D]. query/key/value: [B, H, T, D] fp32 on the CPU, any strides."""
+    if not tiled_available(query):
+        raise RuntimeError("tiled_attention: needs fp32 CPU tensors and the kernel built with AVX2")
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (query, key, value))
+    with torch.autocast("cpu", enabled=False):
+        return _TiledAttention.apply(q, k, v, min(window, q.shape[-2]), scale)
 
 
 def band_attention(
@@ -135,4 +184,4 @@ def band_attention(
         return _BandAttention.apply(q, k, v, *args)
 
 
-__all__ = ["BAND_MAX_WINDOW", "SOURCE", "band_attention", "band_available"]
+__all__ = ["BAND_MAX_WINDOW", "SOURCE", "band_attention", "band_available", "tiled_attention", "tiled_available"]

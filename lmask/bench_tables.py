@@ -39,16 +39,18 @@ def benchmark_targets(records: list[dict]) -> list[tuple[str, bool | None, str]]
 
 
 def _kernel_lines(kernel: list[dict], files: dict[str, dict]) -> list[str]:
-    """The one-layer kernel table and the measured band/blocked crossover (benchmark_kernel's records)."""
+    """The one-layer kernel table and the measured band/blocked and band/tiled crossovers (benchmark_kernel's
+    records)."""
     lines = [
         "",
-        "One layer's attention alone (`mode: kernel` forward, `kernel_fwd_bwd` forward + backward; each against causal "
-        "SDPA in the same mode; ideal = causal pairs / window pairs). *band*: `lmask.band` (fused C++ kernel, "
-        "exactly the window's pairs); *blocked*: `lmask.blocked.blocked_attention` (SDPA flash kernel on key "
-        "slabs); **bold** = the kernel the dispatch picks. Fraction of ideal = (needed / computed pairs) x (speed "
-        "per computed pair relative to causal SDPA): *computed / needed* is the tiling's extra work (1 for band; "
-        "`blocked_pairs`), *per-pair speed* what is left. *Memory floor* (forward): one op that reads q, k, v and "
-        "writes the output, the least any kernel moves; *attainable* = min(ideal, causal / floor).",
+        "One layer's attention alone (`mode: kernel` forward, `kernel_fwd_bwd` forward + backward; each against "
+        "causal SDPA in the same mode; ideal = causal pairs / window pairs). *band*: `lmask.band` (fused C++ kernel, "
+        "exactly the window's pairs); *blocked*: `lmask.blocked.blocked_attention` (SDPA flash kernel on key slabs); "
+        "*tiled*: `lmask.band.tiled_attention` (the same C++ file's GEMM tiles; at w = T full causal attention); "
+        "**bold** = the kernel the dispatch picks. Fraction of ideal = (needed / computed pairs) x (speed per "
+        "computed pair relative to causal SDPA): *computed / needed* is the tiling's extra work (1 for band; "
+        "`blocked_pairs`, `tiled_pairs`), *per-pair speed* what is left. *Memory floor* (forward): one op that reads "
+        "q, k, v and writes the output, the least any kernel moves; *attainable* = min(ideal, causal / floor).",
         "",
         "| mode | T | window | kernel | time (ms) | causal (ms) | speedup | ideal | fraction of ideal "
         "| computed / needed pairs | per-pair speed vs causal | memory floor (ms) | attainable |",
@@ -69,13 +71,15 @@ def _kernel_lines(kernel: list[dict], files: dict[str, dict]) -> list[str]:
             f"| {pairs} | {bound} |"
         )
     for f in files.values():
-        for mode, by_T in f.get("crossover", {}).get("measured", {}).items():
-            for T, c in by_T.items():
-                lines.append(
-                    f"\nCrossover ({mode}, T={T}): band faster than blocked at w = {c['band_faster_at']}, blocked at "
-                    f"{c['blocked_faster_at']}; the dispatch sends w <= "
-                    f"{f['crossover']['dispatch_band_max_window']} to band on the CPU, forward and fwd+bwd."
-                )
+        cross = f.get("crossover", {})
+        for key, other in (("measured", "blocked"), ("measured_tiled", "tiled")):
+            for mode, by_T in cross.get(key, {}).items():
+                for T, c in by_T.items():
+                    lines.append(
+                        f"\nCrossover ({mode}, T={T}): band faster than {other} at w = {c['band_faster_at']}, {other} "
+                        f"at {c[f'{other}_faster_at']}; the dispatch sends w <= {cross['dispatch_band_max_window']} "
+                        "to band on the CPU, forward and fwd+bwd."
+                    )
     return lines
 
 
@@ -88,10 +92,10 @@ def train_lines(train: dict) -> list[str]:
         f"The training step at the experiment's dims ({dims['n_layer']} layers x {dims['n_embd']}, {dims['n_head']} "
         f"heads, vocabulary {dims['vocab_size']}, batch {dims['batch']} x {dims['seq_len']}; "
         f"{run['train_gflop_per_token'] * 1e3:.1f} MFLOP per token fwd+bwd), {run['rounds']} interleaved rounds "
-        f"(benchmark_train). *reference*: the step before this benchmark (gelu_new, transformers' loss); "
-        f"*pipeline*: the training stages' step. Host fp32 matmul rate, measured in the same process: "
-        f"{s['matmul_gflops']:.0f} GFLOP/s. Losses of the two sides differ by {run['max_abs_loss_diff']:.1e} "
-        "(same function, rounding).",
+        f"(benchmark_train). *reference*: the step before this benchmark (gelu_new, transformers' loss, causal "
+        f"SDPA); *pipeline*: the training stages' step (exact GELU, lmask's fused loss and attention kernels). Host "
+        f"fp32 matmul rate, measured in the same process: {s['matmul_gflops']:.0f} GFLOP/s. Losses of the two sides "
+        f"differ by {run['max_abs_loss_diff']:.1e} (exact GELU against its tanh approximation, and rounding).",
         "",
         "| step | median (s) | tokens/s | GFLOP/s | fraction of matmul peak |",
         "|---|---|---|---|---|",

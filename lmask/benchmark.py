@@ -38,7 +38,7 @@ from lmask.attention import select_path, windowed_attention
 from lmask.band import BAND_MAX_WINDOW
 from lmask.dense import causal_attention
 from lmask.device import autocast
-from lmask.flops import attention_ceiling, blocked_pairs, flops_ceiling
+from lmask.flops import attention_ceiling, blocked_pairs, flops_ceiling, tiled_pairs
 from lmask.io import write_json
 from lmask.kv_cache import kv_cache_bytes
 from lmask.model import apply_windows, new_model, scratch_config
@@ -186,11 +186,12 @@ def bench_model(
     return records
 
 
-KERNELS = ("band", "blocked")  # the two sparse CPU kernels the kernel benchmark times at every window
+KERNELS = ("band", "blocked", "tiled")  # the sparse CPU kernels the kernel benchmark times at every window
 
 
 def _kernel_pairs(kernel: str, w: int, T: int) -> int:
-    return attention_pairs(w, T) if kernel == "band" else blocked_pairs(w, T)  # band computes exactly the window
+    """Pairs the kernel computes, masked ones included (band: exactly the window's)."""
+    return {"band": attention_pairs, "blocked": blocked_pairs, "tiled": tiled_pairs}[kernel](w, T)
 
 
 def _kernel_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: int | None, kernel: str, grad: Any) -> Any:
@@ -210,8 +211,9 @@ def _kernel_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: int | Non
 
 
 def bench_kernel(p: BenchmarkParams, seq_lens: list[int], device: torch.device, progress: Any) -> list[dict]:
-    """One layer's attention at each window, band and blocked kernels, forward (``kernel``) and forward + backward
-    (``kernel_fwd_bwd``), against causal SDPA in the same mode, beside the ideal pair ratio.
+    """One layer's attention at each window, band, blocked and tiled kernels, forward (``kernel``) and forward +
+    backward (``kernel_fwd_bwd``), against causal SDPA in the same mode, beside the ideal pair ratio. The tiled kernel
+    is also timed at w = T (``tiled_w<T>``): full causal attention, the path full layers take on the CPU.
 
     Also times a memory floor: one elementwise op that reads q, k and v and writes an output of the same shape, the
     traffic every attention kernel has at least. No kernel beats it, so ``attainable`` = min(ideal, causal / floor)
@@ -233,8 +235,9 @@ def bench_kernel(p: BenchmarkParams, seq_lens: list[int], device: torch.device, 
                 fns["floor"] = lambda q=q, k=k, v=v, out=out: torch.addcmul(q, k, v, out=out)
             for w in p.kernel_windows:
                 for kernel in KERNELS:
-                    if w < T and (kernel == "blocked" or w <= p.band_max_window):
+                    if w < T and (kernel != "band" or w <= p.band_max_window):
                         fns[(kernel, w)] = _kernel_call(q, k, v, w, kernel, grad)
+            fns[("tiled", T)] = _kernel_call(q, k, v, T, "tiled", grad)
             times: dict[Any, list[float]] = {key: [] for key in fns}
             for fn in fns.values():  # warm-up
                 fn()
@@ -281,15 +284,15 @@ def bench_kernel(p: BenchmarkParams, seq_lens: list[int], device: torch.device, 
     return records
 
 
-def crossover(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per kernel mode and T: the largest window up to which the band kernel is faster than the blocked one at every
-    timed window (None when blocked wins already at the smallest), and the windows where each won."""
+def crossover(records: list[dict[str, Any]], other: str = "blocked") -> dict[str, Any]:
+    """Per kernel mode and T: the largest window up to which the band kernel is faster than ``other`` at every timed
+    window (None when ``other`` wins already at the smallest), and the windows where each won."""
     out: dict[str, Any] = {}
     for mode in ("kernel", "kernel_fwd_bwd"):
         for T in sorted({r["seq_len"] for r in records if r["mode"] == mode}):
             rows = {(r["kernel"], r["window"]): r for r in records if r["mode"] == mode and r["seq_len"] == T}
-            both = sorted(w for kernel, w in rows if kernel == "band" and ("blocked", w) in rows)
-            band_wins = [w for w in both if rows[("band", w)]["speedup"] > rows[("blocked", w)]["speedup"]]
+            both = sorted(w for kernel, w in rows if kernel == "band" and (other, w) in rows)
+            band_wins = [w for w in both if rows[("band", w)]["speedup"] > rows[(other, w)]["speedup"]]
             last = None
             for w in both:
                 if w not in band_wins:
@@ -298,7 +301,7 @@ def crossover(records: list[dict[str, Any]]) -> dict[str, Any]:
             out.setdefault(mode, {})[str(T)] = {
                 "band_faster_up_to": last,
                 "band_faster_at": band_wins,
-                "blocked_faster_at": [w for w in both if w not in band_wins],
+                f"{other}_faster_at": [w for w in both if w not in band_wins],
             }
     return out
 
@@ -414,9 +417,14 @@ def run_kernel(p: BenchmarkParams, out: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     with tqdm(total=2 * len(seq_lens), desc="benchmark kernel", unit="T") as progress:
         records = bench_kernel(p, seq_lens, device, progress)
-    # The dispatch constant (lmask.band.BAND_MAX_WINDOW) was set from this measurement; recorded beside it so a
+    # The dispatch constant (lmask.band.BAND_MAX_WINDOW) was set from this measurement (band against tiled, which
+    # takes the larger windows where it built; against blocked, which takes them elsewhere); recorded beside it so a
     # rerun on another machine shows whether it still holds.
-    cross = {"measured": crossover(records), "dispatch_band_max_window": BAND_MAX_WINDOW}
+    cross = {
+        "measured": crossover(records),
+        "measured_tiled": crossover(records, "tiled"),
+        "dispatch_band_max_window": BAND_MAX_WINDOW,
+    }
     return _write(out, records, device, time.perf_counter() - t0, crossover=cross)
 
 

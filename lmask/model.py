@@ -14,7 +14,7 @@ import torch
 from transformers import AttentionInterface, GPT2Config, GPT2LMHeadModel
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from lmask.attention import band_by_default, windowed_attention
+from lmask.attention import windowed_attention
 from lmask.band import band_available
 from lmask.param_sections import GPT2_INITIALIZER_RANGE
 from lmask.provenance import verify_weights
@@ -71,8 +71,8 @@ def apply_windows(
     elif not hasattr(model.config, "attention_backend"):
         model.config.attention_backend = "auto"
     model.set_attn_implementation(ATTN_NAME)
-    if any(w is not None and band_by_default(w, model.device) for w in windows):
-        band_available()  # build the CPU band kernel now (once per machine), not inside a timed loop
+    if model.device.type == "cpu":  # every layer may take a C++ kernel (full ones the tiled one): build it now, once
+        band_available()  # per machine, not inside a timed loop
     return model
 
 
@@ -102,9 +102,11 @@ def scratch_config(
         bos_token_id=bos_token_id,
         eos_token_id=eos_token_id,
         pad_token_id=eos_token_id,
-        # GPT-2's tanh GELU as one fused ATen kernel: the same function as "gelu_new", whose seven elementwise ops
-        # (pow, mul, tanh, ...) cost 15 % of a training step on the 2-core CPU (scripts in tools/bench_train)
-        activation_function="gelu_pytorch_tanh",
+        # The exact (erf) GELU, which GPT-2's "gelu_new" approximates to within ~1e-3: under the AVX2 pin ATen's erf
+        # kernel takes 0.3 + 0.5 ms (forward + backward) on the MLP's [2048, 512] where the fused tanh kernel
+        # ("gelu_pytorch_tanh") takes 1.5 + 1.6 and gelu_new's seven elementwise ops more; 6 % of a training step.
+        # Scratch models only: pretrained GPT-2 keeps its config's activation.
+        activation_function="gelu",
     )
 
 
@@ -150,12 +152,33 @@ def load_model(path: str | Path, **kwargs) -> GPT2LMHeadModel:
     return apply_windows(model, *config_windows(model.config))
 
 
+class _TokenNLL(torch.autograd.Function):
+    """Per-row NLL of ``labels`` under ``logits`` [N, V] (0 where the label is -100), with cross-entropy's backward
+    fused: softmax times the row's gradient, minus it at the label, in one pass over the logits. ATen's backward
+    zero-fills a [N, V] gradient, scatters into it and runs log-softmax's backward over it: two more passes over
+    32 MB at the experiment's batch, 3 % of a training step. Same formula, so the same floats."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        log_probs = torch.log_softmax(logits, dim=-1)
+        valid = labels != -100
+        index = torch.where(valid, labels, 0)[:, None]
+        nll = torch.where(valid, -log_probs.gather(1, index).squeeze(1), 0.0)
+        ctx.save_for_backward(log_probs, index, valid)
+        return nll
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        log_probs, index, valid = ctx.saved_tensors
+        weight = torch.where(valid, grad, 0.0)[:, None]
+        grad_logits = log_probs.exp().mul_(weight)
+        return grad_logits.scatter_add_(1, index, -weight), None
+
+
 def next_token_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Per-label NLL [B, T-1] of ``x[:, 1:]`` under ``logits`` [B, T, V]. Cross-entropy over the contiguous [B·T, V]
     logits with the last position's label ignored: slicing or transposing the logits first would copy them (32 MB
     at the experiment's batch) and run log-softmax over a strided dimension."""
     labels = torch.nn.functional.pad(x[:, 1:], (0, 1), value=-100)
-    nll = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), reduction="none", ignore_index=-100
-    )
+    nll = _TokenNLL.apply(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1))
     return nll.view(x.shape)[:, :-1]

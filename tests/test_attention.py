@@ -1,6 +1,7 @@
 """Every attention path equals the explicit-mask reference, outputs and gradients; the dispatcher picks the
 sparse path only where it is exact."""
 
+import re
 import warnings
 from pathlib import Path
 
@@ -12,10 +13,11 @@ from lmask import band as band_module
 from lmask import blocked as blocked_module
 from lmask import flex as flex_module
 from lmask.attention import PATH_COUNTS, select_path, windowed_attention
-from lmask.band import band_attention
+from lmask.band import band_attention, tiled_attention
 from lmask.blocked import blocked_attention
 from lmask.dense import masked_attention, window_mask
 from lmask.flex import flex_windowed_attention
+from lmask.flops import TILED_QUERY_TILE, tiled_pairs
 from lmask.model import apply_windows, new_model, scratch_config
 
 
@@ -469,22 +471,103 @@ def test_band_does_not_depend_on_the_thread_count():
         assert torch.equal(a, b)
 
 
+# The tiled kernel (GEMM tiles of 64 queries, key blocks of 256): T not a multiple of the tile, windows below,
+# between and above the tile and block sizes, full layers (window >= T), head sizes 32, 64 and 24, T below one tile.
+@pytest.mark.parametrize(
+    "T,window,D",
+    [
+        (300, 300, 32),
+        (1100, 5000, 32),
+        (300, 37, 32),
+        (700, 130, 64),
+        (700, 300, 64),
+        (200, 64, 24),
+        (40, 40, 32),
+        (1, 1, 32),
+    ],
+)
+def test_tiled_matches_fp64_reference(T, window, D):
+    q, k, v = qkv(2, 3, T, D=D, dtype=torch.float32, seed=T + window)
+    got = outputs_and_grads(lambda *x: tiled_attention(*x, window), q, k, v)
+    want = outputs_and_grads(lambda *x: dense_reference_fp64(*x, min(window, T), 0).float(), q, k, v)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    if window < T:  # the tolerance separates right from wrong
+        assert (dense_reference_fp64(q, k, v, window + 1, 0).float() - got[0]).abs().max().item() > 1e-3
+
+
+def test_tiled_does_not_depend_on_the_thread_count():
+    """Each GEMM runs on one thread (MKL's local setting inside the parallel region): 1 and 2 threads agree to the
+    bit."""
+    q, k, v = qkv(2, 4, 700, D=32, dtype=torch.float32, seed=4)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append(outputs_and_grads(lambda *x: tiled_attention(*x, 700), q, k, v))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_tiled_pairs_counts_the_kernels_tiles():
+    """lmask.flops.tiled_pairs (the benchmark's computed pairs) uses the C++ kernel's query tile; hand-counted cases:
+    two tiles of 64 at T = 128 score 64 x 64 and 64 x 128 keys full, 64 x 64 and 64 x (128 - 49) at w = 16."""
+    match = re.search(r"kQueryTile = (\d+)", band_module.SOURCE.read_text())
+    assert match and int(match.group(1)) == TILED_QUERY_TILE == 64
+    assert tiled_pairs(None, 128) == 64 * 64 + 64 * 128
+    assert tiled_pairs(16, 128) == 64 * 64 + 64 * 79
+    assert tiled_pairs(None, 30) == 30 * 30  # one part tile
+
+
+def test_tiled_takes_full_layers_and_long_windows_on_the_cpu():
+    """fp32 on the CPU: full layers and windows above the band kernel's take the tiled kernel; sinks, dropout, fp64
+    and a forced path keep the others; forcing tiled where it cannot run raises."""
+    q, k, _ = qkv(1, 2, 400, D=32, dtype=torch.float32)
+    w = band_module.BAND_MAX_WINDOW
+    assert select_path(q, k, None) == "tiled"
+    assert select_path(q, k, 400) == "tiled"  # the window covers every key
+    assert select_path(q, k, w + 1) == "tiled"
+    assert select_path(q, k, w) == "band"
+    assert select_path(q, k, w + 1, sinks=4) == "blocked"  # sink keys: not in the tiled kernel
+    assert select_path(q, k, None, dropout=0.1) == "causal"  # SDPA applies dropout itself
+    assert select_path(q, k, None, backend="blocked") == "causal"  # a forced path keeps SDPA for full layers
+    assert select_path(q, k, 16, backend="tiled") == "tiled"
+    assert select_path(q.double(), k.double(), None) == "causal"
+    with pytest.raises(ValueError, match="tiled"):
+        select_path(q, k, 16, backend="tiled", sinks=2)
+    with pytest.raises(ValueError, match="tiled"):
+        select_path(q.double(), k.double(), 16, backend="tiled")
+    before = PATH_COUNTS.copy()
+    x = qkv(1, 2, 400, D=32, dtype=torch.float32, seed=5)
+    got = windowed_attention(*x, None)
+    assert PATH_COUNTS - before == {"tiled": 1}
+    torch.testing.assert_close(got, dense_reference_fp64(*x, 400, 0).float(), atol=1e-5, rtol=1e-5)
+
+
 def test_a_kernel_that_does_not_build_leaves_the_blocked_path(monkeypatch):
-    """No compiler (or a failed build): one warning naming the reason, auto takes blocked, a forced band raises."""
+    """No compiler (or a failed build): one warning naming the reason, auto takes blocked (and causal SDPA for full
+    layers in fp32), a forced band raises."""
 
     def broken() -> None:
         raise RuntimeError("Ninja is required to load C++ extensions")
 
     band_module.band_available.cache_clear()
+    band_module._tiled_built.cache_clear()
     monkeypatch.setattr(band_module, "_build", broken)
     try:
         q, k, _ = qkv(1, 2, 64)
         with pytest.warns(UserWarning, match="did not build .Ninja is required"):
             assert select_path(q, k, 16) == "blocked"
+        assert select_path(q.float(), k.float(), None) == "causal"
+        assert select_path(q.float(), k.float(), 16) == "blocked"
         with pytest.raises(RuntimeError, match="did not build"):
             band_attention(q, k, k, 16)
     finally:
         band_module.band_available.cache_clear()
+        band_module._tiled_built.cache_clear()
 
 
 def test_every_checkout_of_one_source_shares_one_build(monkeypatch, tmp_path):

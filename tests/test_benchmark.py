@@ -14,8 +14,9 @@ import yaml
 
 from lmask import benchmark as bench
 from lmask.band import BAND_MAX_WINDOW
-from lmask.flops import attention_ceiling, flops_ceiling
+from lmask.flops import attention_ceiling, flops_ceiling, tiled_pairs
 from lmask.params import BenchmarkParams, ParamsError, Schedule, params_from_dict
+from lmask.schedule import attention_pairs
 from tests.conftest import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,9 +93,9 @@ def test_rounds_alternate_and_warmup_is_not_timed(tmp_path, monkeypatch, capsys)
         windows = [None, None] if name == "full" else [None, 8]
         assert r["ceiling"] == pytest.approx(flops_ceiling(windows, r["seq_len"], 16, 50, 0))
         assert r["tokens_per_s"] == pytest.approx(r["seq_len"] / r["time_s"])
-        # Paths counted over every call, warm-up included: narrow's full layer is causal SDPA, its small window the
-        # band kernel (CPU, w <= BAND_MAX_WINDOW), forward and fwd+bwd.
-        assert r["attention_paths"] == (["causal"] if name == "full" else ["band", "causal"])
+        # Paths counted over every call, warm-up included: narrow's full layer is the tiled kernel (CPU, fp32), its
+        # small window the band kernel (CPU, w <= BAND_MAX_WINDOW), forward and fwd+bwd.
+        assert r["attention_paths"] == (["tiled"] if name == "full" else ["band", "tiled"])
 
     on_disk = json.loads(out.read_text())
     assert set(on_disk) == {"summary", "run", "records"}
@@ -119,9 +120,9 @@ def test_schedule_records_measure_real_calls(tmp_path):
         assert r["ceiling"] == pytest.approx(flops_ceiling(windows, T, 16, 50, sinks))
         assert r["kv_cache_bytes"] <= r["full_kv_cache_bytes"]
         assert r["device"] == "cpu"
-        # The paths that ran: full layers take causal SDPA; small windows below T on CPU the band path, forward and
-        # fwd+bwd.
-        assert r["attention_paths"] == (["causal"] if name == "full" else ["band"])
+        # The paths that ran: full layers take the tiled kernel (CPU, fp32); small windows below T on CPU the band
+        # path, forward and fwd+bwd.
+        assert r["attention_paths"] == (["tiled"] if name == "full" else ["band"])
 
 
 def test_experiment_dims_section(tmp_path):
@@ -147,14 +148,15 @@ def test_kernel_records(tmp_path):
     out = tmp_path / "kernel.json"
     result = bench.run_kernel(p, out)
     kernel = result["records"]
-    # w=64 is not a window at T=32 or T=64 (it covers every key); the band kernel runs up to band_max_window only.
+    # w=64 is not a window at T=32 or T=64 (it covers every key); the band kernel runs up to band_max_window only;
+    # the tiled kernel also at w = T (full causal attention).
     expected = [
         (mode, kernel, w, T)
         for T in (32, 64)
         for mode in ("kernel", "kernel_fwd_bwd")
-        for w in (4, 8)
-        for kernel in ("band", "blocked")
-        if kernel == "blocked" or w <= 4
+        for w in (4, 8, T)
+        for kernel in ("band", "blocked", "tiled")
+        if (kernel != "band" or w <= 4) and (w < T or kernel == "tiled")
     ]
     assert [(r["mode"], r["kernel"], r["window"], r["seq_len"]) for r in kernel] == expected
     assert kernel[1]["ceiling"] == pytest.approx(attention_ceiling(4, 32))
@@ -162,23 +164,37 @@ def test_kernel_records(tmp_path):
         assert len(r["times_s"]) == len(r["round_speedups"]) == p.kernel_repeats
         assert r["speedup"] == pytest.approx(statistics.median(r["round_speedups"]))
         assert r["attention_paths"] == [r["kernel"]]
-        dispatched = "band" if r["window"] <= BAND_MAX_WINDOW else "blocked"
+        # fp32 on the CPU: band up to BAND_MAX_WINDOW, the tiled kernel above it and at w = T
+        dispatched = "band" if r["window"] <= BAND_MAX_WINDOW and r["window"] < r["seq_len"] else "tiled"
         assert r["dispatched"] == (r["kernel"] == dispatched)
         assert r["pair_overhead"] == 1 if r["kernel"] == "band" else r["pair_overhead"] >= 1  # band: exact pairs
+        if r["kernel"] == "tiled":
+            assert r["pair_overhead"] == tiled_pairs(r["window"], r["seq_len"]) / attention_pairs(
+                r["window"], r["seq_len"]
+            )
         if r["mode"] == "kernel":  # the memory floor caps the forward ideal: attainable = min(ideal, causal / floor)
             assert r["floor_time_s"] > 0
             assert r["attainable"] == pytest.approx(min(r["ceiling"], r["full_time_s"] / r["floor_time_s"]))
         else:
             assert r["attainable"] is None
     assert json.loads(out.read_text()) == result
-    assert set(result["summary"]) == {"band_w4", "blocked_w4", "blocked_w8"}
+    assert set(result["summary"]) == {
+        "band_w4",
+        "blocked_w4",
+        "blocked_w8",
+        "tiled_w4",
+        "tiled_w8",
+        "tiled_w32",
+        "tiled_w64",
+    }
     cross = result["crossover"]
     assert cross["dispatch_band_max_window"] == BAND_MAX_WINDOW
-    assert set(cross["measured"]) == {"kernel", "kernel_fwd_bwd"}
-    for by_T in cross["measured"].values():
-        assert set(by_T) == {"32", "64"}
-        for c in by_T.values():
-            assert sorted(c["band_faster_at"] + c["blocked_faster_at"]) == [4]
+    for key, other in (("measured", "blocked"), ("measured_tiled", "tiled")):
+        assert set(cross[key]) == {"kernel", "kernel_fwd_bwd"}
+        for by_T in cross[key].values():
+            assert set(by_T) == {"32", "64"}
+            for c in by_T.values():
+                assert sorted(c["band_faster_at"] + c[f"{other}_faster_at"]) == [4]
 
 
 def test_crossover_is_the_last_window_of_an_unbroken_band_lead():

@@ -19,7 +19,7 @@ from lmask.generation import (
     generation_report,
     prompts_from_documents,
 )
-from lmask.model import apply_windows, load_model, new_model, scratch_config
+from lmask.model import apply_windows, load_model, new_model, next_token_nll, scratch_config
 from lmask.params import AnalysisParams, GenerationParams, ParamsError
 
 CPU = torch.device("cpu")
@@ -128,6 +128,25 @@ def test_token_nll_averages_to_the_transformers_loss():
         per_block = [model(x[i : i + 1], labels=x[i : i + 1]).loss.item() for i in range(5)]
     assert float(nll.mean()) == pytest.approx(loss, abs=1e-5)
     np.testing.assert_allclose(nll.mean(1), per_block, atol=1e-5)
+
+
+def test_next_token_nll_and_its_gradient_equal_cross_entropy():
+    """The fused loss (lmask.model._TokenNLL) against torch's cross-entropy on the shifted labels: the same per-label
+    values to the bit, the same gradient up to rounding, at ordinary and saturated logits."""
+    g = torch.Generator().manual_seed(0)
+    for vocab, scale in ((4096, 1.0), (50, 40.0)):
+        logits = (torch.randn(2, 33, vocab, generator=g) * scale).requires_grad_()
+        x = torch.randint(0, vocab, (2, 33), generator=g)
+        weights = torch.randn(2, 32, generator=g)
+        got = next_token_nll(logits, x)
+        (got_grad,) = torch.autograd.grad((got * weights).sum(), logits)
+        want = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, vocab), x[:, 1:].reshape(-1), reduction="none"
+        ).view(2, 32)
+        (want_grad,) = torch.autograd.grad((want * weights).sum(), logits)
+        assert torch.equal(got, want)
+        assert torch.equal(got_grad[:, -1], torch.zeros(2, vocab))  # the last position has no label
+        torch.testing.assert_close(got_grad, want_grad, atol=1e-6, rtol=1e-5)
 
 
 def test_tail_nll_equals_the_loss_on_the_tail_labels_alone():

@@ -229,7 +229,7 @@ def test_gpu_benchmark_runs_on_cpu_with_tiny_shapes(tiny_project, tmp_path):
             assert r["full_time_s"] > 0 and r["time_s"] == statistics.median(r["times_s"])
             assert min(r["round_speedups"]) <= r["speedup"] <= max(r["round_speedups"])
             assert r["speedup"] == pytest.approx(statistics.median(r["round_speedups"]))  # median of per-round ratios
-            assert set(r["attention_paths"]) <= {"causal", "band", "blocked", "masked"}  # CPU: no flex
+            assert set(r["attention_paths"]) <= {"causal", "tiled", "band", "blocked", "masked"}  # CPU: no flex
             paths |= set(r["attention_paths"])
         assert result["run"]["attention_paths"] == ", ".join(sorted(paths))
         assert set(result["summary"]) == {name}

@@ -395,7 +395,7 @@ def test_periodic_and_natural_losses_are_logged_apart(workdir):
     uniform = math.log(params.tokenizer.vocab_size)
     assert all(0 < float(r[1]) < 2 * uniform for r in copy + natural)
     metrics = json.loads(Path("metrics/train/baseline/metrics.json").read_text())
-    assert metrics["attention_calls"]["causal"] > 0 and "attention_calls" not in json.loads(
+    assert metrics["attention_calls"]["tiled"] > 0 and "attention_calls" not in json.loads(
         Path("models/baseline/train_info.json").read_text()
     )
 

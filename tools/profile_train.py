@@ -5,12 +5,12 @@
 
 Builds params.model at random init (as ``benchmark_train`` does), runs ``--warmup`` steps of the pipeline's own
 step (lmask.train_bench: accumulate_gradients, clip, fused AdamW), then profiles ``--steps`` more. Prints the
-profiler's table (self CPU time) and the step by part: causal attention (SDPA's flash kernels, forward and backward),
-dense matmuls (mm, addmm, bmm) and everything else, each in ms per step and share of the profiled time; for the
-first two also the model FLOPs they carry per second (lmask.train_bench.train_flops_per_token, split by
-lmask.flops.attention_share: 4·d per attended pair against 24·d² per layer and 2·d·V for the LM head) against the
-fp32 matmul rate measured in the same process. The profiler adds a little time per op, so shares are what to
-compare; the step time without the profiler is printed beside them.
+profiler's table (self CPU time) and the step by part: attention (lmask's C++ kernels or SDPA's flash kernels,
+forward and backward), dense matmuls (mm, addmm, bmm) and everything else, each in ms per step and share of the
+profiled time; for the first two also the model FLOPs they carry per second (lmask.train_bench.train_flops_per_token,
+split by lmask.flops.attention_share: 4·d per attended pair against 24·d² per layer and 2·d·V for the LM head)
+against the fp32 matmul rate measured in the same process. The profiler adds a little time per op, so shares are what
+to compare; the step time without the profiler is printed beside them.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from pathlib import Path
 from tools import fail, params_or_fail
 
 PROG = "profile_train"
-ATTENTION_OPS = ("scaled_dot_product",)  # SDPA's CPU flash kernels, forward and backward
+# Attention's kernels, forward and backward: SDPA's CPU flash kernels and lmask's C++ ones (lmask/csrc/band.cpp)
+ATTENTION_OPS = ("scaled_dot_product", "lmask::")
 MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm"}
 
 
