@@ -40,10 +40,12 @@ from lmask.io import write_with
 
 SOURCE = Path(__file__).with_name("csrc") / "band.cpp"
 
-# Windows up to BAND_MAX_WINDOW take this path on the CPU (``lmask.attention.select_path``); larger ones the blocked
-# path. Measured crossover (metrics/benchmark/kernel.json, "crossover", T = 1024 and 3072): forward + backward, band
-# is faster up to w = 256 at both T (1.6-2.1x at 128, every run); forward, the two tie at w = 128 (either wins by
-# under 10 % from run to run) and blocked wins at 256. Training is forward + backward, so band takes w <= 128.
+# Windows up to BAND_MAX_WINDOW take this path on the CPU (``lmask.attention.select_path``); larger ones the tiled
+# kernel (the blocked path where it cannot run). Measured crossovers (metrics/benchmark/kernel.json, "crossover",
+# T = 1024 and 3072, 12 heads x 64): against tiled, band wins up to w = 64 at T = 1024 and up to 128 at 3072, forward
+# and forward + backward, and tiled wins from 256 (at the experiment's 4 heads x 32, T = 1024, the two tie at 128:
+# 6.0 against 6.1 ms fwd+bwd); against blocked, band is faster up to w = 256 forward + backward and the two tie at
+# 128 forward. So band takes w <= 128.
 BAND_MAX_WINDOW = 128
 
 

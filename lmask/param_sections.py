@@ -105,7 +105,6 @@ class MixParams:
                     f"got {self.copy_context}, {self.copy_max_period}"
                 )
         _share("mix.copy_prefix", self.copy_prefix)
-        _flag("mix.copy_position_offsets", self.copy_position_offsets)
         if self.copy_rows and vocab_size is not None:
             _copy_ids_fit(
                 "mix.copy_context",

@@ -476,16 +476,26 @@ def write_live(live_dir: Path, rows: list[dict], summary: dict) -> None:
 # --------------------------------------------------------------------------------------------- stage runners
 def initial_model(params: Params, tokenizer, seed: int) -> GPT2LMHeadModel:
     """Scratch GPT-2 from params.model (initialised from ``seed``), or pretrained weights (hub) for model.init:
-    pretrained."""
-    from lmask.model import apply_windows, new_model, scratch_config
-
+    pretrained; its position embeddings train unless model.train_positions is false."""
     m = params.model
-    if m.init == "scratch":
-        eos = tokenizer.eos_token_id
-        config = scratch_config(
-            len(tokenizer), m.n_layer, m.n_embd, m.n_head, m.n_positions, m.dropout, eos, eos, m.initializer_range
-        )
-        return new_model(config, seed, m.position_init)
+    model = _scratch_model(m, tokenizer, seed) if m.init == "scratch" else _pretrained_model(m, tokenizer)
+    model.transformer.wpe.weight.requires_grad_(m.train_positions)
+    return model
+
+
+def _scratch_model(m, tokenizer, seed: int) -> GPT2LMHeadModel:
+    from lmask.model import new_model, scratch_config
+
+    eos = tokenizer.eos_token_id
+    config = scratch_config(
+        len(tokenizer), m.n_layer, m.n_embd, m.n_head, m.n_positions, m.dropout, eos, eos, m.initializer_range
+    )
+    return new_model(config, seed, m.position_init)
+
+
+def _pretrained_model(m, tokenizer) -> GPT2LMHeadModel:
+    from lmask.model import apply_windows
+
     require_hub("model.init", "pretrained", "Use `model.init: scratch` to train from scratch offline.")
     model = GPT2LMHeadModel.from_pretrained(m.pretrained_name, attn_implementation="lmask")
     for key in ("n_layer", "n_embd", "n_head"):
@@ -504,7 +514,7 @@ def _tokenizer(folder: Path):
     return AutoTokenizer.from_pretrained(str(folder))
 
 
-def _process_facts() -> dict[str, str]:
+def process_facts() -> dict[str, str]:
     """What the bits depend on beyond the stage's declared inputs: torch's build and the threads that run."""
     return {"torch": torch.__version__, "threads": str(torch.get_num_threads())}
 
@@ -537,8 +547,7 @@ def train_baseline(
     train_blocks, val_blocks = load_blocks(data_dir, "train"), load_blocks(data_dir, "validation")
     seed = baseline_seed(params, baseline)
     model = initial_model(params, tokenizer, seed)
-    model.transformer.wpe.weight.requires_grad_(params.model.train_positions)
-    inputs = stage_inputs("train_baseline", {"baseline": baseline}, params.raw, extra=_process_facts())
+    inputs = stage_inputs("train_baseline", {"baseline": baseline}, params.raw, extra=process_facts())
     run = Run(f"baseline-b{baseline}", seed, model_dir, live_dir, checkpoint_dir, inputs, info={"baseline": baseline})
     return train(model, train_blocks, val_blocks, params.train, params.mix, run, tokenizer, stop_after)
 
@@ -573,7 +582,7 @@ def train_masked(
         model_dir,
         live_dir,
         checkpoint_dir,
-        stage_inputs("train_masked", item, params.raw, extra=_process_facts()),
+        stage_inputs("train_masked", item, params.raw, extra=process_facts()),
         info={
             "schedule": schedule,
             "windows": sched.windows,

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from lmask.provenance import stage_inputs
     from lmask.synthetic import copy_rows
-    from lmask.train import _process_facts, baseline_seed, initial_model, make_optimizer, train_baseline
+    from lmask.train import baseline_seed, initial_model, make_optimizer, process_facts, train_baseline
 
     seed = baseline_seed(params, a.baseline)
     tokenizer = AutoTokenizer.from_pretrained(str(a.data / "tokenizer"))
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     folder = a.checkpoints or Path("checkpoints") / f"prefix-switch-b{a.baseline}"
     # What train_baseline@B records in its checkpoints (lmask.train.train_baseline): one made from other code, data,
     # params or threads is not this baseline's first phase.
-    inputs = stage_inputs("train_baseline", {"baseline": a.baseline}, params.raw, extra=_process_facts())
+    inputs = stage_inputs("train_baseline", {"baseline": a.baseline}, params.raw, extra=process_facts())
     state = _checkpoint_at(folder, first, inputs)
     if state is None:
         print(f"training baseline {a.baseline} to step {first} (the first warm-up phase) into {folder}", flush=True)
@@ -104,7 +104,6 @@ def main(argv: list[str] | None = None) -> None:
     for share in a.share:
         model = initial_model(params, tokenizer, seed)
         model.load_state_dict(state["model"])
-        model.transformer.wpe.weight.requires_grad_(params.model.train_positions)
         optimizer = make_optimizer(model, params.train, torch.device("cpu"))
         optimizer.load_state_dict(state["optimizer"])
         for group in optimizer.param_groups:

@@ -76,14 +76,13 @@ def main(argv: list[str] | None = None) -> None:
     from lmask.checkpoint import NEWEST
     from lmask.data import load_blocks
     from lmask.provenance import stage_inputs
-    from lmask.train import Run, _process_facts, baseline_seed, initial_model, train
+    from lmask.train import Run, baseline_seed, initial_model, process_facts, train
 
     init_seed, data_seed = baseline_seed(params, a.init), baseline_seed(params, a.data)
     tokenizer = AutoTokenizer.from_pretrained(str(TOKENIZER))
     model = initial_model(params, tokenizer, init_seed)
-    model.transformer.wpe.weight.requires_grad_(params.model.train_positions)
     # What train_baseline@<data> declares, plus both seeds and what the bits depend on beyond them.
-    facts = {"init seed": init_seed, "data seed": data_seed, **_process_facts()}
+    facts = {"init seed": init_seed, "data seed": data_seed, **process_facts()}
     inputs = stage_inputs("train_baseline", {"baseline": a.data}, params.raw, extra=facts)
     name = f"warmup-seeds-i{a.init}-d{a.data}"
     folder = a.out or Path("checkpoints") / name
