@@ -9,6 +9,7 @@ in model folders, cpu_threads, unpinned training) are tried at unit level, or on
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import hashlib
 import json
@@ -442,6 +443,38 @@ def test_training_refuses_an_unpinned_cpu(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match=r"^baseline: CPU numerics are not pinned; call lmask.determinism.pin_cpu"):
         lmask.train.train(**kwargs, run=run_)
     assert not run_.model_dir.exists() and not run_.checkpoint_dir.exists()
+
+
+MALLINFO_PROBE = """
+import ctypes, sys
+if sys.argv[1] == "pinned":
+    from lmask.determinism import pin_cpu
+    pin_cpu(1)
+class Info(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.mallinfo2.restype = Info
+before = libc.mallinfo2().hblkhd
+block = libc.malloc(64 << 20)
+mapped = libc.mallinfo2().hblkhd - before
+libc.free(ctypes.c_void_p(block))
+print(mapped, libc.mallinfo2().arena)
+"""
+
+
+@pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "mallinfo2"), reason="needs glibc >= 2.33 (mallinfo2)")
+def test_pinned_processes_keep_large_blocks_in_the_heap():
+    """pin_cpu has glibc serve a 64 MB block from its heap and keep it after free (lmask.determinism.
+    keep_freed_memory); without it glibc maps the block apart and returns it to the OS on free."""
+    plain, pinned = (python(["-c", MALLINFO_PROBE, which], ROOT) for which in ("plain", "pinned"))
+    assert plain.returncode == pinned.returncode == 0, plain.stderr + pinned.stderr
+    plain_mapped, _ = map(int, plain.stdout.split())
+    pinned_mapped, pinned_heap = map(int, pinned.stdout.split())
+    assert plain_mapped >= 64 << 20  # glibc's default: a block this large is its own mapping
+    assert pinned_mapped == 0 and pinned_heap >= 64 << 20  # pinned: in the heap, and still there after free
 
 
 # ------------------------------------------------------------------------- issues 30 and 31: the tools in tools/
