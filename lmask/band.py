@@ -16,7 +16,7 @@ other head sizes and CPUs without AVX2 take a plain C++ loop with the same rule.
 Long windows and full layers (``tiled_attention``, fp32 on an AVX2 build, no sinks): the same file's tiled kernel,
 flash attention's structure on BLAS tiles of 64 queries against key blocks of up to 256, each query tile's keys cut
 to what its window reaches. At the experiment's dims (T = 1024, 4 heads x 32) a full layer's forward + backward ran
-16-17 ms against causal SDPA's 21-23 ms in the same process: SDPA's CPU kernel walks fixed 512-key blocks and so
+16.4-17.5 ms against causal SDPA's 22.1-23.3 ms in the same process: SDPA's CPU kernel walks fixed 512-key blocks and so
 computes 1.5x the causal pairs; here only the diagonal tile is masked.
 
 Building. ``torch.utils.cpp_extension.load`` compiles the source once per machine (about 20 s; ninja and a C++
