@@ -103,37 +103,32 @@ def band_available() -> bool:
     return True
 
 
-class _BandAttention(torch.autograd.Function):
+class _KernelAttention(torch.autograd.Function):
+    """One of the C++ kernels as an autograd function: ``kernel`` names the pair ``<kernel>_forward`` /
+    ``<kernel>_backward`` in ``torch.ops.lmask`` (band, tiled); ``config`` is the kernel's arguments after q, k, v."""
+
     @staticmethod
-    def forward(
-        ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, sinks: int, scale: float
-    ) -> torch.Tensor:
-        out, lse = _build().band_forward(q, k, v, window, sinks, scale)
+    def forward(ctx: Any, kernel: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *config: Any) -> torch.Tensor:
+        out, lse = getattr(_build(), f"{kernel}_forward")(q, k, v, *config)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.config = (window, sinks, scale)
+        ctx.kernel, ctx.config = kernel, config
         return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
         q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = _build().band_backward(grad_out, q, k, v, out, lse, *ctx.config)
+        dq, dk, dv = getattr(_build(), f"{ctx.kernel}_backward")(grad_out, q, k, v, out, lse, *ctx.config)
         # [B, T, H, D] buffers seen as the [B, H, T, D] inputs: no copy
-        return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2), None, None, None
+        return None, dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2), *(None for _ in ctx.config)
 
 
-class _TiledAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, scale: float) -> torch.Tensor:
-        out, lse = _build().tiled_forward(q, k, v, window, scale)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.config = (window, scale)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
-        q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = _build().tiled_backward(grad_out, q, k, v, out, lse, *ctx.config)
-        return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2), None, None
+def _kernel_inputs(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """q, k, v with a contiguous head dimension (the kernels' one layout demand) and the softmax scale."""
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (query, key, value))
+    return q, k, v, scale
 
 
 @functools.cache
@@ -154,10 +149,9 @@ def tiled_attention(
     [B, T, H, D]. query/key/value: [B, H, T, D] fp32 on the CPU, any strides."""
     if not tiled_available(query):
         raise RuntimeError("tiled_attention: needs fp32 CPU tensors and the kernel built with AVX2")
-    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (query, key, value))
+    q, k, v, scale = _kernel_inputs(query, key, value, scaling)
     with torch.autocast("cpu", enabled=False):
-        return _TiledAttention.apply(q, k, v, min(window, q.shape[-2]), scale)
+        return _KernelAttention.apply("tiled", q, k, v, min(window, q.shape[-2]), scale)
 
 
 def band_attention(
@@ -176,14 +170,12 @@ def band_attention(
         raise ValueError(f"band_attention runs on the CPU only, got {query.device}")
     if not band_available():
         raise RuntimeError("band_attention: the CPU band kernel did not build here (see the warning above)")
-    D = query.shape[-1]
-    scale = D**-0.5 if scaling is None else scaling
-    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (query, key, value))
+    q, k, v, scale = _kernel_inputs(query, key, value, scaling)
     args = (window, min(sinks, q.shape[-2]), scale)
     if q.dtype in (torch.bfloat16, torch.float16):  # scores and softmax in fp32, as SDPA's kernels do
-        return _BandAttention.apply(q.float(), k.float(), v.float(), *args).to(query.dtype)
+        return _KernelAttention.apply("band", q.float(), k.float(), v.float(), *args).to(query.dtype)
     with torch.autocast("cpu", enabled=False):
-        return _BandAttention.apply(q, k, v, *args)
+        return _KernelAttention.apply("band", q, k, v, *args)
 
 
 __all__ = ["BAND_MAX_WINDOW", "SOURCE", "band_attention", "band_available", "tiled_attention", "tiled_available"]

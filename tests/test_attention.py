@@ -456,18 +456,24 @@ def test_band_bf16_matches_masked_in_fp32():
     torch.testing.assert_close(got.float(), want, atol=2e-2, rtol=1e-2)
 
 
-def test_band_does_not_depend_on_the_thread_count():
-    """Threads split (batch, head) and position ranges, never one row's sums: 1 and 2 threads agree to the bit."""
-    q, k, v = qkv(2, 4, 700, D=64, dtype=torch.float32, seed=2)
+def at_one_and_two_threads(fn, q, k, v):
+    """outputs_and_grads of ``fn`` with torch on 1 thread, then on 2 (the thread count restored after)."""
     threads = torch.get_num_threads()
     try:
         results = []
         for n in (1, 2):
             torch.set_num_threads(n)
-            results.append(outputs_and_grads(lambda *x: band_attention(*x, 16, 2), q, k, v))
+            results.append(outputs_and_grads(fn, q, k, v))
     finally:
         torch.set_num_threads(threads)
-    for a, b in zip(*results, strict=True):
+    return results
+
+
+def test_band_does_not_depend_on_the_thread_count():
+    """Threads split (batch, head) and position ranges, never one row's sums: 1 and 2 threads agree to the bit."""
+    q, k, v = qkv(2, 4, 700, D=64, dtype=torch.float32, seed=2)
+    one, two = at_one_and_two_threads(lambda *x: band_attention(*x, 16, 2), q, k, v)
+    for a, b in zip(one, two, strict=True):
         assert torch.equal(a, b)
 
 
@@ -500,15 +506,8 @@ def test_tiled_does_not_depend_on_the_thread_count():
     """Each GEMM runs on one thread (MKL's local setting inside the parallel region): 1 and 2 threads agree to the
     bit."""
     q, k, v = qkv(2, 4, 700, D=32, dtype=torch.float32, seed=4)
-    threads = torch.get_num_threads()
-    try:
-        results = []
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            results.append(outputs_and_grads(lambda *x: tiled_attention(*x, 700), q, k, v))
-    finally:
-        torch.set_num_threads(threads)
-    for a, b in zip(*results, strict=True):
+    one, two = at_one_and_two_threads(lambda *x: tiled_attention(*x, 700), q, k, v)
+    for a, b in zip(one, two, strict=True):
         assert torch.equal(a, b)
 
 
